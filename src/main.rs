@@ -1,0 +1,113 @@
+//! The `switchyard` binary: parses arguments, sets up logging and the runtime,
+//! and calls into the library.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use tokio_util::sync::CancellationToken;
+
+use switchyard::config::Config;
+use switchyard::server::Gateway;
+
+#[derive(Parser)]
+#[command(name = "switchyard", version, about = "A server-side-discovery gateway: one address, backends discovered in etcd or a file")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the gateway.
+    Run {
+        #[arg(long, value_name = "FILE")]
+        config: PathBuf,
+    },
+    /// Validate a configuration; prints every error with its field path.
+    Check {
+        #[arg(long, value_name = "FILE")]
+        config: PathBuf,
+    },
+    /// The gateway on its embedded default config, with built-in echo backends.
+    Demo,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let result = match cli.command {
+        Command::Check { config } => check(&config),
+        Command::Run { config } => load(&config).and_then(|c| run(c, Vec::new())),
+        Command::Demo => demo(),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn load(path: &std::path::Path) -> anyhow::Result<Config> {
+    Config::load(path).map_err(|errors| anyhow::anyhow!("{}: invalid configuration\n{errors}", path.display()))
+}
+
+fn check(path: &std::path::Path) -> anyhow::Result<()> {
+    load(path)?;
+    println!("{}: ok", path.display());
+    Ok(())
+}
+
+fn demo() -> anyhow::Result<()> {
+    let (config, backends) = switchyard::demo::prepare()?;
+    let listen = config.listeners[0].listen;
+    println!("switchyard demo: gateway on http://{listen}, admin on http://{}", config.admin_listen);
+    for (name, addr) in &backends {
+        println!("  echo backend {name} on {addr}");
+    }
+    println!("try:  for i in 1 2 3 4 5 6; do curl -s http://{listen}/; done");
+    run(config, backends)
+}
+
+/// Builds the runtime sized by `runtime.workers`, binds everything, serves until SIGINT/SIGTERM.
+fn run(config: Config, demo_backends: Vec<(String, std::net::SocketAddr)>) -> anyhow::Result<()> {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(config.workers)
+        .enable_all()
+        .build()
+        .context("starting the runtime")?;
+    runtime.block_on(async move {
+        let shutdown = CancellationToken::new();
+        for (name, listener) in switchyard::demo::bind_backends(&demo_backends).await? {
+            tokio::spawn(switchyard::demo::echo_backend(name, listener, shutdown.clone()));
+        }
+        let gateway = Gateway::bind(config).await?;
+        tokio::spawn(signal(shutdown.clone()));
+        gateway.serve(shutdown).await?;
+        tracing::info!("stopped");
+        Ok(())
+    })
+}
+
+async fn signal(shutdown: CancellationToken) {
+    let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::error!("cannot listen for SIGTERM: {e}");
+            return;
+        }
+    };
+    tokio::select! {
+        _ = term.recv() => tracing::info!("SIGTERM received"),
+        _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT received"),
+    }
+    shutdown.cancel();
+}

@@ -1,0 +1,99 @@
+//! Every metric the gateway exports: names, descriptions and the recorder. The
+//! Grafana dashboard and its test use only names from this file.
+
+use metrics::{describe_counter, describe_gauge, describe_histogram, Unit};
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+
+pub const REQUESTS: &str = "switchyard_requests_total";
+pub const REQUEST_DURATION: &str = "switchyard_request_duration_seconds";
+pub const UPSTREAM_ERRORS: &str = "switchyard_upstream_errors_total";
+pub const UPSTREAM_INSTANCES: &str = "switchyard_upstream_instances";
+pub const TABLE_SWAPS: &str = "switchyard_table_swaps_total";
+pub const TABLE_VERSION: &str = "switchyard_table_version";
+pub const CONNECTIONS_ACTIVE: &str = "switchyard_connections_active";
+pub const CONNECTIONS: &str = "switchyard_connections_total";
+pub const BAD_REQUESTS: &str = "switchyard_bad_requests_total";
+pub const UPGRADED_ACTIVE: &str = "switchyard_upgraded_connections_active";
+pub const TLS_HANDSHAKE_ERRORS: &str = "switchyard_tls_handshake_errors_total";
+pub const TLS_CERT_RELOADS: &str = "switchyard_tls_certificate_reloads_total";
+pub const TCP_BYTES: &str = "switchyard_tcp_bytes_total";
+pub const TCP_CONNECT_FAILURES: &str = "switchyard_tcp_connect_failures_total";
+pub const SNI_UNKNOWN: &str = "switchyard_sni_unknown_total";
+pub const DISCOVERY_ERRORS: &str = "switchyard_discovery_errors_total";
+pub const DISCOVERY_INVALID_VALUES: &str = "switchyard_discovery_invalid_values_total";
+pub const DISCOVERY_CONNECTED: &str = "switchyard_discovery_connected";
+pub const DISCOVERY_SINCE_SYNC: &str = "switchyard_discovery_seconds_since_sync";
+pub const DISCOVERY_WATCH_RESTARTS: &str = "switchyard_discovery_watch_restarts_total";
+pub const DISCOVERY_EVENTS: &str = "switchyard_discovery_events_total";
+pub const DISCOVERY_LAG: &str = "switchyard_discovery_lag_seconds";
+
+/// Every exported name, for the dashboard test.
+pub const ALL: &[&str] = &[
+    REQUESTS,
+    REQUEST_DURATION,
+    UPSTREAM_ERRORS,
+    UPSTREAM_INSTANCES,
+    TABLE_SWAPS,
+    TABLE_VERSION,
+    CONNECTIONS_ACTIVE,
+    CONNECTIONS,
+    BAD_REQUESTS,
+    UPGRADED_ACTIVE,
+    TLS_HANDSHAKE_ERRORS,
+    TLS_CERT_RELOADS,
+    TCP_BYTES,
+    TCP_CONNECT_FAILURES,
+    SNI_UNKNOWN,
+    DISCOVERY_ERRORS,
+    DISCOVERY_INVALID_VALUES,
+    DISCOVERY_CONNECTED,
+    DISCOVERY_SINCE_SYNC,
+    DISCOVERY_WATCH_RESTARTS,
+    DISCOVERY_EVENTS,
+    DISCOVERY_LAG,
+];
+
+const LATENCY_BUCKETS: &[f64] = &[
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+];
+
+/// Installs the global recorder once per process and returns its handle; later
+/// calls (several gateways in one test process) share it.
+pub fn install() -> PrometheusHandle {
+    static HANDLE: std::sync::OnceLock<PrometheusHandle> = std::sync::OnceLock::new();
+    HANDLE
+        .get_or_init(|| {
+            let handle = PrometheusBuilder::new()
+                .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), LATENCY_BUCKETS)
+                .and_then(|b| b.install_recorder())
+                .unwrap_or_else(|e| panic!("installing the metrics recorder: {e}"));
+            describe();
+            handle
+        })
+        .clone()
+}
+
+fn describe() {
+    describe_counter!(REQUESTS, "Requests answered, by service and status class.");
+    describe_histogram!(REQUEST_DURATION, Unit::Seconds, "Time from request head to response head, by service.");
+    describe_counter!(UPSTREAM_ERRORS, "Failures talking to upstreams, by service and kind.");
+    describe_gauge!(UPSTREAM_INSTANCES, "Instances in the live table, by service and state.");
+    describe_counter!(TABLE_SWAPS, "Upstream tables swapped in.");
+    describe_gauge!(TABLE_VERSION, "Version of the live upstream table.");
+    describe_gauge!(CONNECTIONS_ACTIVE, "Open client connections, by listener.");
+    describe_counter!(CONNECTIONS, "Accepted client connections, by listener.");
+    describe_counter!(BAD_REQUESTS, "Client input refused, by listener and reason.");
+    describe_gauge!(UPGRADED_ACTIVE, "Upgraded (e.g. WebSocket) connections being relayed.");
+    describe_counter!(TLS_HANDSHAKE_ERRORS, "Failed TLS handshakes, by listener and reason.");
+    describe_counter!(TLS_CERT_RELOADS, "Certificate reloads, by listener and result.");
+    describe_counter!(TCP_BYTES, "Bytes relayed by L4 listeners, by listener and direction.");
+    describe_counter!(TCP_CONNECT_FAILURES, "Failed upstream connects of L4 listeners, by listener.");
+    describe_counter!(SNI_UNKNOWN, "TLS passthrough connections closed for an unrouted SNI, by listener.");
+    describe_counter!(DISCOVERY_ERRORS, "Discovery failures, by source and kind.");
+    describe_counter!(DISCOVERY_INVALID_VALUES, "Instance values that could not be read, by source.");
+    describe_gauge!(DISCOVERY_CONNECTED, "1 while the discovery source is connected, else 0.");
+    describe_gauge!(DISCOVERY_SINCE_SYNC, Unit::Seconds, "Seconds since discovery last confirmed the table.");
+    describe_counter!(DISCOVERY_WATCH_RESTARTS, "Watch restarts, by reason.");
+    describe_counter!(DISCOVERY_EVENTS, "Discovery events applied, by type.");
+    describe_histogram!(DISCOVERY_LAG, Unit::Seconds, "Time from a registration written to the table live.");
+}

@@ -1,0 +1,61 @@
+//! Per-service metric handles, registered once when a service first appears and
+//! kept across table swaps, so the request path records without building labels.
+
+use metrics::{Counter, Histogram};
+
+use crate::metrics as m;
+
+/// Why talking to an upstream failed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UpstreamError {
+    /// No live instance to send to.
+    NoInstance,
+    /// TCP (or TLS) connect to the instance failed.
+    Connect,
+    /// No response head within the request timeout.
+    Timeout,
+    /// The connection failed after it was established.
+    Protocol,
+}
+
+impl UpstreamError {
+    const ALL: [UpstreamError; 4] = [UpstreamError::NoInstance, UpstreamError::Connect, UpstreamError::Timeout, UpstreamError::Protocol];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            UpstreamError::NoInstance => "no_instance",
+            UpstreamError::Connect => "connect",
+            UpstreamError::Timeout => "timeout",
+            UpstreamError::Protocol => "protocol",
+        }
+    }
+}
+
+#[derive(Debug)]
+pub struct ServiceStats {
+    /// Indexed by status class: 1xx..5xx → 0..4.
+    requests: [Counter; 5],
+    duration: Histogram,
+    errors: [Counter; 4],
+}
+
+impl ServiceStats {
+    pub fn new(service: &str) -> Self {
+        let requests = ["1xx", "2xx", "3xx", "4xx", "5xx"]
+            .map(|class| metrics::counter!(m::REQUESTS, "service" => service.to_string(), "class" => class));
+        let errors = UpstreamError::ALL
+            .map(|kind| metrics::counter!(m::UPSTREAM_ERRORS, "service" => service.to_string(), "kind" => kind.as_str()));
+        let duration = metrics::histogram!(m::REQUEST_DURATION, "service" => service.to_string());
+        ServiceStats { requests, duration, errors }
+    }
+
+    pub fn response(&self, status: http::StatusCode, seconds: f64) {
+        let class = (status.as_u16() / 100).clamp(1, 5) as usize - 1;
+        self.requests[class].increment(1);
+        self.duration.record(seconds);
+    }
+
+    pub fn error(&self, kind: UpstreamError) {
+        self.errors[kind as usize].increment(1);
+    }
+}

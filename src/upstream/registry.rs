@@ -1,0 +1,200 @@
+//! The control side of the table: the current instances of every service, the
+//! state that must survive swaps (cursors, in-flight counts, metric handles), and
+//! the build of a new [`Table`] after an update. Only services an update touched
+//! are rebuilt; the others are shared with the previous table.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::Arc;
+
+use super::endpoint::{Endpoint, Load};
+use super::table::{Service, ServiceState, Table};
+use crate::discovery::{Change, Instance, Update};
+
+#[derive(Debug, Default)]
+pub struct Registry {
+    /// service → id → instance.
+    instances: BTreeMap<String, BTreeMap<String, Instance>>,
+    revision: u64,
+    version: u64,
+    states: HashMap<String, Arc<ServiceState>>,
+    loads: HashMap<(String, String), Arc<Load>>,
+    /// Services that some route balances by hash: they get a Maglev table.
+    hashed: HashSet<String>,
+    services: HashMap<Arc<str>, Arc<Service>>,
+    dirty: HashSet<String>,
+}
+
+/// A problem found while building, to be logged by the caller.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BuildWarning {
+    pub service: String,
+    pub id: String,
+    pub message: String,
+}
+
+impl Registry {
+    pub fn new(hashed: HashSet<String>) -> Registry {
+        Registry { hashed, ..Registry::default() }
+    }
+
+    /// Applies one update; returns whether anything changed.
+    pub fn apply(&mut self, update: Update) -> bool {
+        let revision = match update {
+            Update::Replace { instances, revision } => {
+                let mut next: BTreeMap<String, BTreeMap<String, Instance>> = BTreeMap::new();
+                for i in instances {
+                    next.entry(i.service.clone()).or_default().insert(i.id.clone(), i);
+                }
+                // A service that lost every instance stays known (answering 503, not 404).
+                for name in self.instances.keys() {
+                    next.entry(name.clone()).or_default();
+                }
+                for (name, now) in &next {
+                    if self.instances.get(name) != Some(now) {
+                        self.dirty.insert(name.clone());
+                    }
+                }
+                self.instances = next;
+                revision
+            }
+            Update::Apply { changes, revision } => {
+                for change in changes {
+                    match change {
+                        Change::Put(i) => {
+                            let service = self.instances.entry(i.service.clone()).or_default();
+                            if service.get(&i.id) != Some(&i) {
+                                self.dirty.insert(i.service.clone());
+                                service.insert(i.id.clone(), i);
+                            }
+                        }
+                        Change::Delete { service, id } => {
+                            if let Some(s) = self.instances.get_mut(&service) {
+                                if s.remove(&id).is_some() {
+                                    self.dirty.insert(service);
+                                }
+                            }
+                        }
+                    }
+                }
+                revision
+            }
+        };
+        self.revision = self.revision.max(revision);
+        !self.dirty.is_empty()
+    }
+
+    /// Builds the next table from the current instances.
+    pub fn build(&mut self) -> (Table, Vec<BuildWarning>) {
+        let mut warnings = Vec::new();
+        for name in std::mem::take(&mut self.dirty) {
+            let instances = self.instances.get(&name).cloned().unwrap_or_default();
+            let service = self.build_service(&name, &instances, &mut warnings);
+            self.services.insert(service.name.clone(), Arc::new(service));
+        }
+        self.version += 1;
+        let table = Table { version: self.version, revision: self.revision, services: self.services.clone() };
+        (table, warnings)
+    }
+
+    fn build_service(&mut self, name: &str, instances: &BTreeMap<String, Instance>, warnings: &mut Vec<BuildWarning>) -> Service {
+        let mut endpoints = Vec::with_capacity(instances.len());
+        for (id, instance) in instances {
+            let load = self.loads.entry((name.to_string(), id.clone())).or_default().clone();
+            match Endpoint::from_instance(instance, load) {
+                Ok((endpoint, problems)) => {
+                    for p in problems {
+                        warnings.push(BuildWarning {
+                            service: name.to_string(),
+                            id: id.clone(),
+                            message: format!("metadata {}={:?} ignored", p.key, p.value),
+                        });
+                    }
+                    endpoints.push(Arc::new(endpoint));
+                }
+                Err(message) => warnings.push(BuildWarning { service: name.to_string(), id: id.clone(), message }),
+            }
+        }
+        let live_ids: HashSet<&str> = instances.keys().map(String::as_str).collect();
+        self.loads.retain(|(s, id), load| s != name || live_ids.contains(id.as_str()) || load.get() > 0);
+        let state = self.states.entry(name.to_string()).or_insert_with(|| Arc::new(ServiceState::new(name))).clone();
+        Service::new(name.into(), endpoints, state, self.hashed.contains(name))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::upstream::table::Pick;
+
+    fn inst(service: &str, id: &str, port: u16) -> Instance {
+        Instance { service: service.into(), id: id.into(), addr: format!("127.0.0.1:{port}"), metadata: Default::default() }
+    }
+
+    fn ids(table: &Table, service: &str) -> Vec<String> {
+        table.service(service).map(|s| s.endpoints.iter().map(|e| e.id.to_string()).collect()).unwrap_or_default()
+    }
+
+    #[test]
+    fn replace_then_apply() {
+        let mut r = Registry::default();
+        assert!(r.apply(Update::Replace { instances: vec![inst("a", "1", 1), inst("a", "2", 2), inst("b", "1", 3)], revision: 5 }));
+        let (t, w) = r.build();
+        assert!(w.is_empty());
+        assert_eq!((t.version, t.revision), (1, 5));
+        assert_eq!(ids(&t, "a"), ["1", "2"]);
+        r.apply(Update::Apply { changes: vec![Change::Delete { service: "a".into(), id: "1".into() }, Change::Put(inst("a", "3", 4))], revision: 6 });
+        let (t2, _) = r.build();
+        assert_eq!(ids(&t2, "a"), ["2", "3"]);
+        // Untouched services are shared, not rebuilt.
+        assert!(Arc::ptr_eq(t.service("b").unwrap(), t2.service("b").unwrap()));
+    }
+
+    #[test]
+    fn replace_removes_ghosts_and_keeps_empty_services_known() {
+        let mut r = Registry::default();
+        r.apply(Update::Replace { instances: vec![inst("a", "1", 1), inst("b", "1", 2)], revision: 1 });
+        r.build();
+        r.apply(Update::Replace { instances: vec![inst("a", "2", 3)], revision: 9 });
+        let (t, _) = r.build();
+        assert_eq!(ids(&t, "a"), ["2"]);
+        assert!(t.service("b").unwrap().endpoints.is_empty());
+        assert!(t.service("b").unwrap().pick(Pick::RoundRobin).is_none());
+    }
+
+    #[test]
+    fn unchanged_update_reports_no_change() {
+        let mut r = Registry::default();
+        r.apply(Update::Replace { instances: vec![inst("a", "1", 1)], revision: 1 });
+        r.build();
+        assert!(!r.apply(Update::Replace { instances: vec![inst("a", "1", 1)], revision: 2 }));
+        assert!(!r.apply(Update::Apply { changes: vec![Change::Delete { service: "x".into(), id: "y".into() }], revision: 3 }));
+    }
+
+    #[test]
+    fn cursor_survives_swaps() {
+        let mut r = Registry::default();
+        r.apply(Update::Replace { instances: vec![inst("a", "1", 1), inst("a", "2", 2)], revision: 1 });
+        let (t, _) = r.build();
+        let first = t.service("a").unwrap().pick(Pick::RoundRobin).unwrap().id.clone();
+        r.apply(Update::Apply { changes: vec![Change::Put(inst("a", "3", 3))], revision: 2 });
+        let (t, _) = r.build();
+        let second = t.service("a").unwrap().pick(Pick::RoundRobin).unwrap().id.clone();
+        assert_ne!(first, second);
+    }
+
+    #[test]
+    fn draining_and_down_are_not_picked() {
+        let mut r = Registry::default();
+        let mut d = inst("a", "d", 1);
+        d.metadata.insert("status".into(), "draining".into());
+        let mut x = inst("a", "x", 2);
+        x.metadata.insert("status".into(), "down".into());
+        r.apply(Update::Replace { instances: vec![d, x, inst("a", "u", 3)], revision: 1 });
+        let (t, _) = r.build();
+        let s = t.service("a").unwrap();
+        assert_eq!(s.endpoints.len(), 3);
+        for _ in 0..10 {
+            assert_eq!(&*s.pick(Pick::LeastRequest).unwrap().id, "u");
+        }
+    }
+}

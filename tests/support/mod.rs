@@ -1,0 +1,218 @@
+//! Test harness: the gateway on port 0 (in-process, or as the real binary), small
+//! HTTP backends that answer with their name, and a pooled HTTP client. Every
+//! socket is on 127.0.0.1; each test owns its ports and temp dirs.
+#![allow(dead_code)]
+
+pub mod backend;
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper_util::client::legacy::{connect::HttpConnector, Client};
+use hyper_util::rt::TokioExecutor;
+use tokio_util::sync::CancellationToken;
+
+use switchyard::config::Config;
+use switchyard::server::Gateway;
+use switchyard::upstream::SharedTable;
+
+pub use backend::Backend;
+
+pub type HttpClient = Client<HttpConnector, Full<Bytes>>;
+
+pub fn client() -> HttpClient {
+    Client::builder(TokioExecutor::new()).build_http()
+}
+
+pub fn h2c_client() -> HttpClient {
+    Client::builder(TokioExecutor::new()).http2_only(true).build_http()
+}
+
+/// GET → (status, body).
+pub async fn get(client: &HttpClient, url: &str) -> (u16, String) {
+    request(client, http::Request::get(url).body(Full::default()).unwrap()).await
+}
+
+pub async fn request(client: &HttpClient, req: http::Request<Full<Bytes>>) -> (u16, String) {
+    let res = tokio::time::timeout(Duration::from_secs(20), client.request(req))
+        .await
+        .expect("request timed out")
+        .expect("request failed");
+    let status = res.status().as_u16();
+    let body = res.into_body().collect().await.expect("body").to_bytes();
+    (status, String::from_utf8_lossy(&body).into_owned())
+}
+
+/// Writes an instances file for the file source.
+pub fn write_instances(path: &Path, instances: &[(&str, &str, SocketAddr, &[(&str, &str)])]) {
+    let mut text = String::new();
+    for (service, id, addr, meta) in instances {
+        text.push_str(&format!("[[instance]]\nservice = \"{service}\"\nid = \"{id}\"\naddr = \"{addr}\"\n"));
+        if !meta.is_empty() {
+            let pairs: Vec<String> = meta.iter().map(|(k, v)| format!("{k} = \"{v}\"")).collect();
+            text.push_str(&format!("metadata = {{ {} }}\n", pairs.join(", ")));
+        }
+    }
+    // Write then rename, as an editor would, so the poller never reads half a file.
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, text).unwrap();
+    std::fs::rename(&tmp, path).unwrap();
+}
+
+/// A gateway running inside the test process.
+pub struct TestGateway {
+    pub addr: SocketAddr,
+    pub admin: SocketAddr,
+    pub table: SharedTable,
+    pub dir: tempfile::TempDir,
+    shutdown: CancellationToken,
+    task: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl TestGateway {
+    /// `config` is TOML; `{instances}` is replaced by a path in the gateway's temp dir
+    /// and `{dir}` by the temp dir. Listeners should listen on `127.0.0.1:0`.
+    pub async fn start(config: &str) -> TestGateway {
+        let dir = tempfile::tempdir().unwrap();
+        let text = config
+            .replace("{instances}", &dir.path().join("instances.toml").display().to_string())
+            .replace("{dir}", &dir.path().display().to_string());
+        let config = Config::parse(&text).unwrap_or_else(|e| panic!("test config invalid:\n{e}"));
+        let gateway = Gateway::bind(config).await.expect("bind");
+        let addr = gateway.listener_addr("web").expect("a listener named web");
+        let admin = gateway.admin_addr();
+        let table = gateway.table();
+        let shutdown = CancellationToken::new();
+        let task = tokio::spawn({
+            let shutdown = shutdown.clone();
+            async move { gateway.serve(shutdown).await.expect("serve") }
+        });
+        TestGateway { addr, admin, table, dir, shutdown, task: Some(task) }
+    }
+
+    pub fn instances_path(&self) -> PathBuf {
+        self.dir.path().join("instances.toml")
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.addr)
+    }
+
+    /// Waits until the live table's version is at least `version`.
+    pub async fn wait_version(&self, version: u64) {
+        wait_until(Duration::from_secs(10), || self.table.load().version >= version).await;
+    }
+
+    /// Waits until `service` has exactly `live` live endpoints.
+    pub async fn wait_live(&self, service: &str, live: usize) {
+        wait_until(Duration::from_secs(10), || {
+            self.table.load().service(service).is_some_and(|s| s.live.len() == live)
+        })
+        .await;
+    }
+
+    pub async fn stop(mut self) {
+        self.shutdown.cancel();
+        if let Some(t) = self.task.take() {
+            tokio::time::timeout(Duration::from_secs(10), t).await.expect("gateway stops").unwrap();
+        }
+    }
+}
+
+impl Drop for TestGateway {
+    fn drop(&mut self) {
+        self.shutdown.cancel();
+    }
+}
+
+pub async fn wait_until(limit: Duration, mut ok: impl FnMut() -> bool) {
+    let deadline = Instant::now() + limit;
+    while !ok() {
+        assert!(Instant::now() < deadline, "condition not reached within {limit:?}");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// Fetches a text page from the admin server.
+pub async fn admin_get(admin: SocketAddr, path: &str) -> (u16, String) {
+    get(&client(), &format!("http://{admin}{path}")).await
+}
+
+/// The value of one Prometheus sample (`name{labels}` exactly as rendered, labels sorted), 0 if absent.
+pub fn metric(text: &str, series: &str) -> f64 {
+    text.lines()
+        .find_map(|l| l.strip_prefix(series).and_then(|rest| rest.strip_prefix(' ')).and_then(|v| v.trim().parse().ok()))
+        .unwrap_or(0.0)
+}
+
+/// A free port on 127.0.0.1 (bound and released; fine for tests that start a child process).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// The gateway binary as a child process; killed on drop.
+pub struct GatewayProcess {
+    pub child: Child,
+    pub dir: tempfile::TempDir,
+}
+
+impl GatewayProcess {
+    /// Starts `switchyard run` with a config written into a temp dir; the config must use
+    /// fixed ports (see [`free_port`]). Waits for `/readyz` on `admin`.
+    pub async fn start(config: &str, admin: SocketAddr) -> GatewayProcess {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("switchyard.toml");
+        std::fs::write(&path, config.replace("{dir}", &dir.path().display().to_string())).unwrap();
+        let child = Command::new(env!("CARGO_BIN_EXE_switchyard"))
+            .args(["run", "--config"])
+            .arg(&path)
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("start switchyard");
+        let process = GatewayProcess { child, dir };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let c = client();
+        loop {
+            let req = http::Request::get(format!("http://{admin}/readyz")).body(Full::default()).unwrap();
+            if let Ok(Ok(res)) = tokio::time::timeout(Duration::from_secs(1), c.request(req)).await {
+                if res.status() == 200 {
+                    break;
+                }
+            }
+            assert!(Instant::now() < deadline, "switchyard did not become ready");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        process
+    }
+
+    pub fn pid(&self) -> i32 {
+        self.child.id() as i32
+    }
+
+    /// Resident set size in KiB, from /proc.
+    pub fn rss_kib(&self) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid())).unwrap();
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            .expect("VmRSS")
+    }
+
+    pub fn signal(&self, signal: &str) {
+        let ok = Command::new("kill").args([&format!("-{signal}"), &self.pid().to_string()]).status().unwrap().success();
+        assert!(ok, "kill -{signal} failed");
+    }
+}
+
+impl Drop for GatewayProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
