@@ -4,6 +4,8 @@
 
 mod duration;
 mod raw;
+#[cfg(test)]
+mod tests;
 mod validate;
 
 use std::net::SocketAddr;

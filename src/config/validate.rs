@@ -60,7 +60,7 @@ pub(super) fn parse(text: &str) -> Result<Config, ConfigErrors> {
         let at = e
             .span()
             .map(|s| {
-                let line = text[..s.start.min(text.len())].lines().count().max(1);
+                let line = text.as_bytes()[..s.start.min(text.len())].iter().filter(|&&b| b == b'\n').count() + 1;
                 format!("line {line}: ")
             })
             .unwrap_or_default();
@@ -122,10 +122,11 @@ impl Validator {
                 if !names.insert(listener.name.clone()) {
                     self.error(format!("{path}.name"), format!("duplicate listener name {:?}", listener.name));
                 }
-                if !addrs.insert(listener.listen) {
+                // Port 0 (tests) means "any free port": never a clash.
+                if listener.listen.port() != 0 && !addrs.insert(listener.listen) {
                     self.error(format!("{path}.listen"), format!("{} is used by another listener", listener.listen));
                 }
-                if listener.listen == admin_listen {
+                if listener.listen.port() != 0 && listener.listen == admin_listen {
                     self.error(format!("{path}.listen"), format!("{} is the admin listener's address", listener.listen));
                 }
                 Some(listener)

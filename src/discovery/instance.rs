@@ -9,6 +9,7 @@ use serde_json::Value;
 
 /// One backend of one service, as a discovery source reports it.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct Instance {
     pub service: String,
     pub id: String,
@@ -45,7 +46,7 @@ pub fn decode(service: &str, id: &str, value: &[u8]) -> Result<Instance, DecodeE
     }
     let (addr, metadata) = if text.starts_with('{') {
         from_json(text)?
-    } else if text.starts_with('"') || text.starts_with('[') {
+    } else if text.starts_with('"') || (text.starts_with('[') && !text.contains("]:")) {
         return Err(DecodeError::Unrecognized);
     } else {
         (text.to_string(), BTreeMap::new())

@@ -38,7 +38,18 @@ pub async fn run(
             changed |= registry.apply(more);
         }
         if changed || !ready.load(Ordering::Relaxed) {
-            let (next, warnings) = registry.build();
+            // Building is CPU work (a weighted sequence over large weights takes
+            // milliseconds to seconds); keep it off the request threads.
+            let Ok((returned, (next, warnings))) = tokio::task::spawn_blocking(move || {
+                let built = registry.build();
+                (registry, built)
+            })
+            .await
+            else {
+                tracing::error!("building the upstream table panicked; the current table stays live");
+                return;
+            };
+            registry = returned;
             for w in warnings {
                 tracing::warn!(service = %w.service, id = %w.id, "{}", w.message);
             }

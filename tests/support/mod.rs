@@ -4,6 +4,8 @@
 #![allow(dead_code)]
 
 pub mod backend;
+pub mod etcd;
+pub mod l4;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -37,6 +39,11 @@ pub async fn get(client: &HttpClient, url: &str) -> (u16, String) {
     request(client, http::Request::get(url).body(Full::default()).unwrap()).await
 }
 
+/// GET with a client of its own, for spawned tasks.
+pub async fn get_owned(url: String) -> (u16, String) {
+    get(&client(), &url).await
+}
+
 pub async fn request(client: &HttpClient, req: http::Request<Full<Bytes>>) -> (u16, String) {
     let res = tokio::time::timeout(Duration::from_secs(20), client.request(req))
         .await
@@ -63,12 +70,34 @@ pub fn write_instances(path: &Path, instances: &[(&str, &str, SocketAddr, &[(&st
     std::fs::rename(&tmp, path).unwrap();
 }
 
+/// A config for [`TestGateway::start`]: admin and listener "web" on port 0, file
+/// discovery polling every 20 ms; `extra` is appended (routes for "web", services).
+pub fn http_config(extra: &str) -> String {
+    format!(
+        r#"[admin]
+listen = "127.0.0.1:0"
+[discovery]
+source = "file"
+path = "{{instances}}"
+poll_interval = "20ms"
+[timeouts]
+request = "2s"
+connect = "1s"
+[[listener]]
+name = "web"
+protocol = "http"
+listen = "127.0.0.1:0"
+{extra}"#
+    )
+}
+
 /// A gateway running inside the test process.
 pub struct TestGateway {
     pub addr: SocketAddr,
     pub admin: SocketAddr,
     pub table: SharedTable,
     pub dir: tempfile::TempDir,
+    listeners: Vec<(String, SocketAddr)>,
     shutdown: CancellationToken,
     task: Option<tokio::task::JoinHandle<()>>,
 }
@@ -82,8 +111,12 @@ impl TestGateway {
             .replace("{instances}", &dir.path().join("instances.toml").display().to_string())
             .replace("{dir}", &dir.path().display().to_string());
         let config = Config::parse(&text).unwrap_or_else(|e| panic!("test config invalid:\n{e}"));
+        let names: Vec<String> = config.listeners.iter().map(|l| l.name.clone()).collect();
         let gateway = Gateway::bind(config).await.expect("bind");
-        let addr = gateway.listener_addr("web").expect("a listener named web");
+        let listeners: Vec<(String, SocketAddr)> =
+            names.into_iter().filter_map(|n| gateway.listener_addr(&n).map(|a| (n, a))).collect();
+        // `addr` is the listener named "web", or else the first one.
+        let addr = gateway.listener_addr("web").or_else(|| listeners.first().map(|l| l.1)).expect("a listener");
         let admin = gateway.admin_addr();
         let table = gateway.table();
         let shutdown = CancellationToken::new();
@@ -91,7 +124,12 @@ impl TestGateway {
             let shutdown = shutdown.clone();
             async move { gateway.serve(shutdown).await.expect("serve") }
         });
-        TestGateway { addr, admin, table, dir, shutdown, task: Some(task) }
+        TestGateway { addr, admin, table, dir, listeners, shutdown, task: Some(task) }
+    }
+
+    /// The bound address of the listener called `name`.
+    pub fn listener_addr(&self, name: &str) -> SocketAddr {
+        self.listeners.iter().find(|(n, _)| n == name).map(|l| l.1).unwrap_or_else(|| panic!("no listener {name:?}"))
     }
 
     pub fn instances_path(&self) -> PathBuf {

@@ -1,0 +1,134 @@
+//! Validation as users see it: a table of bad configs and the exact messages.
+
+use super::*;
+
+const MINIMAL: &str = r#"
+[[listener]]
+name = "web"
+protocol = "http"
+listen = "127.0.0.1:8080"
+"#;
+
+fn errors(text: &str) -> Vec<String> {
+    match Config::parse(text) {
+        Ok(_) => vec![],
+        Err(e) => e.0.iter().map(|e| e.to_string()).collect(),
+    }
+}
+
+#[test]
+fn minimal_config_gets_defaults() {
+    let c = Config::parse(MINIMAL).unwrap();
+    assert_eq!(c.admin_listen.to_string(), DEFAULT_ADMIN_LISTEN);
+    assert!(c.workers >= 1);
+    assert_eq!(c.timeouts.connect, DEFAULT_CONNECT_TIMEOUT);
+    match &c.discovery {
+        Discovery::File(f) => assert_eq!(f.path, PathBuf::from(DEFAULT_INSTANCES_PATH)),
+        other => panic!("{other:?}"),
+    }
+    assert!(matches!(&c.listeners[0].kind, ListenerKind::Http { routes } if routes.is_empty()));
+}
+
+#[test]
+fn shipped_configs_are_valid() {
+    for entry in std::fs::read_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/config")).unwrap() {
+        let path = entry.unwrap().path();
+        let name = path.file_name().unwrap().to_string_lossy().to_string();
+        if name.ends_with(".toml") && name != "instances.toml" {
+            if let Err(e) = Config::load(&path) {
+                panic!("{name}:\n{e}");
+            }
+        }
+    }
+    Config::parse(EMBEDDED_DEFAULT).unwrap();
+}
+
+#[test]
+fn bad_configs_and_their_messages() {
+    let listener = |extra: &str| format!("[[listener]]\nname = \"web\"\nprotocol = \"http\"\nlisten = \"127.0.0.1:8080\"\n{extra}");
+    let cases: Vec<(String, Vec<&str>)> = vec![
+        (
+            listener("[[listener.route]]\nservice = \"a\"\n[[listener.route]]\nservice = \"b\"\nbalance = \"rr\"\n"),
+            vec![r#"listener[0].route[1].balance: unknown policy "rr" (expected round_robin, weighted, least_request, hash)"#],
+        ),
+        (
+            listener("[[listener.route]]\nservice = \"a\"\nbalance = \"hash\"\n"),
+            vec![r#"listener[0].route[0].hash_key: required with balance = "hash" (e.g. "header:x-user-id")"#],
+        ),
+        (
+            listener("[[listener.route]]\nservice = \"a\"\nbalance = \"hash\"\nhash_key = \"body\"\n"),
+            vec![r#"listener[0].route[0].hash_key: invalid hash key "body" (expected header:NAME, cookie:NAME, client_ip, path, query:NAME)"#],
+        ),
+        (
+            listener("[[listener.route]]\nservice = \"a\"\nhash_key = \"path\"\n"),
+            vec![r#"listener[0].route[0].hash_key: only used with balance = "hash""#],
+        ),
+        (listener("[[listener.route]]\npath_prefix = \"api\"\n"), vec![
+            r#"listener[0].route[0].path_prefix: "api" must start with '/'"#,
+            "listener[0].route[0].service: required",
+        ]),
+        (
+            "[[listener]]\nname = \"web\"\nprotocol = \"htp\"\nlisten = \"127.0.0.1:80\"\n".into(),
+            vec![r#"listener[0].protocol: unknown protocol "htp" (expected http, https, tcp, tls_passthrough)"#],
+        ),
+        (
+            "[[listener]]\nname = \"web\"\nprotocol = \"http\"\nlisten = \"localhost\"\n".into(),
+            vec![r#"listener[0].listen: invalid address "localhost" (expected IP:PORT, e.g. "127.0.0.1:8080")"#],
+        ),
+        (
+            format!("{}{}", listener(""), "[[listener]]\nname = \"web\"\nprotocol = \"http\"\nlisten = \"127.0.0.1:8080\"\n"),
+            vec![r#"listener[1].name: duplicate listener name "web""#, "listener[1].listen: 127.0.0.1:8080 is used by another listener"],
+        ),
+        (format!("[runtime]\nworkers = 0\n{}", listener("")), vec!["runtime.workers: must be between 1 and 1024, got 0"]),
+        (format!("[timeouts]\nconnect = \"2 seconds\"\n{}", listener("")), vec![
+            r#"timeouts.connect: invalid duration "2 seconds" (expected e.g. "250ms", "5s", "2m")"#,
+        ]),
+        (format!("[discovery]\nsource = \"consul\"\n{}", listener("")), vec![r#"discovery.source: unknown source "consul" (expected file, etcd)"#]),
+        (format!("[discovery]\nsource = \"etcd\"\n{}", listener("")), vec![
+            r#"discovery.endpoints: at least one etcd endpoint is required when source = "etcd""#,
+        ]),
+        (format!("[discovery]\nsource = \"etcd\"\nendpoints = [\"http://127.0.0.1:2379\"]\nusername = \"u\"\n{}", listener("")), vec![
+            "discovery.password: required when discovery.username is set",
+        ]),
+        (format!("[discovery]\nendpoints = [\"http://127.0.0.1:2379\"]\n{}", listener("")), vec![r#"discovery.endpoints: not used by source = "file""#]),
+        (
+            "[[listener]]\nname = \"pg\"\nprotocol = \"tcp\"\nlisten = \"127.0.0.1:6432\"\nbalance = \"hash\"\nhash_key = \"path\"\n".into(),
+            vec!["listener[0].service: required", r#"listener[0].hash_key: "path" is not available for a TCP connection (expected client_ip)"#],
+        ),
+        (
+            "[[listener]]\nname = \"s\"\nprotocol = \"https\"\nlisten = \"127.0.0.1:8443\"\n".into(),
+            vec!["listener[0].tls: an https listener needs at least one [[listener.tls]] certificate"],
+        ),
+        ("[admin]\nlisten = \"127.0.0.1:9901\"\n".into(), vec!["listener: at least one [[listener]] is required"]),
+        (listener("colour = \"blue\"\n"), vec!["line 5: unknown field `colour`"]),
+    ];
+    for (text, want) in cases {
+        let got = errors(&text);
+        let matched = want.len() == got.len() && want.iter().zip(&got).all(|(w, g)| g.starts_with(w));
+        assert!(matched, "config:\n{text}\nwant: {want:#?}\ngot: {got:#?}");
+    }
+}
+
+#[test]
+fn every_error_is_reported_not_only_the_first() {
+    let text = r#"
+[runtime]
+workers = -1
+[timeouts]
+request = "0s"
+[[listener]]
+name = ""
+protocol = "http"
+listen = "nowhere"
+"#;
+    let got = errors(text);
+    assert_eq!(
+        got,
+        [
+            "runtime.workers: must be between 1 and 1024, got -1",
+            "timeouts.request: must be greater than zero",
+            "listener[0].name: must not be empty",
+            r#"listener[0].listen: invalid address "nowhere" (expected IP:PORT, e.g. "127.0.0.1:8080")"#,
+        ]
+    );
+}

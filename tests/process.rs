@@ -1,0 +1,160 @@
+//! The real binary: `check` on good and bad configs, streaming 100 MB each way
+//! within a bounded RSS, and SIGTERM letting an in-flight request finish.
+
+mod support;
+
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, StreamBody};
+use hyper::body::Frame;
+use support::{free_port, write_instances, Backend, GatewayProcess};
+
+fn switchyard() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_switchyard"))
+}
+
+#[test]
+fn check_accepts_the_shipped_configs_and_rejects_bad_ones() {
+    let ok = switchyard().args(["check", "--config", "config/quickstart.toml"]).output().unwrap();
+    assert!(ok.status.success(), "{}", String::from_utf8_lossy(&ok.stderr));
+
+    let dir = tempfile::tempdir().unwrap();
+    let bad = dir.path().join("bad.toml");
+    std::fs::write(
+        &bad,
+        r#"
+[runtime]
+workers = 0
+[[listener]]
+name = "web"
+protocol = "http"
+listen = "127.0.0.1:8080"
+[[listener.route]]
+service = "a"
+[[listener.route]]
+service = "b"
+balance = "rr"
+"#,
+    )
+    .unwrap();
+    let out = switchyard().args(["check", "--config"]).arg(&bad).output().unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("runtime.workers: must be between 1 and 1024, got 0"), "{stderr}");
+    assert!(
+        stderr.contains(r#"listener[0].route[1].balance: unknown policy "rr" (expected round_robin, weighted, least_request, hash)"#),
+        "{stderr}"
+    );
+
+    // `run` refuses the same file before binding anything.
+    let out = switchyard().args(["run", "--config"]).arg(&bad).output().unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("listener[0].route[1].balance"));
+
+    let missing = switchyard().args(["check", "--config", "/nonexistent.toml"]).output().unwrap();
+    assert!(!missing.status.success());
+    assert!(String::from_utf8_lossy(&missing.stderr).contains("cannot read /nonexistent.toml"));
+}
+
+fn process_config(port: u16, admin: u16, instances: &std::path::Path, extra: &str) -> String {
+    format!(
+        r#"[runtime]
+workers = 2
+[admin]
+listen = "127.0.0.1:{admin}"
+[discovery]
+path = "{}"
+poll_interval = "50ms"
+[timeouts]
+shutdown_grace = "10s"
+{extra}
+[[listener]]
+name = "web"
+protocol = "http"
+listen = "127.0.0.1:{port}"
+[[listener.route]]
+service = "s"
+"#,
+        instances.display()
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn streams_100mb_each_way_in_bounded_memory() {
+    const SIZE: usize = 100 * 1024 * 1024;
+    let b = Backend::start("big").await;
+    let dir = tempfile::tempdir().unwrap();
+    let instances = dir.path().join("instances.toml");
+    write_instances(&instances, &[("s", "1", b.addr, &[])]);
+    let (port, admin) = (free_port(), free_port());
+    let gw = GatewayProcess::start(&process_config(port, admin, &instances, ""), format!("127.0.0.1:{admin}").parse().unwrap()).await;
+    let c = support::client();
+
+    // Download: the backend streams 100 MB.
+    let res = c.request(http::Request::get(format!("http://127.0.0.1:{port}/bytes/{SIZE}")).body(Default::default()).unwrap()).await.unwrap();
+    assert_eq!(res.status(), 200);
+    let mut body = res.into_body();
+    let (mut got, mut peak) = (0usize, 0u64);
+    while let Some(frame) = body.frame().await {
+        if let Ok(data) = frame.unwrap().into_data() {
+            got += data.len();
+            if got % (8 << 20) < data.len() {
+                peak = peak.max(gw.rss_kib());
+            }
+        }
+    }
+    assert_eq!(got, SIZE);
+
+    // Upload: 100 MB streamed to /echo, which streams it back.
+    let chunk = Bytes::from(vec![b'u'; 256 * 1024]);
+    let chunks = SIZE / chunk.len();
+    let stream = futures_util::stream::iter((0..chunks).map(move |_| Ok::<_, std::io::Error>(Frame::data(chunk.clone()))));
+    let raw = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new()).build_http();
+    let req = http::Request::post(format!("http://127.0.0.1:{port}/echo")).body(StreamBody::new(stream)).unwrap();
+    let res = raw.request(req).await.unwrap();
+    assert_eq!(res.status(), 200);
+    let mut body = res.into_body();
+    let mut echoed = 0usize;
+    while let Some(frame) = body.frame().await {
+        if let Ok(data) = frame.unwrap().into_data() {
+            echoed += data.len();
+            if echoed % (8 << 20) < data.len() {
+                peak = peak.max(gw.rss_kib());
+            }
+        }
+    }
+    assert_eq!(echoed, SIZE);
+    peak = peak.max(gw.rss_kib());
+    assert!(peak < 64 * 1024, "gateway RSS peaked at {peak} KiB");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_lets_a_slow_request_finish() {
+    let b = Backend::start("slow").await;
+    let dir = tempfile::tempdir().unwrap();
+    let instances = dir.path().join("instances.toml");
+    write_instances(&instances, &[("s", "1", b.addr, &[])]);
+    let (port, admin) = (free_port(), free_port());
+    let mut gw = GatewayProcess::start(&process_config(port, admin, &instances, ""), format!("127.0.0.1:{admin}").parse().unwrap()).await;
+    let slow = tokio::spawn(support::get_owned(format!("http://127.0.0.1:{port}/slow/1500")));
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let sent = Instant::now();
+    gw.signal("TERM");
+    // New connections are refused soon after the signal...
+    let mut refused = false;
+    for _ in 0..100 {
+        if std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            refused = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(refused, "listener still accepting after SIGTERM");
+    // ...while the in-flight request completes.
+    assert_eq!(slow.await.unwrap(), (200, "slow".to_string()));
+    let status = tokio::task::spawn_blocking(move || gw.child.wait().unwrap()).await.unwrap();
+    assert!(status.success(), "exit status {status:?}");
+    assert!(sent.elapsed() < Duration::from_secs(9), "exit waited for the grace period");
+}

@@ -1,0 +1,171 @@
+//! The HTTP proxy's behaviour at its edges: status mapping (404/502/503/504),
+//! forwarded headers, prefix strip, host routing, h2c, absolute-form refusal,
+//! and the metrics that traffic moves.
+
+mod support;
+
+use std::time::Duration;
+
+use http_body_util::BodyExt;
+use support::{admin_get, client, get, h2c_client, http_config, metric, request, write_instances, Backend, TestGateway};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn status_mapping() {
+    let up = Backend::start("up").await;
+    // A port with nothing listening: connections are refused.
+    let refused = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
+    let gw = TestGateway::start(&http_config(
+        r#"
+[[listener.route]]
+path_prefix = "/refused/"
+service = "refused"
+[[listener.route]]
+path_prefix = "/empty/"
+service = "empty"
+[[listener.route]]
+path_prefix = "/up/"
+service = "up"
+"#,
+    ))
+    .await;
+    write_instances(&gw.instances_path(), &[("refused", "r", refused, &[]), ("up", "u", up.addr, &[])]);
+    gw.wait_live("up", 1).await;
+    let c = client();
+    let (status, body) = get(&c, &gw.url("/refused/x")).await;
+    assert_eq!(status, 502, "{body}");
+    let (status, body) = get(&c, &gw.url("/empty/x")).await;
+    assert_eq!(status, 503, "{body}");
+    assert!(body.contains("no live instance"), "{body}");
+    assert_eq!(get(&c, &gw.url("/nowhere")).await.0, 404);
+    // Request timeout is 2s in the test config.
+    let (status, _) = get(&c, &gw.url("/up/slow/3000")).await;
+    assert_eq!(status, 504);
+    assert_eq!(get(&c, &gw.url("/up/x")).await, (200, "up".to_string()));
+
+    // All of it is counted.
+    let text = admin_get(gw.admin, "/metrics").await.1;
+    assert_eq!(metric(&text, r#"switchyard_upstream_errors_total{service="refused",kind="connect"}"#), 1.0);
+    assert_eq!(metric(&text, r#"switchyard_upstream_errors_total{service="up",kind="timeout"}"#), 1.0);
+    assert_eq!(metric(&text, r#"switchyard_requests_total{service="refused",class="5xx"}"#), 1.0);
+    assert_eq!(metric(&text, r#"switchyard_requests_total{service="up",class="2xx"}"#), 1.0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_move_with_traffic() {
+    let b = Backend::start("m").await;
+    let gw = TestGateway::start(&http_config("[[listener.route]]\nservice = \"metered\"\n")).await;
+    write_instances(&gw.instances_path(), &[("metered", "1", b.addr, &[])]);
+    gw.wait_live("metered", 1).await;
+    let before = admin_get(gw.admin, "/metrics").await.1;
+    let c = client();
+    for _ in 0..7 {
+        assert_eq!(get(&c, &gw.url("/")).await.0, 200);
+    }
+    let after = admin_get(gw.admin, "/metrics").await.1;
+    let series = r#"switchyard_requests_total{service="metered",class="2xx"}"#;
+    assert_eq!(metric(&after, series) - metric(&before, series), 7.0);
+    let hist = r#"switchyard_request_duration_seconds_count{service="metered"}"#;
+    assert_eq!(metric(&after, hist) - metric(&before, hist), 7.0);
+    assert_eq!(metric(&after, r#"switchyard_upstream_instances{service="metered",state="up"}"#), 1.0);
+    assert!(metric(&after, "switchyard_table_swaps_total") >= 1.0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forwarded_headers_and_hop_by_hop() {
+    let b = Backend::start("h").await;
+    let gw = TestGateway::start(&http_config("[[listener.route]]\npath_prefix = \"/api/\"\nstrip_prefix = true\nservice = \"h\"\n")).await;
+    write_instances(&gw.instances_path(), &[("h", "1", b.addr, &[])]);
+    gw.wait_live("h", 1).await;
+    let req = http::Request::get(gw.url("/api/headers"))
+        .header("host", "shop.example.com:8080")
+        .header("x-forwarded-for", "10.1.2.3")
+        .header("connection", "x-drop-me")
+        .header("x-drop-me", "1")
+        .header("proxy-authorization", "secret")
+        .body(Default::default())
+        .unwrap();
+    let (status, body) = request(&client(), req).await;
+    assert_eq!(status, 200, "{body}");
+    let lines: Vec<&str> = body.lines().collect();
+    assert!(lines.contains(&"x-forwarded-for: 10.1.2.3, 127.0.0.1"), "{body}");
+    assert!(lines.contains(&"x-forwarded-proto: http"), "{body}");
+    assert!(lines.contains(&"x-forwarded-host: shop.example.com:8080"), "{body}");
+    assert!(lines.contains(&"host: shop.example.com:8080"), "{body}");
+    assert!(!body.contains("x-drop-me") && !body.contains("proxy-authorization"), "{body}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn host_header_names_the_service_without_routes() {
+    let a = Backend::start("alpha").await;
+    let gw = TestGateway::start(&http_config("")).await;
+    write_instances(&gw.instances_path(), &[("alpha", "1", a.addr, &[])]);
+    gw.wait_live("alpha", 1).await;
+    let c = client();
+    let with_host = |host: &str| http::Request::get(gw.url("/")).header("host", host).body(Default::default()).unwrap();
+    assert_eq!(request(&c, with_host("alpha:8080")).await, (200, "alpha".to_string()));
+    assert_eq!(request(&c, with_host("beta")).await.0, 404);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn absolute_form_for_a_foreign_host_is_refused() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let b = Backend::start("own").await;
+    let gw = TestGateway::start(&http_config("[[listener.route]]\nhost = \"own.example\"\nservice = \"own\"\n[[listener.route]]\nservice = \"own\"\n")).await;
+    write_instances(&gw.instances_path(), &[("own", "1", b.addr, &[])]);
+    gw.wait_live("own", 1).await;
+    let raw = |target: &'static str| {
+        let addr = gw.addr;
+        async move {
+            let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+            s.write_all(format!("GET {target} HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n").as_bytes()).await.unwrap();
+            let mut out = String::new();
+            s.read_to_string(&mut out).await.unwrap();
+            out
+        }
+    };
+    assert!(raw("http://evil.example/").await.starts_with("HTTP/1.1 403"));
+    assert!(raw("http://own.example/").await.starts_with("HTTP/1.1 200"));
+    assert!(raw("/").await.starts_with("HTTP/1.1 200"));
+    let text = admin_get(gw.admin, "/metrics").await.1;
+    assert_eq!(metric(&text, r#"switchyard_bad_requests_total{listener="web",reason="absolute_form_foreign_host"}"#), 1.0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn h2c_both_sides() {
+    let b = Backend::start("h2").await;
+    let gw = TestGateway::start(&http_config("[[listener.route]]\nservice = \"h2\"\n")).await;
+    // The instance speaks h2c upstream too.
+    write_instances(&gw.instances_path(), &[("h2", "1", b.addr, &[("protocol", "h2c")])]);
+    gw.wait_live("h2", 1).await;
+    let req = http::Request::get(gw.url("/headers")).body(Default::default()).unwrap();
+    let res = h2c_client().request(req).await.unwrap();
+    assert_eq!(res.version(), http::Version::HTTP_2);
+    assert_eq!(res.status(), 200);
+    let body = String::from_utf8(res.into_body().collect().await.unwrap().to_bytes().to_vec()).unwrap();
+    assert!(body.starts_with("version: HTTP/2.0"), "{body}");
+    // And an HTTP/1.1 client reaches the same h2c upstream.
+    let (status, body) = get(&client(), &gw.url("/headers")).await;
+    assert_eq!(status, 200);
+    assert!(body.starts_with("version: HTTP/2.0"), "{body}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn admin_endpoints() {
+    let b = Backend::start("x").await;
+    let gw = TestGateway::start(&http_config("[[listener.route]]\nservice = \"viewed\"\n")).await;
+    // Before the first table: alive but not ready.
+    assert_eq!(admin_get(gw.admin, "/healthz").await.0, 200);
+    write_instances(&gw.instances_path(), &[("viewed", "v1", b.addr, &[("weight", "4"), ("status", "draining")])]);
+    support::wait_until(Duration::from_secs(5), || gw.table.load().version >= 1).await;
+    assert_eq!(admin_get(gw.admin, "/readyz").await.0, 200);
+    let (status, json) = admin_get(gw.admin, "/upstreams").await;
+    assert_eq!(status, 200);
+    let doc: serde_json::Value = serde_json::from_str(&json).unwrap();
+    let inst = &doc["services"]["viewed"]["instances"][0];
+    assert_eq!(inst["id"], "v1");
+    assert_eq!(inst["state"], "draining");
+    assert_eq!(inst["weight"], 4);
+    assert_eq!(doc["services"]["viewed"]["live"], 0);
+    assert!(doc["version"].as_u64().unwrap() >= 1);
+    assert_eq!(admin_get(gw.admin, "/nope").await.0, 404);
+}

@@ -1,0 +1,89 @@
+//! The instances file as a live source: edits shift traffic under load without a
+//! failed request; a broken edit keeps the previous table and is counted.
+
+mod support;
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use support::{admin_get, client, get, http_config, metric, write_instances, Backend, TestGateway};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn edits_under_load_fail_no_request() {
+    let b = vec![Backend::start("b1").await, Backend::start("b2").await, Backend::start("b3").await];
+    let gw = TestGateway::start(&http_config("[[listener.route]]\nservice = \"s\"\n")).await;
+    let path = gw.instances_path();
+    write_instances(&path, &[("s", "1", b[0].addr, &[]), ("s", "2", b[1].addr, &[])]);
+    gw.wait_live("s", 2).await;
+
+    let failures = Arc::new(AtomicUsize::new(0));
+    let done = Arc::new(AtomicUsize::new(0));
+    let mut clients = Vec::new();
+    for _ in 0..50 {
+        let (failures, done, url) = (failures.clone(), done.clone(), gw.url("/"));
+        clients.push(tokio::spawn(async move {
+            let c = client();
+            for _ in 0..60 {
+                let req = http::Request::get(&url).body(Default::default()).unwrap();
+                match tokio::time::timeout(Duration::from_secs(10), c.request(req)).await {
+                    Ok(Ok(res)) if res.status() == 200 => {}
+                    _ => {
+                        failures.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+                done.fetch_add(1, Ordering::Relaxed);
+            }
+        }));
+    }
+    // Shift traffic from {b1,b2} to {b2,b3} to {b3} while the clients run.
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    write_instances(&path, &[("s", "2", b[1].addr, &[]), ("s", "3", b[2].addr, &[])]);
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    let b3_before = b[2].hits();
+    write_instances(&path, &[("s", "3", b[2].addr, &[])]);
+    gw.wait_live("s", 1).await;
+    for c in clients {
+        c.await.unwrap();
+    }
+    assert_eq!(done.load(Ordering::Relaxed), 3000);
+    assert_eq!(failures.load(Ordering::Relaxed), 0);
+    assert!(b[2].hits() > b3_before, "traffic reached the new backend");
+    let (b1_hits, b3_hits) = (b[0].hits(), b[2].hits());
+    let c = client();
+    for _ in 0..20 {
+        assert_eq!(get(&c, &gw.url("/")).await, (200, "b3".to_string()));
+    }
+    assert_eq!(b[0].hits(), b1_hits, "removed backend still receives traffic");
+    assert_eq!(b[2].hits(), b3_hits + 20);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn broken_edit_keeps_the_table_and_is_counted() {
+    let b1 = Backend::start("b1").await;
+    let gw = TestGateway::start(&http_config("[[listener.route]]\nservice = \"s\"\n")).await;
+    let path = gw.instances_path();
+    write_instances(&path, &[("s", "1", b1.addr, &[])]);
+    gw.wait_live("s", 1).await;
+    let errors_before = metric(&admin_get(gw.admin, "/metrics").await.1, r#"switchyard_discovery_errors_total{source="file",kind="parse"}"#);
+    let version = gw.table.load().version;
+
+    std::fs::write(&path, "[[instance]]\nservice = \"s\"\nid = \"1\"\naddr = \"127.0.0.1:0\"\n").unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        let now = metric(&admin_get(gw.admin, "/metrics").await.1, r#"switchyard_discovery_errors_total{source="file",kind="parse"}"#);
+        if now == errors_before + 1.0 {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "parse error not counted");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(gw.table.load().version, version, "a broken file must not swap the table");
+    assert_eq!(get(&client(), &gw.url("/")).await, (200, "b1".to_string()));
+
+    // Fixing the file applies again.
+    let b2 = Backend::start("b2").await;
+    write_instances(&path, &[("s", "2", b2.addr, &[])]);
+    gw.wait_version(version + 1).await;
+    assert_eq!(get(&client(), &gw.url("/")).await, (200, "b2".to_string()));
+}
