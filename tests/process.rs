@@ -137,7 +137,7 @@ async fn sigterm_lets_a_slow_request_finish() {
     let instances = dir.path().join("instances.toml");
     write_instances(&instances, &[("s", "1", b.addr, &[])]);
     let (port, admin) = (free_port(), free_port());
-    let mut gw = GatewayProcess::start(&process_config(port, admin, &instances, ""), format!("127.0.0.1:{admin}").parse().unwrap()).await;
+    let gw = GatewayProcess::start(&process_config(port, admin, &instances, ""), format!("127.0.0.1:{admin}").parse().unwrap()).await;
     let slow = tokio::spawn(support::get_owned(format!("http://127.0.0.1:{port}/slow/1500")));
     tokio::time::sleep(Duration::from_millis(300)).await;
     let sent = Instant::now();
@@ -154,7 +154,10 @@ async fn sigterm_lets_a_slow_request_finish() {
     assert!(refused, "listener still accepting after SIGTERM");
     // ...while the in-flight request completes.
     assert_eq!(slow.await.unwrap(), (200, "slow".to_string()));
-    let status = tokio::task::spawn_blocking(move || gw.child.wait().unwrap()).await.unwrap();
+    let status = tokio::task::spawn_blocking(move || {
+        let mut gw = gw;
+        gw.child.wait().unwrap()
+    }).await.unwrap();
     assert!(status.success(), "exit status {status:?}");
     assert!(sent.elapsed() < Duration::from_secs(9), "exit waited for the grace period");
 }

@@ -24,6 +24,7 @@ path_prefix = "/empty/"
 service = "empty"
 [[listener.route]]
 path_prefix = "/up/"
+strip_prefix = true
 service = "up"
 "#,
     ))

@@ -56,7 +56,8 @@ impl Backend {
                         hits.fetch_add(1, Ordering::Relaxed);
                         answer(name.clone(), req)
                     });
-                    let conn = auto::Builder::new(TokioExecutor::new()).serve_connection(TokioIo::new(stream), service);
+                    let builder = auto::Builder::new(TokioExecutor::new());
+                    let conn = builder.serve_connection(TokioIo::new(stream), service);
                     tokio::select! {
                         _ = conn => {}
                         _ = shutdown.cancelled() => {}
