@@ -1,0 +1,64 @@
+//! The Grafana dashboard uses only metric names the gateway exports, and every
+//! exported metric appears on it.
+
+use std::collections::BTreeSet;
+
+fn names_in(expr: &str) -> BTreeSet<String> {
+    let mut out = BTreeSet::new();
+    let mut rest = expr;
+    while let Some(i) = rest.find("switchyard_") {
+        let tail = &rest[i..];
+        let end = tail.find(|c: char| !(c.is_ascii_alphanumeric() || c == '_')).unwrap_or(tail.len());
+        let name = &tail[..end];
+        // Histograms are queried through their series suffixes.
+        let base = ["_bucket", "_sum", "_count"].iter().find_map(|s| name.strip_suffix(s)).unwrap_or(name);
+        out.insert(base.to_string());
+        rest = &tail[end..];
+    }
+    out
+}
+
+#[test]
+fn dashboard_and_metrics_agree() {
+    let text = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/grafana/switchyard.json")).unwrap();
+    let doc: serde_json::Value = serde_json::from_str(&text).unwrap();
+    let mut used = BTreeSet::new();
+    for panel in doc["panels"].as_array().unwrap() {
+        for target in panel["targets"].as_array().unwrap() {
+            used.extend(names_in(target["expr"].as_str().unwrap()));
+        }
+    }
+    let exported: BTreeSet<String> = switchyard::metrics::ALL.iter().map(|s| s.to_string()).collect();
+    let unknown: Vec<_> = used.difference(&exported).collect();
+    assert!(unknown.is_empty(), "dashboard queries metrics the gateway does not export: {unknown:?}");
+    let missing: Vec<_> = exported.difference(&used).collect();
+    assert!(missing.is_empty(), "exported metrics missing from the dashboard: {missing:?}");
+}
+
+/// Every name in `metrics::ALL` is recorded somewhere in the gateway, not only declared.
+#[test]
+fn every_declared_metric_is_recorded() {
+    let root = concat!(env!("CARGO_MANIFEST_DIR"), "/src");
+    let declared = std::fs::read_to_string(format!("{root}/metrics.rs")).unwrap();
+    let consts: Vec<&str> = declared
+        .lines()
+        .filter_map(|l| l.strip_prefix("pub const "))
+        .filter(|l| l.contains(": &str = \"switchyard_"))
+        .filter_map(|l| l.split(':').next())
+        .collect();
+    assert_eq!(consts.len(), switchyard::metrics::ALL.len());
+    let mut sources = String::new();
+    let mut dirs = vec![std::path::PathBuf::from(root)];
+    while let Some(dir) = dirs.pop() {
+        for entry in std::fs::read_dir(dir).unwrap() {
+            let path = entry.unwrap().path();
+            if path.is_dir() {
+                dirs.push(path);
+            } else if path.extension().is_some_and(|e| e == "rs") && !path.ends_with("metrics.rs") {
+                sources.push_str(&std::fs::read_to_string(&path).unwrap());
+            }
+        }
+    }
+    let unused: Vec<&&str> = consts.iter().filter(|c| !sources.contains(&format!("m::{c}"))).collect();
+    assert!(unused.is_empty(), "declared but never recorded: {unused:?}");
+}
