@@ -32,6 +32,8 @@ enum Command {
     },
     /// The gateway on its embedded default config, with built-in echo backends.
     Demo,
+    /// Register an instance in etcd and keep it alive until SIGINT/SIGTERM (a provider sidecar).
+    Register(switchyard::register::RegisterArgs),
 }
 
 fn main() -> ExitCode {
@@ -46,6 +48,7 @@ fn main() -> ExitCode {
         Command::Check { config } => check(&config),
         Command::Run { config } => load(&config).and_then(|c| run(c, Vec::new())),
         Command::Demo => demo(),
+        Command::Register(args) => register(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -75,6 +78,12 @@ fn demo() -> anyhow::Result<()> {
     }
     println!("try:  for i in 1 2 3 4 5 6; do curl -s http://{listen}/; done");
     run(config, backends)
+}
+
+fn register(args: switchyard::register::RegisterArgs) -> anyhow::Result<()> {
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().context("starting the runtime")?;
+    runtime.block_on(switchyard::register::run_cli(args))?;
+    Ok(())
 }
 
 /// Builds the runtime sized by `runtime.workers`, binds everything, serves until SIGINT/SIGTERM.
