@@ -11,10 +11,11 @@ use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use hyper_util::server::graceful::GracefulShutdown;
-use tokio::net::TcpListener;
-use tokio::sync::{mpsc, Semaphore};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
 use crate::admin::Admin;
 use crate::config::{Balance, Config, Discovery, Listener, ListenerKind};
@@ -24,6 +25,7 @@ use crate::discovery::Source;
 use crate::metrics as m;
 use crate::proxy::client::Upstreams;
 use crate::proxy::http::{server_builder, spawn_connection, HttpProxy};
+use crate::proxy::{passthrough, tcp};
 use crate::upstream::registry::Registry;
 use crate::upstream::{writer, SharedTable, Table};
 
@@ -47,6 +49,10 @@ pub struct Gateway {
 impl Gateway {
     /// Binds the admin listener and every configured listener (port 0 allowed).
     pub async fn bind(config: Config) -> Result<Gateway, ServerError> {
+        // Certificate and CA files are read before any port is bound, so a bad path stops start-up.
+        crate::proxy::tls::preflight(&config).map_err(|(name, e)| ServerError::Listener { name, reason: e.to_string() })?;
+        crate::proxy::upstream_tls::preflight(&config.services)
+            .map_err(|(name, e)| ServerError::Listener { name: format!("service {name}"), reason: format!("upstream_tls: {e}") })?;
         let admin = bind("admin", config.admin_listen).await?;
         let mut listeners = Vec::with_capacity(config.listeners.len());
         for l in &config.listeners {
@@ -98,6 +104,8 @@ impl Gateway {
         let upstreams = Arc::new(Upstreams::new(&config));
         let limit = Arc::new(Semaphore::new(config.limits.max_connections));
         let graceful = Arc::new(GracefulShutdown::new());
+        let tracker = TaskTracker::new();
+        let hard_stop = CancellationToken::new();
         let mut accept_loops = JoinSet::new();
         for (listener, socket) in listeners {
             let ctx = ListenerContext {
@@ -105,7 +113,9 @@ impl Gateway {
                 upstreams: upstreams.clone(),
                 limit: limit.clone(),
                 graceful: graceful.clone(),
+                tracker: tracker.clone(),
                 shutdown: shutdown.clone(),
+                hard_stop: hard_stop.clone(),
             };
             accept_loops.spawn(serve_listener(listener, socket, ctx, config.clone()));
         }
@@ -114,9 +124,12 @@ impl Gateway {
         tracing::info!(grace = ?config.timeouts.shutdown_grace, "shutting down: no new connections, draining in-flight requests");
         while accept_loops.join_next().await.is_some() {}
         let graceful = Arc::try_unwrap(graceful).unwrap_or_else(|_| GracefulShutdown::new());
-        if tokio::time::timeout(config.timeouts.shutdown_grace, graceful.shutdown()).await.is_err() {
+        tracker.close();
+        let drained = async { tokio::join!(graceful.shutdown(), tracker.wait()) };
+        if tokio::time::timeout(config.timeouts.shutdown_grace, drained).await.is_err() {
             tracing::warn!("shutdown grace period over; closing remaining connections");
         }
+        hard_stop.cancel();
         stop.cancel();
         while tasks.join_next().await.is_some() {}
         Ok(())
@@ -148,27 +161,65 @@ async fn bind(name: &str, addr: SocketAddr) -> Result<TcpListener, ServerError> 
     TcpListener::bind(addr).await.map_err(|source| ServerError::Bind { name: name.to_string(), addr, source })
 }
 
-/// What every accept loop shares.
-struct ListenerContext {
-    table: SharedTable,
-    upstreams: Arc<Upstreams>,
-    limit: Arc<Semaphore>,
-    graceful: Arc<GracefulShutdown>,
-    shutdown: CancellationToken,
+/// What every listener shares.
+pub(crate) struct ListenerContext {
+    pub table: SharedTable,
+    pub upstreams: Arc<Upstreams>,
+    pub limit: Arc<Semaphore>,
+    /// Tracks hyper connections: they finish their in-flight requests on shutdown.
+    pub graceful: Arc<GracefulShutdown>,
+    /// Tracks non-HTTP connection tasks (L4 relays, upgraded connections); waited for on shutdown.
+    pub tracker: TaskTracker,
+    /// Cancelled when the listeners stop accepting.
+    pub shutdown: CancellationToken,
+    /// Cancelled when the grace period is over: tracked tasks must end now.
+    pub hard_stop: CancellationToken,
+}
+
+/// One accepted client connection. Dropping it releases the connection slot.
+pub(crate) struct Accepted {
+    pub stream: TcpStream,
+    pub peer: SocketAddr,
+    pub slot: ConnectionSlot,
+}
+
+/// Holds a connection's place under `limits.max_connections` and in the active gauge.
+pub(crate) struct ConnectionSlot {
+    _permit: OwnedSemaphorePermit,
+    active: metrics::Gauge,
+}
+
+impl Drop for ConnectionSlot {
+    fn drop(&mut self) {
+        self.active.decrement(1.0);
+    }
 }
 
 async fn serve_listener(listener: Listener, socket: TcpListener, ctx: ListenerContext, config: Config) {
     let name = listener.name.clone();
-    let accepted = metrics::counter!(m::CONNECTIONS, "listener" => name.clone());
-    let active = metrics::gauge!(m::CONNECTIONS_ACTIVE, "listener" => name.clone());
-    let proxy = match &listener.kind {
-        ListenerKind::Http { routes } => Arc::new(HttpProxy::new(&name, routes, false, ctx.table.clone(), ctx.upstreams.clone(), &config)),
-        other => {
-            tracing::error!(listener = %name, "protocol {:?} is not served by this build", other.protocol());
-            return;
+    match &listener.kind {
+        ListenerKind::Http { routes } => {
+            let proxy = Arc::new(HttpProxy::new(&name, routes, false, &ctx, &config));
+            let builder = server_builder(&config);
+            let graceful = ctx.graceful.clone();
+            accept_loop(&name, socket, &ctx, |a| {
+                spawn_connection(a.stream, a.peer, proxy.clone(), &builder, &graceful, move || drop(a.slot));
+            })
+            .await
         }
-    };
-    let builder = server_builder(&config);
+        ListenerKind::Https { routes, certs } => {
+            let proxy = Arc::new(HttpProxy::new(&name, routes, true, &ctx, &config));
+            crate::proxy::tls::serve(&name, socket, certs, proxy, &ctx, &config).await
+        }
+        ListenerKind::Tcp { service, balance } => tcp::serve(&name, socket, &ctx, service, balance, &config).await,
+        ListenerKind::TlsPassthrough { routes } => passthrough::serve(&name, socket, &ctx, routes, &config).await,
+    }
+}
+
+/// Accepts until shutdown, within the connection limit, handing each connection to `on_accept`.
+pub(crate) async fn accept_loop(name: &str, socket: TcpListener, ctx: &ListenerContext, mut on_accept: impl FnMut(Accepted)) {
+    let accepted = metrics::counter!(m::CONNECTIONS, "listener" => name.to_string());
+    let active = metrics::gauge!(m::CONNECTIONS_ACTIVE, "listener" => name.to_string());
     loop {
         let permit = tokio::select! {
             _ = ctx.shutdown.cancelled() => return,
@@ -189,10 +240,6 @@ async fn serve_listener(listener: Listener, socket: TcpListener, ctx: ListenerCo
         let _ = stream.set_nodelay(true);
         accepted.increment(1);
         active.increment(1.0);
-        let active = active.clone();
-        spawn_connection(stream, peer, proxy.clone(), &builder, &ctx.graceful, move || {
-            active.decrement(1.0);
-            drop(permit);
-        });
+        on_accept(Accepted { stream, peer, slot: ConnectionSlot { _permit: permit, active: active.clone() } });
     }
 }

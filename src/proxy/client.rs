@@ -1,6 +1,11 @@
-//! Pooled upstream clients: one keep-alive pool for HTTP/1.1 and one for h2c,
-//! each keyed by the instance address, shared by every listener.
+//! Pooled upstream clients, shared by every listener and keyed by instance
+//! address inside each pool: HTTP/1.1 and h2c in plain text; HTTPS and h2 over
+//! TLS trusting the system bundle (instances whose metadata says `https`/`h2`);
+//! and, per service with `upstream_tls`, an HTTPS and an h2 pool with that
+//! service's CA, server name and client certificate. Such a service's instances
+//! always use TLS, whatever their metadata.
 
+use std::collections::HashMap;
 use std::time::Duration;
 
 use hyper::body::Incoming;
@@ -8,17 +13,36 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 
-use crate::config::Config;
+use super::upstream_tls::{TlsSettings, UpstreamConnector, ALPN_H2, ALPN_HTTP1};
+use crate::config::{ClientTls, Config};
 use crate::upstream::Protocol;
 
-pub type HttpClient = Client<HttpConnector, Incoming>;
+pub type HttpClient = Client<UpstreamConnector, Incoming>;
 
 /// How long an unused pooled connection is kept.
 const POOL_IDLE: Duration = Duration::from_secs(90);
 
-pub struct Upstreams {
+/// An HTTP/1.1 pool and an HTTP/2 pool with the same transport.
+struct Pair {
     http1: HttpClient,
-    h2c: HttpClient,
+    h2: HttpClient,
+}
+
+impl Pair {
+    fn get(&self, h2: bool) -> &HttpClient {
+        if h2 {
+            &self.h2
+        } else {
+            &self.http1
+        }
+    }
+}
+
+pub struct Upstreams {
+    plain: Pair,
+    tls: Pair,
+    /// Services with their own `upstream_tls`. Usually empty: the lookup is then skipped.
+    services: HashMap<Box<str>, Pair>,
 }
 
 impl Upstreams {
@@ -27,24 +51,68 @@ impl Upstreams {
         connector.set_nodelay(true);
         connector.set_connect_timeout(Some(config.timeouts.connect));
         connector.set_keepalive(Some(Duration::from_secs(60)));
-        let builder = || {
-            let mut b = Client::builder(TokioExecutor::new());
-            b.pool_idle_timeout(POOL_IDLE)
-                .pool_max_idle_per_host(config.limits.upstream_idle_per_host)
-                .pool_timer(TokioTimer::new())
-                .timer(TokioTimer::new());
-            b
+        let pair = |tls: Option<&ClientTls>, with_tls: bool| {
+            let settings = |alpn| {
+                if !with_tls {
+                    return None;
+                }
+                match TlsSettings::new(tls, alpn) {
+                    Ok(s) => Some(s),
+                    Err(e) => {
+                        // `Gateway::bind` checked these files; they changed since. Fall back to
+                        // the system trust store so the error shows on each connect, not silently.
+                        tracing::error!("upstream TLS: {e}; using the system trust store");
+                        TlsSettings::new(None, alpn).ok()
+                    }
+                }
+            };
+            let builder = || {
+                let mut b = Client::builder(TokioExecutor::new());
+                b.pool_idle_timeout(POOL_IDLE)
+                    .pool_max_idle_per_host(config.limits.upstream_idle_per_host)
+                    .pool_timer(TokioTimer::new())
+                    .timer(TokioTimer::new());
+                b
+            };
+            Pair {
+                http1: builder().build(UpstreamConnector::new(
+                    connector.clone(),
+                    settings(ALPN_HTTP1),
+                )),
+                h2: builder()
+                    .http2_only(true)
+                    .build(UpstreamConnector::new(connector.clone(), settings(ALPN_H2))),
+            }
         };
-        let http1 = builder().build(connector.clone());
-        let h2c = builder().http2_only(true).build(connector);
-        Upstreams { http1, h2c }
+        let services = config
+            .services
+            .iter()
+            .filter_map(|s| {
+                Some((
+                    s.name.as_str().into(),
+                    pair(Some(s.upstream_tls.as_ref()?), true),
+                ))
+            })
+            .collect();
+        Upstreams {
+            plain: pair(None, false),
+            tls: pair(None, true),
+            services,
+        }
     }
 
-    pub fn client(&self, protocol: Protocol) -> &HttpClient {
-        if protocol.is_h2() {
-            &self.h2c
-        } else {
-            &self.http1
+    /// The pool for one request, and whether it speaks TLS.
+    pub fn client(&self, service: &str, protocol: Protocol) -> (&HttpClient, bool) {
+        if !self.services.is_empty() {
+            if let Some(pair) = self.services.get(service) {
+                return (pair.get(protocol.is_h2()), true);
+            }
         }
+        let pair = if protocol.is_tls() {
+            &self.tls
+        } else {
+            &self.plain
+        };
+        (pair.get(protocol.is_h2()), protocol.is_tls())
     }
 }

@@ -1,6 +1,8 @@
 //! The L7 proxy: one hyper server per connection (HTTP/1.1 and h2c on the same
-//! port), and the request path: route → one table `load()` → pick → forward over
-//! a pooled upstream connection, streaming bodies both ways.
+//! port, or behind TLS), and the request path: route → one table `load()` → pick
+//! → forward over a pooled upstream connection, streaming bodies (and gRPC
+//! trailers) both ways. gRPC requests get gRPC-shaped errors and honour
+//! `grpc-timeout`; `Upgrade` requests are relayed after the 101 (see `upgrade`).
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -18,13 +20,16 @@ use hyper_util::server::graceful::GracefulShutdown;
 use tokio::io::{AsyncRead, AsyncWrite};
 
 use super::client::Upstreams;
+use super::grpc;
 use super::headers::{add_forwarded, strip_hop_by_hop};
 use super::respond::{self, ProxyBody};
 use super::route::{request_host, RequestView, Router, Target};
 use super::stats::UpstreamError;
+use super::upgrade::{self, Upgrades};
 use crate::config::{Config, Route};
 use crate::metrics as m;
-use crate::upstream::SharedTable;
+use crate::server::ListenerContext;
+use crate::upstream::{Protocol, SharedTable};
 
 pub struct HttpProxy {
     router: Router,
@@ -34,22 +39,25 @@ pub struct HttpProxy {
     /// `http` or `https`, for `X-Forwarded-Proto`.
     proto: &'static str,
     refused_absolute: metrics::Counter,
+    upgrades: Upgrades,
 }
 
 impl HttpProxy {
-    pub fn new(listener: &str, routes: &[Route], tls: bool, table: SharedTable, upstreams: Arc<Upstreams>, config: &Config) -> HttpProxy {
+    pub(crate) fn new(listener: &str, routes: &[Route], tls: bool, ctx: &ListenerContext, config: &Config) -> HttpProxy {
         HttpProxy {
             router: Router::new(routes),
-            table,
-            upstreams,
+            table: ctx.table.clone(),
+            upstreams: ctx.upstreams.clone(),
             request_timeout: config.timeouts.request,
             proto: if tls { "https" } else { "http" },
             refused_absolute: metrics::counter!(m::BAD_REQUESTS, "listener" => listener.to_string(), "reason" => "absolute_form_foreign_host"),
+            upgrades: Upgrades::new(listener, ctx.tracker.clone(), ctx.hard_stop.clone()),
         }
     }
 
     pub async fn handle(&self, mut req: Request<Incoming>, client: SocketAddr) -> Response<ProxyBody> {
         let start = Instant::now();
+        let is_grpc = grpc::is_grpc(req.headers());
         let host = request_host(req.uri(), req.headers());
         let absolute_form = req.version() < Version::HTTP_2 && req.uri().scheme().is_some();
         let view = RequestView {
@@ -60,24 +68,24 @@ impl HttpProxy {
             client_ip: client.ip(),
         };
         let Some(target) = self.router.route(&view) else {
-            return respond::no_route();
+            return respond::no_route(is_grpc);
         };
         let table = self.table.load();
         let service = match (table.service(target.service()), &target) {
             (Some(s), _) => s,
-            (None, Target::Host(_)) => return respond::no_route(),
-            (None, Target::Route(_)) => return respond::upstream_error(UpstreamError::NoInstance, target.service()),
+            (None, Target::Host(_)) => return respond::no_route(is_grpc),
+            (None, Target::Route(_)) => return respond::upstream_error(UpstreamError::NoInstance, target.service(), is_grpc),
         };
         // Absolute-form names the host to reach; only hosts this listener serves are accepted,
         // so the gateway never acts as an open forward proxy.
         if absolute_form && !(self.router.serves_host(host) || matches!(target, Target::Host(_))) {
             self.refused_absolute.increment(1);
-            return respond::text(StatusCode::FORBIDDEN, "absolute-form request for a host this gateway does not serve\n");
+            return respond::refused(StatusCode::FORBIDDEN, "absolute-form request for a host this gateway does not serve\n", is_grpc);
         }
         let Some(endpoint) = service.pick(target.pick(&view)).cloned() else {
             service.state.stats.error(UpstreamError::NoInstance);
             service.state.stats.response(StatusCode::SERVICE_UNAVAILABLE, start.elapsed().as_secs_f64());
-            return respond::upstream_error(UpstreamError::NoInstance, &service.name);
+            return respond::upstream_error(UpstreamError::NoInstance, &service.name, is_grpc);
         };
         let state = service.state.clone();
         let path_and_query = match target.upstream_path(view.path) {
@@ -91,19 +99,32 @@ impl HttpProxy {
             }
         };
         let original_host = req.uri().authority().and_then(|a| HeaderValue::from_str(a.as_str()).ok());
+        // An upgrade needs HTTP/1.1 on both sides: its pool is chosen for that, whatever the metadata.
+        let upgrade = if req.version() == Version::HTTP_11 { upgrade::requested(req.headers()) } else { None };
+        let protocol = match (&upgrade, endpoint.protocol) {
+            (Some(_), Protocol::H2c) => Protocol::Http1,
+            (Some(_), Protocol::H2) => Protocol::Https,
+            (_, p) => p,
+        };
+        let (pool, tls) = self.upstreams.client(&service.name, protocol);
         drop(table);
 
         let mut parts = http::uri::Parts::default();
-        parts.scheme = Some(Scheme::HTTP);
+        parts.scheme = Some(if tls { Scheme::HTTPS } else { Scheme::HTTP });
         parts.authority = Some(endpoint.authority.clone());
         parts.path_and_query = path_and_query.or_else(|| Some(PathAndQuery::from_static("/")));
         let Ok(uri) = Uri::from_parts(parts) else {
-            return respond::text(StatusCode::BAD_REQUEST, "malformed request target\n");
+            return respond::refused(StatusCode::BAD_REQUEST, "malformed request target\n", is_grpc);
         };
         *req.uri_mut() = uri;
-        *req.version_mut() = if endpoint.protocol.is_h2() { Version::HTTP_2 } else { Version::HTTP_11 };
+        *req.version_mut() = if protocol.is_h2() { Version::HTTP_2 } else { Version::HTTP_11 };
+        let on_client_upgrade = upgrade.is_some().then(|| hyper::upgrade::on(&mut req));
+        let timeout = if is_grpc { grpc::request_timeout(req.headers(), self.request_timeout) } else { self.request_timeout };
         let headers = req.headers_mut();
         strip_hop_by_hop(headers);
+        if let Some(protocol) = upgrade {
+            upgrade::restore(headers, protocol);
+        }
         if let Some(h) = original_host.as_ref().filter(|_| !headers.contains_key(header::HOST)) {
             headers.insert(header::HOST, h.clone());
         }
@@ -111,11 +132,21 @@ impl HttpProxy {
         add_forwarded(headers, client.ip(), self.proto, forwarded_host);
 
         let _inflight = endpoint.load.start();
-        let client = self.upstreams.client(endpoint.protocol);
-        let result = tokio::time::timeout(self.request_timeout, client.request(req)).await;
+        let result = tokio::time::timeout(timeout, pool.request(req)).await;
         let failure = match result {
             Ok(Ok(mut res)) => {
+                let upgraded = match on_client_upgrade {
+                    Some(on_client) if res.status() == StatusCode::SWITCHING_PROTOCOLS => {
+                        let protocol = res.headers().get(header::UPGRADE).cloned();
+                        self.upgrades.relay(on_client, hyper::upgrade::on(&mut res));
+                        protocol
+                    }
+                    _ => None,
+                };
                 strip_hop_by_hop(res.headers_mut());
+                if let Some(protocol) = upgraded {
+                    upgrade::restore(res.headers_mut(), protocol);
+                }
                 state.stats.response(res.status(), start.elapsed().as_secs_f64());
                 return res.map(Either::Left);
             }
@@ -130,7 +161,7 @@ impl HttpProxy {
             Err(_) => UpstreamError::Timeout,
         };
         state.stats.error(failure);
-        let res = respond::upstream_error(failure, &endpoint.addr);
+        let res = respond::upstream_error(failure, &endpoint.addr, is_grpc);
         state.stats.response(res.status(), start.elapsed().as_secs_f64());
         res
     }

@@ -4,6 +4,8 @@
 #![allow(dead_code)]
 
 pub mod backend;
+pub mod grpc;
+pub mod tls;
 pub mod etcd;
 pub mod l4;
 
