@@ -1,7 +1,7 @@
 //! Per-service metric handles, registered once when a service first appears and
 //! kept across table swaps, so the request path records without building labels.
 
-use metrics::{Counter, Histogram};
+use metrics::{Counter, Gauge, Histogram};
 
 use crate::metrics as m;
 
@@ -37,6 +37,8 @@ pub struct ServiceStats {
     requests: [Counter; 5],
     duration: Histogram,
     errors: [Counter; 4],
+    /// Instances by state: up, draining, down.
+    instances: [Gauge; 3],
 }
 
 impl ServiceStats {
@@ -46,13 +48,21 @@ impl ServiceStats {
         let errors = UpstreamError::ALL
             .map(|kind| metrics::counter!(m::UPSTREAM_ERRORS, "service" => service.to_string(), "kind" => kind.as_str()));
         let duration = metrics::histogram!(m::REQUEST_DURATION, "service" => service.to_string());
-        ServiceStats { requests, duration, errors }
+        let instances = ["up", "draining", "down"]
+            .map(|state| metrics::gauge!(m::UPSTREAM_INSTANCES, "service" => service.to_string(), "state" => state));
+        ServiceStats { requests, duration, errors, instances }
     }
 
     pub fn response(&self, status: http::StatusCode, seconds: f64) {
         let class = (status.as_u16() / 100).clamp(1, 5) as usize - 1;
         self.requests[class].increment(1);
         self.duration.record(seconds);
+    }
+
+    pub fn instances(&self, up: usize, draining: usize, down: usize) {
+        for (gauge, n) in self.instances.iter().zip([up, draining, down]) {
+            gauge.set(n as f64);
+        }
     }
 
     pub fn error(&self, kind: UpstreamError) {

@@ -17,11 +17,20 @@ pub struct Registry {
     revision: u64,
     version: u64,
     states: HashMap<String, Arc<ServiceState>>,
-    loads: HashMap<(String, String), Arc<Load>>,
+    /// service → id → in-flight count, kept while the instance exists or has requests in flight.
+    loads: HashMap<String, HashMap<String, Arc<Load>>>,
     /// Services that some route balances by hash: they get a Maglev table.
     hashed: HashSet<String>,
     services: HashMap<Arc<str>, Arc<Service>>,
     dirty: HashSet<String>,
+}
+
+/// The result of a build: the table, the services that were rebuilt for it
+/// (the others are shared with the previous table), and what to log.
+pub struct Built {
+    pub table: Table,
+    pub rebuilt: Vec<Arc<Service>>,
+    pub warnings: Vec<BuildWarning>,
 }
 
 /// A problem found while building, to be logged by the caller.
@@ -84,22 +93,27 @@ impl Registry {
     }
 
     /// Builds the next table from the current instances.
-    pub fn build(&mut self) -> (Table, Vec<BuildWarning>) {
+    pub fn build(&mut self) -> Built {
         let mut warnings = Vec::new();
+        let mut rebuilt = Vec::with_capacity(self.dirty.len());
         for name in std::mem::take(&mut self.dirty) {
-            let instances = self.instances.get(&name).cloned().unwrap_or_default();
-            let service = self.build_service(&name, &instances, &mut warnings);
-            self.services.insert(service.name.clone(), Arc::new(service));
+            let service = Arc::new(self.build_service(&name, &mut warnings));
+            self.services.insert(service.name.clone(), service.clone());
+            rebuilt.push(service);
         }
         self.version += 1;
         let table = Table { version: self.version, revision: self.revision, services: self.services.clone() };
-        (table, warnings)
+        Built { table, rebuilt, warnings }
     }
 
-    fn build_service(&mut self, name: &str, instances: &BTreeMap<String, Instance>, warnings: &mut Vec<BuildWarning>) -> Service {
+    fn build_service(&mut self, name: &str, warnings: &mut Vec<BuildWarning>) -> Service {
+        let empty = BTreeMap::new();
+        let instances = self.instances.get(name).unwrap_or(&empty);
+        let loads = self.loads.entry(name.to_string()).or_default();
+        loads.retain(|id, load| instances.contains_key(id) || load.get() > 0);
         let mut endpoints = Vec::with_capacity(instances.len());
         for (id, instance) in instances {
-            let load = self.loads.entry((name.to_string(), id.clone())).or_default().clone();
+            let load = loads.entry(id.clone()).or_default().clone();
             match Endpoint::from_instance(instance, load) {
                 Ok((endpoint, problems)) => {
                     for p in problems {
@@ -114,8 +128,6 @@ impl Registry {
                 Err(message) => warnings.push(BuildWarning { service: name.to_string(), id: id.clone(), message }),
             }
         }
-        let live_ids: HashSet<&str> = instances.keys().map(String::as_str).collect();
-        self.loads.retain(|(s, id), load| s != name || live_ids.contains(id.as_str()) || load.get() > 0);
         let state = self.states.entry(name.to_string()).or_insert_with(|| Arc::new(ServiceState::new(name))).clone();
         Service::new(name.into(), endpoints, state, self.hashed.contains(name))
     }
@@ -138,12 +150,12 @@ mod tests {
     fn replace_then_apply() {
         let mut r = Registry::default();
         assert!(r.apply(Update::Replace { instances: vec![inst("a", "1", 1), inst("a", "2", 2), inst("b", "1", 3)], revision: 5 }));
-        let (t, w) = r.build();
+        let Built { table: t, warnings: w, .. } = r.build();
         assert!(w.is_empty());
         assert_eq!((t.version, t.revision), (1, 5));
         assert_eq!(ids(&t, "a"), ["1", "2"]);
         r.apply(Update::Apply { changes: vec![Change::Delete { service: "a".into(), id: "1".into() }, Change::Put(inst("a", "3", 4))], revision: 6 });
-        let (t2, _) = r.build();
+        let t2 = r.build().table;
         assert_eq!(ids(&t2, "a"), ["2", "3"]);
         // Untouched services are shared, not rebuilt.
         assert!(Arc::ptr_eq(t.service("b").unwrap(), t2.service("b").unwrap()));
@@ -155,7 +167,7 @@ mod tests {
         r.apply(Update::Replace { instances: vec![inst("a", "1", 1), inst("b", "1", 2)], revision: 1 });
         r.build();
         r.apply(Update::Replace { instances: vec![inst("a", "2", 3)], revision: 9 });
-        let (t, _) = r.build();
+        let t = r.build().table;
         assert_eq!(ids(&t, "a"), ["2"]);
         assert!(t.service("b").unwrap().endpoints.is_empty());
         assert!(t.service("b").unwrap().pick(Pick::RoundRobin).is_none());
@@ -174,10 +186,10 @@ mod tests {
     fn cursor_survives_swaps() {
         let mut r = Registry::default();
         r.apply(Update::Replace { instances: vec![inst("a", "1", 1), inst("a", "2", 2)], revision: 1 });
-        let (t, _) = r.build();
+        let t = r.build().table;
         let first = t.service("a").unwrap().pick(Pick::RoundRobin).unwrap().id.clone();
         r.apply(Update::Apply { changes: vec![Change::Put(inst("a", "3", 3))], revision: 2 });
-        let (t, _) = r.build();
+        let t = r.build().table;
         let second = t.service("a").unwrap().pick(Pick::RoundRobin).unwrap().id.clone();
         assert_ne!(first, second);
     }
@@ -190,7 +202,7 @@ mod tests {
         let mut x = inst("a", "x", 2);
         x.metadata.insert("status".into(), "down".into());
         r.apply(Update::Replace { instances: vec![d, x, inst("a", "u", 3)], revision: 1 });
-        let (t, _) = r.build();
+        let t = r.build().table;
         let s = t.service("a").unwrap();
         assert_eq!(s.endpoints.len(), 3);
         for _ in 0..10 {

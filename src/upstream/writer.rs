@@ -8,8 +8,8 @@ use std::sync::Arc;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use super::registry::Registry;
-use super::table::{SharedTable, Table};
+use super::registry::{Built, Registry};
+use super::table::{Service, SharedTable, Table};
 use super::Status;
 use crate::discovery::Update;
 use crate::metrics as m;
@@ -40,7 +40,7 @@ pub async fn run(
         if changed || !ready.load(Ordering::Relaxed) {
             // Building is CPU work (a weighted sequence over large weights takes
             // milliseconds to seconds); keep it off the request threads.
-            let Ok((returned, (next, warnings))) = tokio::task::spawn_blocking(move || {
+            let Ok((returned, Built { table: next, rebuilt, warnings })) = tokio::task::spawn_blocking(move || {
                 let built = registry.build();
                 (registry, built)
             })
@@ -53,7 +53,7 @@ pub async fn run(
             for w in warnings {
                 tracing::warn!(service = %w.service, id = %w.id, "{}", w.message);
             }
-            record(&next);
+            record(&next, &rebuilt);
             tracing::debug!(version = next.version, revision = next.revision, services = next.services.len(), "table swapped");
             table.store(Arc::new(next));
             ready.store(true, Ordering::Release);
@@ -90,13 +90,12 @@ fn observe_lag(stamps: &[u64]) {
     }
 }
 
-fn record(table: &Table) {
+/// Table metrics; instance gauges only for the services this swap rebuilt.
+fn record(table: &Table, rebuilt: &[Arc<Service>]) {
     metrics::counter!(m::TABLE_SWAPS).increment(1);
     metrics::gauge!(m::TABLE_VERSION).set(table.version as f64);
-    for service in table.services.values() {
-        let count = |s: Status| service.endpoints.iter().filter(|e| e.status == s).count() as f64;
-        for (state, status) in [("up", Status::Up), ("draining", Status::Draining), ("down", Status::Down)] {
-            metrics::gauge!(m::UPSTREAM_INSTANCES, "service" => service.name.to_string(), "state" => state).set(count(status));
-        }
+    for service in rebuilt {
+        let count = |s: Status| service.endpoints.iter().filter(|e| e.status == s).count();
+        service.state.stats.instances(count(Status::Up), count(Status::Draining), count(Status::Down));
     }
 }
