@@ -330,3 +330,13 @@ async fn missing_certificate_file_stops_start_up() {
         "{text}"
     );
 }
+
+#[test]
+fn l7_example_configs_are_valid() {
+    for name in ["grpc", "websocket", "https", "upstream-tls"] {
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(format!("config/{name}.toml"));
+        if let Err(e) = switchyard::config::Config::load(&path) {
+            panic!("config/{name}.toml: {e}");
+        }
+    }
+}
