@@ -127,21 +127,21 @@ impl L4Proxy {
         &self,
         client: &mut C,
         peer: SocketAddr,
-        service: &str,
+        name: &str,
         balance: &Balance,
         first_bytes: &[u8],
     ) -> Result<Relayed, TcpError>
     where
         C: AsyncRead + AsyncWrite + Unpin,
     {
-        // One table load; the service (and, below, the endpoint) is held by Arc so
-        // that the guard is not kept across awaits and table swaps do not touch us.
-        let service = {
-            let table = self.table.load();
-            table
-                .service(service)
-                .cloned()
-                .ok_or_else(|| TcpError::UnknownService(service.to_string()))?
+        // One table load; the service (and, below, the endpoint) is held by Arc, so
+        // no guard is kept across awaits and later table swaps do not touch us.
+        let Some(service) = self.table.load().service(name).cloned() else {
+            // A service that never had an instance has no stats of its own yet; this
+            // rare path may build the labels (the same series ServiceStats uses).
+            metrics::counter!(m::UPSTREAM_ERRORS, "service" => name.to_string(), "kind" => UpstreamError::NoInstance.as_str())
+                .increment(1);
+            return Err(TcpError::UnknownService(name.to_string()));
         };
         let (mut upstream, endpoint) = self.connect(&service, pick_for(balance, peer)).await?;
         let _inflight = endpoint.load.start();
@@ -259,17 +259,12 @@ pub(crate) fn spawn_tracked(
     });
 }
 
-/// Logs a finished connection: failures to reach an upstream at warn (operators
-/// must see them), the rest at debug (a client going away is no news).
+/// Logs a finished connection at debug level: failures are per connection and
+/// would flood the log under load; the metrics count them.
 pub(crate) fn log_end(listener: &str, peer: SocketAddr, result: &Result<Relayed, TcpError>) {
     match result {
         Ok(r) => {
             tracing::debug!(%listener, %peer, to_upstream = r.to_upstream, to_client = r.to_client, "connection closed")
-        }
-        Err(
-            e @ (TcpError::UnknownService(_) | TcpError::NoInstance(_) | TcpError::Connect { .. }),
-        ) => {
-            tracing::warn!(%listener, %peer, "{e}")
         }
         Err(e) => tracing::debug!(%listener, %peer, "connection ended: {e}"),
     }
