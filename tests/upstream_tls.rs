@@ -104,6 +104,9 @@ async fn http1_and_h2_over_tls_to_a_backend_with_its_own_ca() {
     let (status, body) = get(&client, &gw.url("/a/headers")).await;
     assert_eq!(status, 200, "{body}");
     assert!(body.contains("version: HTTP/2.0"), "{body}");
+    // Over HTTP/2 the target is `:authority`; a disagreeing `host` would make strict servers refuse.
+    assert!(!body.lines().any(|l| l.starts_with("host: ")), "{body}");
+    assert!(body.contains("x-forwarded-host: "), "{body}");
 }
 
 #[tokio::test]

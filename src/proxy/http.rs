@@ -128,7 +128,14 @@ impl HttpProxy {
         if let Some(h) = original_host.as_ref().filter(|_| !headers.contains_key(header::HOST)) {
             headers.insert(header::HOST, h.clone());
         }
-        let forwarded_host = headers.get(header::HOST).cloned();
+        let forwarded_host = if protocol.is_h2() {
+            // HTTP/2 carries the target in `:authority` (the instance address, from the URI);
+            // a `Host` that disagrees with it is refused by strict servers (nginx: 400
+            // "duplicate host header"). The client's host travels in X-Forwarded-Host.
+            headers.remove(header::HOST)
+        } else {
+            headers.get(header::HOST).cloned()
+        };
         add_forwarded(headers, client.ip(), self.proto, forwarded_host);
 
         let _inflight = endpoint.load.start();
