@@ -9,6 +9,11 @@ use clap::{Parser, Subcommand};
 use tokio_util::sync::CancellationToken;
 
 use switchyard::config::Config;
+
+/// mimalloc: the request path allocates small, short-lived buffers on every
+/// request; measured against glibc malloc in README "Performance".
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 use switchyard::server::Gateway;
 
 #[derive(Parser)]
@@ -88,11 +93,16 @@ fn register(args: switchyard::register::RegisterArgs) -> anyhow::Result<()> {
 
 /// Builds the runtime sized by `runtime.workers`, binds everything, serves until SIGINT/SIGTERM.
 fn run(config: Config, demo_backends: Vec<(String, std::net::SocketAddr)>) -> anyhow::Result<()> {
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(config.workers)
-        .enable_all()
-        .build()
-        .context("starting the runtime")?;
+    // One worker: a current-thread runtime skips the work-stealing machinery
+    // (measured with bench/http.sh; see README "Performance").
+    let mut builder = if config.workers == 1 {
+        tokio::runtime::Builder::new_current_thread()
+    } else {
+        let mut b = tokio::runtime::Builder::new_multi_thread();
+        b.worker_threads(config.workers);
+        b
+    };
+    let runtime = builder.enable_all().build().context("starting the runtime")?;
     runtime.block_on(async move {
         let shutdown = CancellationToken::new();
         for (name, listener) in switchyard::demo::bind_backends(&demo_backends).await? {

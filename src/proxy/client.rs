@@ -1,5 +1,6 @@
 //! Pooled upstream clients, shared by every listener and keyed by instance
-//! address inside each pool: HTTP/1.1 and h2c in plain text; HTTPS and h2 over
+//! address inside each pool (plain HTTP/1.1 instances use their own pool in
+//! `h1pool` instead, reached through the endpoint): h2c in plain text; HTTPS and h2 over
 //! TLS trusting the system bundle (instances whose metadata says `https`/`h2`);
 //! and, per service with `upstream_tls`, an HTTPS and an h2 pool with that
 //! service's CA, server name and client certificate. Such a service's instances
@@ -13,6 +14,7 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 
+use super::h1pool::PoolSettings;
 use super::upstream_tls::{TlsSettings, UpstreamConnector, ALPN_H2, ALPN_HTTP1};
 use crate::config::{ClientTls, Config};
 use crate::upstream::Protocol;
@@ -39,6 +41,8 @@ impl Pair {
 }
 
 pub struct Upstreams {
+    /// Settings of the per-instance HTTP/1.1 pools (`h1pool`).
+    pub h1: PoolSettings,
     plain: Pair,
     tls: Pair,
     /// Services with their own `upstream_tls`. Usually empty: the lookup is then skipped.
@@ -95,6 +99,7 @@ impl Upstreams {
             })
             .collect();
         Upstreams {
+            h1: PoolSettings { connect_timeout: config.timeouts.connect, max_idle: config.limits.upstream_idle_per_host },
             plain: pair(None, false),
             tls: pair(None, true),
             services,

@@ -22,6 +22,11 @@ static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host"
 /// Removes hop-by-hop headers, including those the `Connection` header names.
 /// `TE: trailers` survives: gRPC needs it end to end.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    // Most messages carry none: one scan of the names (standard names compare as
+    // enum tags) avoids a hash lookup per hop-by-hop name on every request.
+    if !headers.keys().any(|k| k == header::TE || HOP_BY_HOP.iter().any(|h| h == k)) {
+        return;
+    }
     if headers.contains_key(header::CONNECTION) {
         let named: Vec<HeaderName> = headers
             .get_all(header::CONNECTION)
@@ -35,9 +40,7 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
         }
     }
     for name in &HOP_BY_HOP {
-        if headers.contains_key(name) {
-            headers.remove(name);
-        }
+        headers.remove(name);
     }
     if let Some(te) = headers.get(header::TE) {
         let trailers = te.to_str().is_ok_and(|v| v.split(',').any(|t| t.trim().eq_ignore_ascii_case("trailers")));
@@ -49,34 +52,32 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
     }
 }
 
-/// Appends the client to `X-Forwarded-For` and sets `X-Forwarded-Proto` and
-/// `X-Forwarded-Host` (when the request named a host).
-pub fn add_forwarded(headers: &mut HeaderMap, client: IpAddr, proto: &'static str, host: Option<HeaderValue>) {
-    let mut buf = itoa_ip(client);
-    let xff = match headers.get(&X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
-        Some(prior) => {
-            buf.insert_str(0, ", ");
-            buf.insert_str(0, prior);
-            buf
-        }
-        None => buf,
+/// The client address as an `X-Forwarded-For` entry, made once per connection.
+pub fn client_value(client: IpAddr) -> HeaderValue {
+    let ip = match client {
+        IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(IpAddr::V6(v6), IpAddr::V4),
+        v4 => v4,
     };
-    if let Ok(v) = HeaderValue::from_str(&xff) {
-        headers.insert(X_FORWARDED_FOR.clone(), v);
-    }
+    HeaderValue::try_from(ip.to_string()).unwrap_or_else(|_| HeaderValue::from_static("unknown"))
+}
+
+/// Appends the client (see [`client_value`]) to `X-Forwarded-For` and sets
+/// `X-Forwarded-Proto` and `X-Forwarded-Host` (when the request named a host).
+pub fn add_forwarded(headers: &mut HeaderMap, client: &HeaderValue, proto: &'static str, host: Option<HeaderValue>) {
+    let xff = match headers.get(&X_FORWARDED_FOR) {
+        Some(prior) => {
+            let mut joined = Vec::with_capacity(prior.len() + 2 + client.len());
+            joined.extend_from_slice(prior.as_bytes());
+            joined.extend_from_slice(b", ");
+            joined.extend_from_slice(client.as_bytes());
+            HeaderValue::from_maybe_shared(bytes::Bytes::from(joined)).unwrap_or_else(|_| client.clone())
+        }
+        None => client.clone(),
+    };
+    headers.insert(X_FORWARDED_FOR.clone(), xff);
     headers.insert(X_FORWARDED_PROTO.clone(), HeaderValue::from_static(proto));
     if let Some(host) = host {
         headers.insert(X_FORWARDED_HOST.clone(), host);
-    }
-}
-
-fn itoa_ip(ip: IpAddr) -> String {
-    match ip {
-        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
-            Some(v4) => v4.to_string(),
-            None => v6.to_string(),
-        },
-        v4 => v4.to_string(),
     }
 }
 
@@ -107,12 +108,12 @@ mod tests {
     fn forwarded_headers() {
         let mut h = HeaderMap::new();
         h.insert("x-forwarded-for", "10.0.0.1".parse().unwrap());
-        add_forwarded(&mut h, "::ffff:127.0.0.1".parse().unwrap(), "https", Some("a.com".parse().unwrap()));
+        add_forwarded(&mut h, &client_value("::ffff:127.0.0.1".parse().unwrap()), "https", Some("a.com".parse().unwrap()));
         assert_eq!(h["x-forwarded-for"], "10.0.0.1, 127.0.0.1");
         assert_eq!(h["x-forwarded-proto"], "https");
         assert_eq!(h["x-forwarded-host"], "a.com");
         let mut h = HeaderMap::new();
-        add_forwarded(&mut h, "::1".parse().unwrap(), "http", None);
+        add_forwarded(&mut h, &client_value("::1".parse().unwrap()), "http", None);
         assert_eq!(h["x-forwarded-for"], "::1");
         assert!(!h.contains_key("x-forwarded-host"));
     }

@@ -21,7 +21,7 @@ use tokio::io::{AsyncRead, AsyncWrite};
 
 use super::client::Upstreams;
 use super::grpc;
-use super::headers::{add_forwarded, strip_hop_by_hop};
+use super::headers::{add_forwarded, client_value, strip_hop_by_hop};
 use super::respond::{self, ProxyBody};
 use super::route::{request_host, RequestView, Router, Target};
 use super::stats::UpstreamError;
@@ -55,7 +55,8 @@ impl HttpProxy {
         }
     }
 
-    pub async fn handle(&self, mut req: Request<Incoming>, client: SocketAddr) -> Response<ProxyBody> {
+    /// `client_ip` is [`client_value`] of `client`, made once per connection.
+    pub async fn handle(&self, mut req: Request<Incoming>, client: SocketAddr, client_ip: &HeaderValue) -> Response<ProxyBody> {
         let start = Instant::now();
         let is_grpc = grpc::is_grpc(req.headers());
         let host = request_host(req.uri(), req.headers());
@@ -107,14 +108,22 @@ impl HttpProxy {
             (_, p) => p,
         };
         let (pool, tls) = self.upstreams.client(&service.name, protocol);
+        // Plain HTTP/1.1 instances take the lean per-instance pool; TLS and h2 the general ones.
+        let lean = !tls && !protocol.is_h2();
         drop(table);
 
-        let mut parts = http::uri::Parts::default();
-        parts.scheme = Some(if tls { Scheme::HTTPS } else { Scheme::HTTP });
-        parts.authority = Some(endpoint.authority.clone());
-        parts.path_and_query = path_and_query.or_else(|| Some(PathAndQuery::from_static("/")));
-        let Ok(uri) = Uri::from_parts(parts) else {
-            return respond::refused(StatusCode::BAD_REQUEST, "malformed request target\n", is_grpc);
+        let path_and_query = path_and_query.unwrap_or_else(|| PathAndQuery::from_static("/"));
+        let uri = if lean {
+            Uri::from(path_and_query)
+        } else {
+            let mut parts = http::uri::Parts::default();
+            parts.scheme = Some(if tls { Scheme::HTTPS } else { Scheme::HTTP });
+            parts.authority = Some(endpoint.authority.clone());
+            parts.path_and_query = Some(path_and_query);
+            match Uri::from_parts(parts) {
+                Ok(uri) => uri,
+                Err(_) => return respond::refused(StatusCode::BAD_REQUEST, "malformed request target\n", is_grpc),
+            }
         };
         *req.uri_mut() = uri;
         *req.version_mut() = if protocol.is_h2() { Version::HTTP_2 } else { Version::HTTP_11 };
@@ -125,8 +134,13 @@ impl HttpProxy {
         if let Some(protocol) = upgrade {
             upgrade::restore(headers, protocol);
         }
-        if let Some(h) = original_host.as_ref().filter(|_| !headers.contains_key(header::HOST)) {
-            headers.insert(header::HOST, h.clone());
+        if !headers.contains_key(header::HOST) {
+            // HTTP/2 clients name the host in `:authority`; an HTTP/1.0 client may name none.
+            let host = original_host.unwrap_or_else(|| {
+                HeaderValue::from_maybe_shared(bytes::Bytes::copy_from_slice(endpoint.authority.as_str().as_bytes()))
+                    .unwrap_or_else(|_| HeaderValue::from_static("localhost"))
+            });
+            headers.insert(header::HOST, host);
         }
         let forwarded_host = if protocol.is_h2() {
             // HTTP/2 carries the target in `:authority` (the instance address, from the URI);
@@ -136,10 +150,17 @@ impl HttpProxy {
         } else {
             headers.get(header::HOST).cloned()
         };
-        add_forwarded(headers, client.ip(), self.proto, forwarded_host);
+        add_forwarded(headers, client_ip, self.proto, forwarded_host);
 
         let _inflight = endpoint.load.start();
-        let result = tokio::time::timeout(timeout, pool.request(req)).await;
+        // (is a connect failure, description) on error.
+        let result = if lean {
+            let sent = endpoint.pool.send(req, self.upstreams.h1);
+            tokio::time::timeout(timeout, async { sent.await.map_err(|e| (e.is_connect(), e.to_string())) }).await
+        } else {
+            let sent = pool.request(req);
+            tokio::time::timeout(timeout, async { sent.await.map_err(|e| (e.is_connect(), format!("{e:?}"))) }).await
+        };
         let failure = match result {
             Ok(Ok(mut res)) => {
                 let upgraded = match on_client_upgrade {
@@ -157,12 +178,12 @@ impl HttpProxy {
                 state.stats.response(res.status(), start.elapsed().as_secs_f64());
                 return res.map(Either::Left);
             }
-            Ok(Err(e)) if e.is_connect() => {
+            Ok(Err((true, e))) => {
                 tracing::debug!(id = %endpoint.id, addr = %endpoint.addr, "upstream connect failed: {e}");
                 UpstreamError::Connect
             }
-            Ok(Err(e)) => {
-                tracing::debug!(addr = %endpoint.addr, "upstream request failed: {e:?}");
+            Ok(Err((false, e))) => {
+                tracing::debug!(id = %endpoint.id, addr = %endpoint.addr, "upstream request failed: {e}");
                 UpstreamError::Protocol
             }
             Err(_) => UpstreamError::Timeout,
@@ -193,9 +214,11 @@ pub fn spawn_connection<IO>(
 ) where
     IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
+    let client_ip = client_value(peer.ip());
     let service = hyper::service::service_fn(move |req| {
         let proxy = proxy.clone();
-        async move { Ok::<_, Infallible>(proxy.handle(req, peer).await) }
+        let client_ip = client_ip.clone();
+        async move { Ok::<_, Infallible>(proxy.handle(req, peer, &client_ip).await) }
     });
     let conn = builder.serve_connection_with_upgrades(TokioIo::new(io), service).into_owned();
     let conn = graceful.watch(conn);

@@ -3,6 +3,7 @@
 
 pub mod client;
 pub mod grpc;
+pub mod h1pool;
 pub mod headers;
 pub mod http;
 pub mod passthrough;

@@ -9,6 +9,7 @@ use std::sync::Arc;
 use http::uri::Authority;
 
 use crate::discovery::Instance;
+use crate::proxy::h1pool::H1Pool;
 
 pub const DEFAULT_WEIGHT: u32 = 1;
 pub const MAX_WEIGHT: u32 = 1000;
@@ -79,6 +80,8 @@ pub struct Endpoint {
     pub status: Status,
     pub metadata: BTreeMap<String, String>,
     pub load: Arc<Load>,
+    /// Keep-alive HTTP/1.1 connections to `addr` (plain-text instances).
+    pub pool: Arc<H1Pool>,
 }
 
 /// A metadata value that was present but meant nothing; the instance is still used.
@@ -91,7 +94,7 @@ pub struct MetadataWarning {
 impl Endpoint {
     /// Reads an instance's metadata. Unreadable values fall back to the default
     /// and are returned as warnings, so one typo does not drop a backend.
-    pub fn from_instance(instance: &Instance, load: Arc<Load>) -> Result<(Endpoint, Vec<MetadataWarning>), String> {
+    pub fn from_instance(instance: &Instance, load: Arc<Load>, pool: Arc<H1Pool>) -> Result<(Endpoint, Vec<MetadataWarning>), String> {
         let authority: Authority = instance.addr.parse().map_err(|e| format!("addr {:?}: {e}", instance.addr))?;
         let mut warnings = Vec::new();
         let mut warn = |key: &'static str, value: &str| warnings.push(MetadataWarning { key, value: value.to_string() });
@@ -135,6 +138,7 @@ impl Endpoint {
             status,
             metadata: meta.clone(),
             load,
+            pool,
         };
         Ok((endpoint, warnings))
     }
@@ -155,17 +159,17 @@ mod tests {
 
     #[test]
     fn metadata_meanings() {
-        let (e, w) = Endpoint::from_instance(&instance(&[("weight", "7"), ("status", "draining"), ("protocol", "h2c"), ("zone", "a")]), Default::default()).unwrap();
+        let (e, w) = Endpoint::from_instance(&instance(&[("weight", "7"), ("status", "draining"), ("protocol", "h2c"), ("zone", "a")]), Default::default(), Arc::new(H1Pool::new("127.0.0.1:80"))).unwrap();
         assert!(w.is_empty());
         assert_eq!((e.weight, e.status, e.protocol, e.zone.as_deref()), (7, Status::Draining, Protocol::H2c, Some("a")));
     }
 
     #[test]
     fn bad_metadata_falls_back_with_warnings() {
-        let (e, w) = Endpoint::from_instance(&instance(&[("weight", "0"), ("status", "sleepy"), ("protocol", "smtp")]), Default::default()).unwrap();
+        let (e, w) = Endpoint::from_instance(&instance(&[("weight", "0"), ("status", "sleepy"), ("protocol", "smtp")]), Default::default(), Arc::new(H1Pool::new("127.0.0.1:80"))).unwrap();
         assert_eq!((e.weight, e.status, e.protocol), (1, Status::Up, Protocol::Http1));
         assert_eq!(w.iter().map(|w| w.key).collect::<Vec<_>>(), ["weight", "status", "protocol"]);
-        let (e, w) = Endpoint::from_instance(&instance(&[("weight", "1001")]), Default::default()).unwrap();
+        let (e, w) = Endpoint::from_instance(&instance(&[("weight", "1001")]), Default::default(), Arc::new(H1Pool::new("127.0.0.1:80"))).unwrap();
         assert_eq!((e.weight, w.len()), (1, 1));
     }
 

@@ -9,6 +9,7 @@ use std::sync::Arc;
 use super::endpoint::{Endpoint, Load};
 use super::table::{Service, ServiceState, Table};
 use crate::discovery::{Change, Instance, Update};
+use crate::proxy::h1pool::H1Pool;
 
 #[derive(Debug, Default)]
 pub struct Registry {
@@ -17,12 +18,19 @@ pub struct Registry {
     revision: u64,
     version: u64,
     states: HashMap<String, Arc<ServiceState>>,
-    /// service → id → in-flight count, kept while the instance exists or has requests in flight.
-    loads: HashMap<String, HashMap<String, Arc<Load>>>,
+    /// service → id → what outlives a table: the in-flight count and the
+    /// connection pool (kept while the instance exists or has requests in flight).
+    carried: HashMap<String, HashMap<String, Carried>>,
     /// Services that some route balances by hash: they get a Maglev table.
     hashed: HashSet<String>,
     services: HashMap<Arc<str>, Arc<Service>>,
     dirty: HashSet<String>,
+}
+
+#[derive(Debug)]
+struct Carried {
+    load: Arc<Load>,
+    pool: Arc<H1Pool>,
 }
 
 /// The result of a build: the table, the services that were rebuilt for it
@@ -109,12 +117,18 @@ impl Registry {
     fn build_service(&mut self, name: &str, warnings: &mut Vec<BuildWarning>) -> Service {
         let empty = BTreeMap::new();
         let instances = self.instances.get(name).unwrap_or(&empty);
-        let loads = self.loads.entry(name.to_string()).or_default();
-        loads.retain(|id, load| instances.contains_key(id) || load.get() > 0);
+        let carried = self.carried.entry(name.to_string()).or_default();
+        carried.retain(|id, c| instances.contains_key(id) || c.load.get() > 0);
         let mut endpoints = Vec::with_capacity(instances.len());
         for (id, instance) in instances {
-            let load = loads.entry(id.clone()).or_default().clone();
-            match Endpoint::from_instance(instance, load) {
+            let c = carried
+                .entry(id.clone())
+                .or_insert_with(|| Carried { load: Arc::default(), pool: Arc::new(H1Pool::new(&instance.addr)) });
+            // A new address for the same id: its old connections go to the wrong place.
+            if c.pool.addr() != instance.addr {
+                c.pool = Arc::new(H1Pool::new(&instance.addr));
+            }
+            match Endpoint::from_instance(instance, c.load.clone(), c.pool.clone()) {
                 Ok((endpoint, problems)) => {
                     for p in problems {
                         warnings.push(BuildWarning {
