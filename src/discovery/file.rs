@@ -135,7 +135,7 @@ mod tests {
             ("[[instance]]\nservice = \"a\"\nid = \"\"\naddr = \"x:1\"", "instance[0].id"),
             ("[[instance]]\nservice = \"a\"\nid = \"1\"\naddr = \"x:1\"\n[[instance]]\nservice = \"a\"\nid = \"1\"\naddr = \"x:2\"", "duplicate id"),
             ("[[instance]]\nservice = \"a\"\nid = \"1\"\naddr = \"x:1\"\nport = 3", "unknown field"),
-            ("[[instance]\n", "invalid"),
+            ("[[instance]\n", "TOML parse error"),
         ];
         for (text, want) in cases {
             let err = parse(text).unwrap_err();
