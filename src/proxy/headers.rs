@@ -22,28 +22,42 @@ static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host"
 /// Removes hop-by-hop headers, including those the `Connection` header names.
 /// `TE: trailers` survives: gRPC needs it end to end.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
-    // Most messages carry none: one scan of the names (standard names compare as
-    // enum tags) avoids a hash lookup per hop-by-hop name on every request.
-    if !headers.keys().any(|k| k == header::TE || HOP_BY_HOP.iter().any(|h| h == k)) {
+    // One scan of the names (standard names compare as enum tags) finds which
+    // hop-by-hop headers are present; only those are removed, so the usual
+    // message costs no hash lookup and a `Connection: keep-alive` response one.
+    let mut present = [false; HOP_BY_HOP.len()];
+    let mut te = false;
+    for name in headers.keys() {
+        te |= name == header::TE;
+        for (seen, hop) in present.iter_mut().zip(&HOP_BY_HOP) {
+            *seen |= name == hop;
+        }
+    }
+    if !te && !present.contains(&true) {
         return;
     }
-    if headers.contains_key(header::CONNECTION) {
+    // present[0] is `Connection`: the headers it names are hop-by-hop too.
+    if present[0] {
         let named: Vec<HeaderName> = headers
             .get_all(header::CONNECTION)
             .iter()
             .filter_map(|v| v.to_str().ok())
             .flat_map(|v| v.split(','))
-            .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok())
+            .map(str::trim)
+            .filter(|t| !t.eq_ignore_ascii_case("close") && !t.eq_ignore_ascii_case("keep-alive"))
+            .filter_map(|t| HeaderName::from_bytes(t.as_bytes()).ok())
             .collect();
         for name in named {
             headers.remove(name);
         }
     }
-    for name in &HOP_BY_HOP {
-        headers.remove(name);
+    for (hop, seen) in HOP_BY_HOP.iter().zip(present) {
+        if seen {
+            headers.remove(hop);
+        }
     }
-    if let Some(te) = headers.get(header::TE) {
-        let trailers = te.to_str().is_ok_and(|v| v.split(',').any(|t| t.trim().eq_ignore_ascii_case("trailers")));
+    if te {
+        let trailers = headers.get(header::TE).and_then(|v| v.to_str().ok()).is_some_and(|v| v.split(',').any(|t| t.trim().eq_ignore_ascii_case("trailers")));
         if trailers {
             headers.insert(header::TE, HeaderValue::from_static("trailers"));
         } else {
