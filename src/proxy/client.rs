@@ -24,6 +24,14 @@ pub type HttpClient = Client<UpstreamConnector, Incoming>;
 /// How long an unused pooled connection is kept.
 const POOL_IDLE: Duration = Duration::from_secs(90);
 
+/// How a request reaches its instance.
+pub enum Via<'a> {
+    /// Plain HTTP/1.1: the pool that lives with the endpoint (`Endpoint::pool`).
+    Instance,
+    /// A pool shared by instances, keyed by address inside it.
+    Shared { client: &'a HttpClient, tls: bool },
+}
+
 /// An HTTP/1.1 pool and an HTTP/2 pool with the same transport.
 struct Pair {
     http1: HttpClient,
@@ -43,7 +51,7 @@ impl Pair {
 pub struct Upstreams {
     /// Settings of the per-instance HTTP/1.1 pools (`h1pool`).
     pub h1: PoolSettings,
-    plain: Pair,
+    h2c: HttpClient,
     tls: Pair,
     /// Services with their own `upstream_tls`. Usually empty: the lookup is then skipped.
     services: HashMap<Box<str>, Pair>,
@@ -100,24 +108,24 @@ impl Upstreams {
             .collect();
         Upstreams {
             h1: PoolSettings { connect_timeout: config.timeouts.connect, max_idle: config.limits.upstream_idle_per_host },
-            plain: pair(None, false),
+            h2c: pair(None, false).h2,
             tls: pair(None, true),
             services,
         }
     }
 
-    /// The pool for one request, and whether it speaks TLS.
-    pub fn client(&self, service: &str, protocol: Protocol) -> (&HttpClient, bool) {
+    /// Where one request goes: the instance's own HTTP/1.1 pool, or a shared
+    /// pool (and whether it speaks TLS).
+    pub fn client(&self, service: &str, protocol: Protocol) -> Via<'_> {
         if !self.services.is_empty() {
             if let Some(pair) = self.services.get(service) {
-                return (pair.get(protocol.is_h2()), true);
+                return Via::Shared { client: pair.get(protocol.is_h2()), tls: true };
             }
         }
-        let pair = if protocol.is_tls() {
-            &self.tls
-        } else {
-            &self.plain
-        };
-        (pair.get(protocol.is_h2()), protocol.is_tls())
+        match protocol {
+            Protocol::Http1 => Via::Instance,
+            Protocol::H2c => Via::Shared { client: &self.h2c, tls: false },
+            Protocol::Https | Protocol::H2 => Via::Shared { client: self.tls.get(protocol.is_h2()), tls: true },
+        }
     }
 }

@@ -19,7 +19,7 @@ use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
 use tokio::io::{AsyncRead, AsyncWrite};
 
-use super::client::Upstreams;
+use super::client::{Upstreams, Via};
 use super::grpc;
 use super::headers::{add_forwarded, client_value, strip_hop_by_hop};
 use super::respond::{self, ProxyBody};
@@ -107,22 +107,22 @@ impl HttpProxy {
             (Some(_), Protocol::H2) => Protocol::Https,
             (_, p) => p,
         };
-        let (pool, tls) = self.upstreams.client(&service.name, protocol);
-        // Plain HTTP/1.1 instances take the lean per-instance pool; TLS and h2 the general ones.
-        let lean = !tls && !protocol.is_h2();
+        let via = self.upstreams.client(&service.name, protocol);
         drop(table);
 
         let path_and_query = path_and_query.unwrap_or_else(|| PathAndQuery::from_static("/"));
-        let uri = if lean {
-            Uri::from(path_and_query)
-        } else {
-            let mut parts = http::uri::Parts::default();
-            parts.scheme = Some(if tls { Scheme::HTTPS } else { Scheme::HTTP });
-            parts.authority = Some(endpoint.authority.clone());
-            parts.path_and_query = Some(path_and_query);
-            match Uri::from_parts(parts) {
-                Ok(uri) => uri,
-                Err(_) => return respond::refused(StatusCode::BAD_REQUEST, "malformed request target\n", is_grpc),
+        let uri = match via {
+            // The instance's own HTTP/1.1 connection takes the origin form.
+            Via::Instance => Uri::from(path_and_query),
+            Via::Shared { tls, .. } => {
+                let mut parts = http::uri::Parts::default();
+                parts.scheme = Some(if tls { Scheme::HTTPS } else { Scheme::HTTP });
+                parts.authority = Some(endpoint.authority.clone());
+                parts.path_and_query = Some(path_and_query);
+                match Uri::from_parts(parts) {
+                    Ok(uri) => uri,
+                    Err(_) => return respond::refused(StatusCode::BAD_REQUEST, "malformed request target\n", is_grpc),
+                }
             }
         };
         *req.uri_mut() = uri;
@@ -154,12 +154,15 @@ impl HttpProxy {
 
         let _inflight = endpoint.load.start();
         // (is a connect failure, description) on error.
-        let result = if lean {
-            let sent = endpoint.pool.send(req, self.upstreams.h1);
-            tokio::time::timeout(timeout, async { sent.await.map_err(|e| (e.is_connect(), e.to_string())) }).await
-        } else {
-            let sent = pool.request(req);
-            tokio::time::timeout(timeout, async { sent.await.map_err(|e| (e.is_connect(), format!("{e:?}"))) }).await
+        let result = match via {
+            Via::Instance => {
+                let sent = endpoint.pool.send(req, self.upstreams.h1);
+                tokio::time::timeout(timeout, async { sent.await.map_err(|e| (e.is_connect(), e.to_string())) }).await
+            }
+            Via::Shared { client, .. } => {
+                let sent = client.request(req);
+                tokio::time::timeout(timeout, async { sent.await.map_err(|e| (e.is_connect(), format!("{e:?}"))) }).await
+            }
         };
         let failure = match result {
             Ok(Ok(mut res)) => {

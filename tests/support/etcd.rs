@@ -28,6 +28,35 @@ pub struct Etcd {
     data: PathBuf,
     _dir: tempfile::TempDir,
     child: Option<Child>,
+    /// Serve clients over TLS (https) and require a client certificate.
+    tls: Option<EtcdTls>,
+}
+
+/// PEM files for an etcd that serves its clients over TLS and requires a
+/// client certificate signed by `ca` (`--client-cert-auth`).
+#[derive(Debug, Clone)]
+pub struct EtcdTls {
+    pub ca: PathBuf,
+    pub server_cert: PathBuf,
+    pub server_key: PathBuf,
+    /// The client identity the harness itself uses (health polling, [`Etcd::client`]).
+    pub client_cert: PathBuf,
+    pub client_key: PathBuf,
+}
+
+impl EtcdTls {
+    /// etcd-client TLS options trusting `ca` and presenting the client identity.
+    pub fn client_options(&self) -> etcd_client::TlsOptions {
+        let read = |p: &PathBuf| {
+            std::fs::read(p).unwrap_or_else(|e| panic!("reading {}: {e}", p.display()))
+        };
+        etcd_client::TlsOptions::new()
+            .ca_certificate(etcd_client::Certificate::from_pem(read(&self.ca)))
+            .identity(etcd_client::Identity::from_pem(
+                read(&self.client_cert),
+                read(&self.client_key),
+            ))
+    }
 }
 
 impl Etcd {
@@ -35,6 +64,17 @@ impl Etcd {
     pub async fn start() -> Etcd {
         let mut e = Etcd::member("s", free_port(), free_port());
         e.initial_cluster = format!("s=http://127.0.0.1:{}", e.peer_port);
+        e.spawn();
+        e.wait_healthy(Duration::from_secs(15)).await;
+        e
+    }
+
+    /// A single-node etcd that serves clients only on `https://127.0.0.1:P`
+    /// with `--client-cert-auth`; healthy (a TLS status call answers) when this returns.
+    pub async fn start_tls(tls: EtcdTls) -> Etcd {
+        let mut e = Etcd::member("s", free_port(), free_port());
+        e.initial_cluster = format!("s=http://127.0.0.1:{}", e.peer_port);
+        e.tls = Some(tls);
         e.spawn();
         e.wait_healthy(Duration::from_secs(15)).await;
         e
@@ -55,12 +95,13 @@ impl Etcd {
             data: dir.path().join("data"),
             _dir: dir,
             child: None,
+            tls: None,
         }
     }
 
     fn spawn(&mut self) {
         assert!(self.child.is_none(), "etcd {} already running", self.name);
-        let client = format!("http://127.0.0.1:{}", self.client_port);
+        let client = self.url();
         let peer = format!("http://127.0.0.1:{}", self.peer_port);
         let log = std::fs::OpenOptions::new()
             .create(true)
@@ -89,6 +130,17 @@ impl Etcd {
                 "new",
             ])
             .args(["--initial-cluster-token", &self.token])
+            .args(self.tls.iter().flat_map(|t| {
+                [
+                    "--cert-file".into(),
+                    t.server_cert.clone().into_os_string(),
+                    "--key-file".into(),
+                    t.server_key.clone().into_os_string(),
+                    "--trusted-ca-file".into(),
+                    t.ca.clone().into_os_string(),
+                    "--client-cert-auth".into(),
+                ]
+            }))
             .args([
                 "--heartbeat-interval=10",
                 "--election-timeout=100",
@@ -103,7 +155,8 @@ impl Etcd {
     }
 
     pub fn url(&self) -> String {
-        format!("http://127.0.0.1:{}", self.client_port)
+        let scheme = if self.tls.is_some() { "https" } else { "http" };
+        format!("{scheme}://127.0.0.1:{}", self.client_port)
     }
 
     pub fn addr(&self) -> SocketAddr {
@@ -114,11 +167,16 @@ impl Etcd {
         self._dir.path().join("etcd.log")
     }
 
-    /// Polls `/health` until it reports true.
+    /// Polls `/health` until it reports true (with TLS: until a status call
+    /// over TLS with the client certificate answers).
     pub async fn wait_healthy(&self, limit: Duration) {
         let deadline = Instant::now() + limit;
         loop {
-            if health(self.addr()).await {
+            let healthy = match &self.tls {
+                None => health(self.addr()).await,
+                Some(tls) => tls_health(&self.url(), tls).await,
+            };
+            if healthy {
                 return;
             }
             assert!(
@@ -155,7 +213,22 @@ impl Etcd {
     }
 
     pub async fn client(&self) -> etcd_client::Client {
-        etcd_client::Client::connect([self.url()], None)
+        let opts = self
+            .tls
+            .as_ref()
+            .map(|t| etcd_client::ConnectOptions::new().with_tls(t.client_options()));
+        etcd_client::Client::connect([self.url()], opts)
+            .await
+            .expect("etcd client")
+    }
+
+    /// A client that authenticates as `user`.
+    pub async fn client_as(&self, user: &str, password: &str) -> etcd_client::Client {
+        let mut opts = etcd_client::ConnectOptions::new().with_user(user, password);
+        if let Some(t) = &self.tls {
+            opts = opts.with_tls(t.client_options());
+        }
+        etcd_client::Client::connect([self.url()], Some(opts))
             .await
             .expect("etcd client")
     }
@@ -227,6 +300,21 @@ async fn health(addr: SocketAddr) -> bool {
         .ok()
         .flatten()
         .unwrap_or(false)
+}
+
+async fn tls_health(url: &str, tls: &EtcdTls) -> bool {
+    let attempt = async {
+        let opts = etcd_client::ConnectOptions::new()
+            .with_connect_timeout(Duration::from_millis(500))
+            .with_tls(tls.client_options());
+        let mut c = etcd_client::Client::connect([url], Some(opts)).await.ok()?;
+        c.status().await.ok()
+    };
+    tokio::time::timeout(Duration::from_secs(1), attempt)
+        .await
+        .ok()
+        .flatten()
+        .is_some()
 }
 
 /// A TCP relay to `target` that the test can cut (every open connection is
