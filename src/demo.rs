@@ -32,7 +32,7 @@ pub enum DemoError {
 pub fn prepare() -> Result<(Config, Vec<(String, SocketAddr)>), DemoError> {
     let config = Config::parse(EMBEDDED_DEFAULT)?;
     let Discovery::File(f) = &config.discovery else {
-        unreachable!("the embedded default uses file discovery")
+        return Err(DemoError::Instances { path: "(embedded config)".into(), reason: "the demo needs file discovery".into() });
     };
     let instances = read_instances(&f.path)?;
     let backends = instances
