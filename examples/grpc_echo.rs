@@ -31,9 +31,7 @@ impl UnaryService<Msg> for Echo {
     }
 }
 
-async fn dispatch(
-    req: http::Request<Incoming>,
-) -> Result<http::Response<tonic::body::Body>, Infallible> {
+async fn dispatch(req: http::Request<Incoming>) -> Result<http::Response<tonic::body::Body>, Infallible> {
     if req.uri().path() != "/bench.Echo/Unary" {
         return Ok(Status::unimplemented("no such method").into_http());
     }
@@ -42,12 +40,8 @@ async fn dispatch(
 }
 
 fn main() -> std::io::Result<()> {
-    let addr = std::env::args()
-        .nth(1)
-        .unwrap_or_else(|| "127.0.0.1:19101".to_string());
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()?;
+    let addr = std::env::args().nth(1).unwrap_or_else(|| "127.0.0.1:19101".to_string());
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     runtime.block_on(async move {
         let listener = tokio::net::TcpListener::bind(&addr).await?;
         eprintln!("grpc_echo on {addr}");
@@ -64,9 +58,7 @@ fn main() -> std::io::Result<()> {
             tokio::spawn(async move {
                 let mut builder = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
                 builder.max_concurrent_streams(1024);
-                let _ = builder
-                    .serve_connection(TokioIo::new(tcp), hyper::service::service_fn(dispatch))
-                    .await;
+                let _ = builder.serve_connection(TokioIo::new(tcp), hyper::service::service_fn(dispatch)).await;
             });
         }
     })

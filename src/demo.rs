@@ -32,7 +32,10 @@ pub enum DemoError {
 pub fn prepare() -> Result<(Config, Vec<(String, SocketAddr)>), DemoError> {
     let config = Config::parse(EMBEDDED_DEFAULT)?;
     let Discovery::File(f) = &config.discovery else {
-        return Err(DemoError::Instances { path: "(embedded config)".into(), reason: "the demo needs file discovery".into() });
+        return Err(DemoError::Instances {
+            path: "(embedded config)".into(),
+            reason: "the demo needs file discovery".into(),
+        });
     };
     let instances = read_instances(&f.path)?;
     let backends = instances
@@ -47,7 +50,8 @@ pub fn prepare() -> Result<(Config, Vec<(String, SocketAddr)>), DemoError> {
 
 fn read_instances(path: &Path) -> Result<Vec<crate::discovery::Instance>, DemoError> {
     let err = |reason: String| DemoError::Instances { path: path.display().to_string(), reason };
-    let text = std::fs::read_to_string(path).map_err(|e| err(format!("{e} (run the demo from the repository root)")))?;
+    let text =
+        std::fs::read_to_string(path).map_err(|e| err(format!("{e} (run the demo from the repository root)")))?;
     file::parse(&text).map_err(err)
 }
 
@@ -55,7 +59,8 @@ fn read_instances(path: &Path) -> Result<Vec<crate::discovery::Instance>, DemoEr
 pub async fn bind_backends(backends: &[(String, SocketAddr)]) -> Result<Vec<(String, TcpListener)>, DemoError> {
     let mut bound = Vec::new();
     for (name, addr) in backends {
-        let l = TcpListener::bind(addr).await.map_err(|source| DemoError::Backend { addr: addr.to_string(), source })?;
+        let l =
+            TcpListener::bind(addr).await.map_err(|source| DemoError::Backend { addr: addr.to_string(), source })?;
         bound.push((name.clone(), l));
     }
     Ok(bound)

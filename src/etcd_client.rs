@@ -25,17 +25,11 @@ pub enum ConnectError {
     #[error("no etcd endpoint given")]
     NoEndpoints,
     #[error("reading {path}: {source}")]
-    TlsFile {
-        path: String,
-        source: std::io::Error,
-    },
+    TlsFile { path: String, source: std::io::Error },
     #[error("etcd TLS: key given without cert (or cert without key)")]
     TlsIdentity,
     #[error("connecting to etcd at {endpoint}: {source}")]
-    Etcd {
-        endpoint: String,
-        source: etcd_client::Error,
-    },
+    Etcd { endpoint: String, source: etcd_client::Error },
     #[error("connecting to etcd at {endpoint}: no answer within {timeout:?}")]
     Timeout { endpoint: String, timeout: Duration },
 }
@@ -48,19 +42,14 @@ impl EtcdConnect {
             return Ok(None);
         };
         let read = |p: &std::path::Path| {
-            std::fs::read(p).map_err(|source| ConnectError::TlsFile {
-                path: p.display().to_string(),
-                source,
-            })
+            std::fs::read(p).map_err(|source| ConnectError::TlsFile { path: p.display().to_string(), source })
         };
         let mut opts = TlsOptions::new();
         if let Some(ca) = &tls.ca {
             opts = opts.ca_certificate(Certificate::from_pem(read(ca)?));
         }
         match (&tls.cert, &tls.key) {
-            (Some(cert), Some(key)) => {
-                opts = opts.identity(Identity::from_pem(read(cert)?, read(key)?))
-            }
+            (Some(cert), Some(key)) => opts = opts.identity(Identity::from_pem(read(cert)?, read(key)?)),
             (None, None) => {}
             _ => return Err(ConnectError::TlsIdentity),
         }
@@ -80,11 +69,7 @@ impl EtcdConnect {
         let tls = self.tls_options()?;
         // With TLS the scheme is implied; etcd-client refuses TLS options on an http:// URL.
         let endpoint = match &tls {
-            Some(_) => raw
-                .strip_prefix("http://")
-                .or_else(|| raw.strip_prefix("https://"))
-                .unwrap_or(raw)
-                .to_string(),
+            Some(_) => raw.strip_prefix("http://").or_else(|| raw.strip_prefix("https://")).unwrap_or(raw).to_string(),
             None => raw.clone(),
         };
         let keep_alive = self.dial_timeout.max(Duration::from_millis(500));
@@ -99,18 +84,10 @@ impl EtcdConnect {
         if let Some(tls) = tls {
             opts = opts.with_tls(tls);
         }
-        match tokio::time::timeout(
-            self.dial_timeout,
-            Client::connect([endpoint.as_str()], Some(opts)),
-        )
-        .await
-        {
+        match tokio::time::timeout(self.dial_timeout, Client::connect([endpoint.as_str()], Some(opts))).await {
             Ok(Ok(client)) => Ok(client),
             Ok(Err(source)) => Err(ConnectError::Etcd { endpoint, source }),
-            Err(_) => Err(ConnectError::Timeout {
-                endpoint,
-                timeout: self.dial_timeout,
-            }),
+            Err(_) => Err(ConnectError::Timeout { endpoint, timeout: self.dial_timeout }),
         }
     }
 
@@ -123,10 +100,7 @@ impl EtcdConnect {
         match tokio::time::timeout(self.request_timeout, fut).await {
             Ok(Ok(v)) => Ok(v),
             Ok(Err(source)) => Err(CallError::Etcd { what, source }),
-            Err(_) => Err(CallError::Timeout {
-                what,
-                timeout: self.request_timeout,
-            }),
+            Err(_) => Err(CallError::Timeout { what, timeout: self.request_timeout }),
         }
     }
 }
@@ -135,15 +109,9 @@ impl EtcdConnect {
 #[derive(Debug, thiserror::Error)]
 pub enum CallError {
     #[error("etcd {what}: {source}")]
-    Etcd {
-        what: &'static str,
-        source: etcd_client::Error,
-    },
+    Etcd { what: &'static str, source: etcd_client::Error },
     #[error("etcd {what}: no answer within {timeout:?}")]
-    Timeout {
-        what: &'static str,
-        timeout: Duration,
-    },
+    Timeout { what: &'static str, timeout: Duration },
 }
 
 impl From<&crate::config::EtcdDiscovery> for EtcdConnect {

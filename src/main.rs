@@ -17,7 +17,11 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 use switchyard::server::Gateway;
 
 #[derive(Parser)]
-#[command(name = "switchyard", version, about = "A server-side-discovery gateway: one address, backends discovered in etcd or a file")]
+#[command(
+    name = "switchyard",
+    version,
+    about = "A server-side-discovery gateway: one address, backends discovered in etcd or a file"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -44,9 +48,7 @@ enum Command {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
-        )
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
         .with_writer(std::io::stderr)
         .init();
     let result = match cli.command {

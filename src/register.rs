@@ -17,9 +17,7 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-use crate::config::{
-    ClientTls, DEFAULT_DIAL_TIMEOUT, DEFAULT_ETCD_PREFIX, DEFAULT_ETCD_REQUEST_TIMEOUT,
-};
+use crate::config::{ClientTls, DEFAULT_DIAL_TIMEOUT, DEFAULT_ETCD_PREFIX, DEFAULT_ETCD_REQUEST_TIMEOUT};
 use crate::discovery::etcd::Backoff;
 use crate::discovery::instance::check_addr;
 use crate::etcd_client::{CallError, ConnectError, EtcdConnect};
@@ -47,10 +45,7 @@ pub struct Registration {
 #[derive(Debug, thiserror::Error)]
 pub enum RegisterError {
     #[error("{field}: {message}")]
-    Invalid {
-        field: &'static str,
-        message: String,
-    },
+    Invalid { field: &'static str, message: String },
     #[error(transparent)]
     Connect(#[from] ConnectError),
     #[error(transparent)]
@@ -66,11 +61,7 @@ pub enum RegisterError {
 impl Registration {
     /// A registration with the defaults: prefix `/services/`, TTL 10 s, drain
     /// 5 s, and the id [`default_id`].
-    pub fn new(
-        endpoints: Vec<String>,
-        service: impl Into<String>,
-        addr: impl Into<String>,
-    ) -> Registration {
+    pub fn new(endpoints: Vec<String>, service: impl Into<String>, addr: impl Into<String>) -> Registration {
         let addr = addr.into();
         Registration {
             etcd: EtcdConnect {
@@ -100,10 +91,7 @@ impl Registration {
         if let Some(s) = status {
             metadata.insert("status".into(), s.into());
         }
-        let now = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map(|d| d.as_millis())
-            .unwrap_or(0);
+        let now = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis()).unwrap_or(0);
         metadata.insert(REGISTERED_AT_MS.into(), now.to_string());
         serde_json::json!({ "id": self.id, "name": self.service, "addr": self.addr, "metadata": metadata }).to_string()
     }
@@ -114,10 +102,7 @@ impl Registration {
             return invalid("etcd", "at least one endpoint is required".into());
         }
         if self.service.is_empty() || self.service.contains('/') {
-            return invalid(
-                "service",
-                format!("{:?} is not a service name", self.service),
-            );
+            return invalid("service", format!("{:?} is not a service name", self.service));
         }
         if self.id.is_empty() {
             return invalid("id", "must not be empty".into());
@@ -172,12 +157,7 @@ impl Registrar {
         let stop = CancellationToken::new();
         let key = reg.key();
         let task = tokio::spawn(keep(reg, tx, stop.clone()));
-        Ok(Registrar {
-            stop,
-            task,
-            registered,
-            key,
-        })
+        Ok(Registrar { stop, task, registered, key })
     }
 
     /// The etcd key of the instance.
@@ -193,10 +173,7 @@ impl Registrar {
 
     /// Waits until the instance has been registered at least `n` times.
     pub async fn wait_registrations(&mut self, n: u64, timeout: Duration) -> bool {
-        tokio::time::timeout(timeout, self.registered.wait_for(|&c| c >= n))
-            .await
-            .map(|r| r.is_ok())
-            .unwrap_or(false)
+        tokio::time::timeout(timeout, self.registered.wait_for(|&c| c >= n)).await.map(|r| r.is_ok()).unwrap_or(false)
     }
 
     pub async fn wait_registered(&mut self, timeout: Duration) -> bool {
@@ -227,10 +204,7 @@ struct Lease {
 }
 
 async fn keep(reg: Registration, registered: watch::Sender<u64>, stop: CancellationToken) {
-    let mut backoff = Backoff::new(
-        Duration::from_millis(100),
-        reg.ttl.min(Duration::from_secs(5)),
-    );
+    let mut backoff = Backoff::new(Duration::from_millis(100), reg.ttl.min(Duration::from_secs(5)));
     let mut endpoint = 0usize;
     let mut client: Option<Client> = None;
     let mut failing = false;
@@ -276,11 +250,8 @@ async fn keep(reg: Registration, registered: watch::Sender<u64>, stop: Cancellat
             if stopping {
                 drain_until = Some(Instant::now() + reg.drain);
                 if let Some(c) = client.as_mut() {
-                    let put = c.put(
-                        reg.key(),
-                        reg.value(Some("draining")),
-                        Some(PutOptions::new().with_lease(lease.id)),
-                    );
+                    let put =
+                        c.put(reg.key(), reg.value(Some("draining")), Some(PutOptions::new().with_lease(lease.id)));
                     match reg.etcd.call("put", put).await {
                         Ok(_) => {
                             tracing::info!(key = %reg.key(), drain_s = reg.drain.as_secs_f64(), "marked draining")
@@ -359,22 +330,11 @@ async fn register_once(
 ) -> Result<Lease, RegisterError> {
     let c = connected(reg, client, endpoint).await?;
     let ttl = reg.ttl.as_secs().max(1) as i64;
-    let grant = reg
-        .etcd
-        .call("lease grant", c.lease_grant(ttl, None))
-        .await?;
+    let grant = reg.etcd.call("lease grant", c.lease_grant(ttl, None)).await?;
     let id = grant.id();
-    let put = c.put(
-        reg.key(),
-        reg.value(None),
-        Some(PutOptions::new().with_lease(id)),
-    );
+    let put = c.put(reg.key(), reg.value(None), Some(PutOptions::new().with_lease(id)));
     reg.etcd.call("put", put).await?;
-    Ok(Lease {
-        id,
-        keeper: None,
-        last_ok: Instant::now(),
-    })
+    Ok(Lease { id, keeper: None, last_ok: Instant::now() })
 }
 
 async fn keepalive_once(
@@ -385,33 +345,23 @@ async fn keepalive_once(
 ) -> Result<(), RegisterError> {
     let c = connected(reg, client, endpoint).await?;
     if lease.keeper.is_none() {
-        lease.keeper = Some(
-            reg.etcd
-                .call("lease keepalive", c.lease_keep_alive(lease.id))
-                .await?,
-        );
+        lease.keeper = Some(reg.etcd.call("lease keepalive", c.lease_keep_alive(lease.id)).await?);
     }
     let Some((keeper, stream)) = lease.keeper.as_mut() else {
         return Err(RegisterError::LeaseLost(lease.id));
     };
-    keeper
-        .keep_alive()
-        .await
-        .map_err(RegisterError::KeepAlive)?;
+    keeper.keep_alive().await.map_err(RegisterError::KeepAlive)?;
     match tokio::time::timeout(reg.etcd.request_timeout, stream.message()).await {
         Ok(Ok(Some(resp))) if resp.ttl() > 0 => {
             lease.last_ok = Instant::now();
             Ok(())
         }
         Ok(Ok(Some(_))) => Err(RegisterError::LeaseLost(lease.id)),
-        Ok(Ok(None)) => Err(RegisterError::KeepAlive(etcd_client::Error::WatchError(
-            "keepalive stream closed".into(),
-        ))),
+        Ok(Ok(None)) => Err(RegisterError::KeepAlive(etcd_client::Error::WatchError("keepalive stream closed".into()))),
         Ok(Err(e)) => Err(RegisterError::KeepAlive(e)),
-        Err(_) => Err(RegisterError::Call(CallError::Timeout {
-            what: "lease keepalive",
-            timeout: reg.etcd.request_timeout,
-        })),
+        Err(_) => {
+            Err(RegisterError::Call(CallError::Timeout { what: "lease keepalive", timeout: reg.etcd.request_timeout }))
+        }
     }
 }
 
@@ -432,12 +382,7 @@ async fn revoke(reg: &Registration, client: Option<&mut Client>, id: i64) {
 #[derive(Debug, Clone, clap::Args)]
 pub struct RegisterArgs {
     /// etcd endpoints, comma-separated (http://host:port or https://host:port).
-    #[arg(
-        long,
-        value_name = "URL[,URL...]",
-        value_delimiter = ',',
-        required = true
-    )]
+    #[arg(long, value_name = "URL[,URL...]", value_delimiter = ',', required = true)]
     pub etcd: Vec<String>,
     #[arg(long)]
     pub service: String,
@@ -496,24 +441,15 @@ impl RegisterArgs {
         reg.metadata = self.meta.iter().cloned().collect();
         reg.prefix = self.prefix.clone();
         if !(self.drain_seconds >= 0.0 && self.drain_seconds < 86_400.0) {
-            return Err(RegisterError::Invalid {
-                field: "drain-seconds",
-                message: "must be 0..86400".into(),
-            });
+            return Err(RegisterError::Invalid { field: "drain-seconds", message: "must be 0..86400".into() });
         }
         reg.drain = Duration::from_secs_f64(self.drain_seconds);
         if !(self.dial_timeout > 0.0 && self.dial_timeout < 3600.0) {
-            return Err(RegisterError::Invalid {
-                field: "dial-timeout",
-                message: "must be above 0".into(),
-            });
+            return Err(RegisterError::Invalid { field: "dial-timeout", message: "must be above 0".into() });
         }
         reg.etcd.dial_timeout = Duration::from_secs_f64(self.dial_timeout);
-        let password = self.password.clone().or_else(|| {
-            self.username
-                .as_ref()
-                .and_then(|_| std::env::var("ETCD_PASSWORD").ok())
-        });
+        let password =
+            self.password.clone().or_else(|| self.username.as_ref().and_then(|_| std::env::var("ETCD_PASSWORD").ok()));
         reg.etcd.auth = match (&self.username, &password) {
             (Some(u), Some(p)) => Some((u.clone(), p.clone())),
             (None, None) => None,
@@ -524,11 +460,7 @@ impl RegisterArgs {
                 })
             }
         };
-        if self.cacert.is_some()
-            || self.cert.is_some()
-            || self.key.is_some()
-            || self.tls_server_name.is_some()
-        {
+        if self.cacert.is_some() || self.cert.is_some() || self.key.is_some() || self.tls_server_name.is_some() {
             reg.etcd.tls = Some(ClientTls {
                 ca: self.cacert.clone(),
                 cert: self.cert.clone(),
@@ -544,8 +476,8 @@ impl RegisterArgs {
 /// and deregisters.
 pub async fn run_cli(args: RegisterArgs) -> Result<(), RegisterError> {
     let registrar = Registrar::start(args.registration()?)?;
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-        .map_err(RegisterError::Signal)?;
+    let mut term =
+        tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).map_err(RegisterError::Signal)?;
     tokio::select! {
         _ = term.recv() => tracing::info!("SIGTERM received: draining"),
         r = tokio::signal::ctrl_c() => {
@@ -563,11 +495,7 @@ mod tests {
 
     #[test]
     fn value_is_our_json_format() {
-        let mut reg = Registration::new(
-            vec!["http://127.0.0.1:2379".into()],
-            "wallet",
-            "10.0.0.1:8080",
-        );
+        let mut reg = Registration::new(vec!["http://127.0.0.1:2379".into()], "wallet", "10.0.0.1:8080");
         reg.id = "w1".into();
         reg.metadata.insert("zone".into(), "a".into());
         assert_eq!(reg.key(), "/services/wallet/w1");
@@ -577,11 +505,7 @@ mod tests {
         assert_eq!(v["addr"], "10.0.0.1:8080");
         assert_eq!(v["metadata"]["zone"], "a");
         assert_eq!(v["metadata"]["status"], "draining");
-        assert!(v["metadata"][REGISTERED_AT_MS]
-            .as_str()
-            .unwrap()
-            .parse::<u64>()
-            .is_ok());
+        assert!(v["metadata"][REGISTERED_AT_MS].as_str().unwrap().parse::<u64>().is_ok());
         let i = crate::discovery::decode("wallet", "w1", reg.value(None).as_bytes()).unwrap();
         assert_eq!(i.addr, "10.0.0.1:8080");
     }
@@ -599,30 +523,14 @@ mod tests {
         r.validate().unwrap();
         assert_eq!(r.prefix, "/x/");
         for (field, edit) in [
-            (
-                "addr",
-                Box::new(|r: &mut Registration| r.addr = "h:0".into())
-                    as Box<dyn Fn(&mut Registration)>,
-            ),
-            (
-                "service",
-                Box::new(|r: &mut Registration| r.service = "a/b".into()),
-            ),
-            (
-                "ttl",
-                Box::new(|r: &mut Registration| r.ttl = Duration::from_millis(500)),
-            ),
-            (
-                "etcd",
-                Box::new(|r: &mut Registration| r.etcd.endpoints.clear()),
-            ),
+            ("addr", Box::new(|r: &mut Registration| r.addr = "h:0".into()) as Box<dyn Fn(&mut Registration)>),
+            ("service", Box::new(|r: &mut Registration| r.service = "a/b".into())),
+            ("ttl", Box::new(|r: &mut Registration| r.ttl = Duration::from_millis(500))),
+            ("etcd", Box::new(|r: &mut Registration| r.etcd.endpoints.clear())),
         ] {
             let mut r = ok.clone();
             edit(&mut r);
-            assert!(
-                matches!(r.validate(), Err(RegisterError::Invalid { field: f, .. }) if f == field),
-                "{field}"
-            );
+            assert!(matches!(r.validate(), Err(RegisterError::Invalid { field: f, .. }) if f == field), "{field}");
         }
         assert_eq!(parse_meta("a=b=c").unwrap(), ("a".into(), "b=c".into()));
         assert!(parse_meta("=x").is_err());

@@ -50,9 +50,12 @@ impl Gateway {
     /// Binds the admin listener and every configured listener (port 0 allowed).
     pub async fn bind(config: Config) -> Result<Gateway, ServerError> {
         // Certificate and CA files are read before any port is bound, so a bad path stops start-up.
-        crate::proxy::tls::preflight(&config).map_err(|(name, e)| ServerError::Listener { name, reason: e.to_string() })?;
-        crate::proxy::upstream_tls::preflight(&config.services)
-            .map_err(|(name, e)| ServerError::Listener { name: format!("service {name}"), reason: format!("upstream_tls: {e}") })?;
+        crate::proxy::tls::preflight(&config)
+            .map_err(|(name, e)| ServerError::Listener { name, reason: e.to_string() })?;
+        crate::proxy::upstream_tls::preflight(&config.services).map_err(|(name, e)| ServerError::Listener {
+            name: format!("service {name}"),
+            reason: format!("upstream_tls: {e}"),
+        })?;
         let admin = bind("admin", config.admin_listen).await?;
         let mut listeners = Vec::with_capacity(config.listeners.len());
         for l in &config.listeners {
@@ -142,7 +145,8 @@ fn hashed_services(config: &Config) -> HashSet<String> {
     for l in &config.listeners {
         match &l.kind {
             ListenerKind::Http { routes } | ListenerKind::Https { routes, .. } => {
-                hashed.extend(routes.iter().filter(|r| matches!(r.balance, Balance::Hash(_))).map(|r| r.service.clone()));
+                hashed
+                    .extend(routes.iter().filter(|r| matches!(r.balance, Balance::Hash(_))).map(|r| r.service.clone()));
             }
             ListenerKind::Tcp { service, balance } => {
                 if matches!(balance, Balance::Hash(_)) {
@@ -150,7 +154,8 @@ fn hashed_services(config: &Config) -> HashSet<String> {
                 }
             }
             ListenerKind::TlsPassthrough { routes } => {
-                hashed.extend(routes.iter().filter(|r| matches!(r.balance, Balance::Hash(_))).map(|r| r.service.clone()));
+                hashed
+                    .extend(routes.iter().filter(|r| matches!(r.balance, Balance::Hash(_))).map(|r| r.service.clone()));
             }
         }
     }
@@ -217,7 +222,12 @@ async fn serve_listener(listener: Listener, socket: TcpListener, ctx: ListenerCo
 }
 
 /// Accepts until shutdown, within the connection limit, handing each connection to `on_accept`.
-pub(crate) async fn accept_loop(name: &str, socket: TcpListener, ctx: &ListenerContext, mut on_accept: impl FnMut(Accepted)) {
+pub(crate) async fn accept_loop(
+    name: &str,
+    socket: TcpListener,
+    ctx: &ListenerContext,
+    mut on_accept: impl FnMut(Accepted),
+) {
     let accepted = metrics::counter!(m::CONNECTIONS, "listener" => name.to_string());
     let active = metrics::gauge!(m::CONNECTIONS_ACTIVE, "listener" => name.to_string());
     loop {

@@ -26,7 +26,10 @@ async fn counts(gw: &TestGateway, n: usize, path: &str) -> HashMap<String, usize
 async fn round_robin_spreads_evenly() {
     let b = three_backends().await;
     let gw = TestGateway::start(&http_config("[[listener.route]]\nservice = \"s\"\n")).await;
-    write_instances(&gw.instances_path(), &[("s", "1", b[0].addr, &[]), ("s", "2", b[1].addr, &[]), ("s", "3", b[2].addr, &[])]);
+    write_instances(
+        &gw.instances_path(),
+        &[("s", "1", b[0].addr, &[]), ("s", "2", b[1].addr, &[]), ("s", "3", b[2].addr, &[])],
+    );
     gw.wait_live("s", 3).await;
     let seen = counts(&gw, 300, "/").await;
     assert_eq!(seen, HashMap::from([("b1".into(), 100), ("b2".into(), 100), ("b3".into(), 100)]));
@@ -38,7 +41,11 @@ async fn weighted_follows_weights() {
     let gw = TestGateway::start(&http_config("[[listener.route]]\nservice = \"s\"\nbalance = \"weighted\"\n")).await;
     write_instances(
         &gw.instances_path(),
-        &[("s", "1", b[0].addr, &[("weight", "1")]), ("s", "2", b[1].addr, &[("weight", "2")]), ("s", "3", b[2].addr, &[("weight", "3")])],
+        &[
+            ("s", "1", b[0].addr, &[("weight", "1")]),
+            ("s", "2", b[1].addr, &[("weight", "2")]),
+            ("s", "3", b[2].addr, &[("weight", "3")]),
+        ],
     );
     gw.wait_live("s", 3).await;
     let seen = counts(&gw, 600, "/").await;
@@ -60,7 +67,8 @@ async fn hash_is_sticky_and_moves_few_keys() {
         let c = c.clone();
         let url = gw.url("/");
         async move {
-            let req = http::Request::get(url).header("x-user", format!("user-{user}")).body(Default::default()).unwrap();
+            let req =
+                http::Request::get(url).header("x-user", format!("user-{user}")).body(Default::default()).unwrap();
             support::request(&c, req).await
         }
     };

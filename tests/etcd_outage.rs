@@ -59,16 +59,10 @@ async fn etcd_killed_under_load_keeps_serving_and_catches_up() {
     let _serial = SERIAL.lock().await;
     let mut etcd = Etcd::start().await;
     let mut kv = etcd.client().await;
-    let b: Vec<Backend> = futures_util::future::join_all(
-        (0..3).map(|i| async move { Backend::start(&format!("b{i}")).await }),
-    )
-    .await;
-    kv.put("/services/s/0", b[0].addr.to_string(), None)
-        .await
-        .unwrap();
-    kv.put("/services/s/1", b[1].addr.to_string(), None)
-        .await
-        .unwrap();
+    let b: Vec<Backend> =
+        futures_util::future::join_all((0..3).map(|i| async move { Backend::start(&format!("b{i}")).await })).await;
+    kv.put("/services/s/0", b[0].addr.to_string(), None).await.unwrap();
+    kv.put("/services/s/1", b[1].addr.to_string(), None).await.unwrap();
     let gw = TestGateway::start(&gateway_config(&[etcd.url()], "")).await;
     gw.wait_live("s", 2).await;
 
@@ -83,36 +77,19 @@ async fn etcd_killed_under_load_keeps_serving_and_catches_up() {
         0.0,
         "connected gauge while etcd is down"
     );
-    assert_eq!(
-        gw.table.load().service("s").unwrap().live.len(),
-        2,
-        "table untouched while etcd is down"
-    );
+    assert_eq!(gw.table.load().service("s").unwrap().live.len(), 2, "table untouched while etcd is down");
     etcd.restart().await;
     let mut kv = etcd.client().await;
-    kv.put("/services/s/2", b[2].addr.to_string(), None)
-        .await
-        .unwrap();
+    kv.put("/services/s/2", b[2].addr.to_string(), None).await.unwrap();
     gw.wait_live("s", 3).await;
     tokio::time::sleep(Duration::from_millis(300)).await;
     stop.store(true, Ordering::Relaxed);
     let (ok, failures) = load.await.unwrap();
-    assert!(
-        failures.is_empty(),
-        "{} failed requests, e.g. {:?}",
-        failures.len(),
-        &failures[..failures.len().min(5)]
-    );
+    assert!(failures.is_empty(), "{} failed requests, e.g. {:?}", failures.len(), &failures[..failures.len().min(5)]);
     assert!(ok > 500, "only {ok} requests");
-    assert!(
-        b[2].hits() > 0,
-        "the instance added after etcd returned gets traffic"
-    );
+    assert!(b[2].hits() > 0, "the instance added after etcd returned gets traffic");
     let (_, metrics) = admin_get(gw.admin, "/metrics").await;
-    assert_eq!(
-        metric(&metrics, "switchyard_discovery_connected{source=\"etcd\"}"),
-        1.0
-    );
+    assert_eq!(metric(&metrics, "switchyard_discovery_connected{source=\"etcd\"}"), 1.0);
     gw.stop().await;
 }
 
@@ -121,29 +98,21 @@ async fn gateway_starts_from_snapshot_while_etcd_is_down() {
     let _serial = SERIAL.lock().await;
     let mut etcd = Etcd::start().await;
     let mut kv = etcd.client().await;
-    let b: Vec<Backend> = futures_util::future::join_all(
-        (0..3).map(|i| async move { Backend::start(&format!("b{i}")).await }),
-    )
-    .await;
+    let b: Vec<Backend> =
+        futures_util::future::join_all((0..3).map(|i| async move { Backend::start(&format!("b{i}")).await })).await;
     for i in 0..3 {
-        kv.put(format!("/services/snap/{i}"), b[i].addr.to_string(), None)
-            .await
-            .unwrap();
+        kv.put(format!("/services/snap/{i}"), b[i].addr.to_string(), None).await.unwrap();
     }
     let dir = tempfile::tempdir().unwrap();
     let snap = dir.path().join("snapshot.json");
-    let config = gateway_config(
-        &[etcd.url()],
-        &format!("snapshot_path = {:?}", snap.display().to_string()),
-    );
+    let config = gateway_config(&[etcd.url()], &format!("snapshot_path = {:?}", snap.display().to_string()));
     let first = TestGateway::start(&config).await;
     first.wait_live("snap", 3).await;
     kv.delete("/services/snap/0", None).await.unwrap();
     first.wait_live("snap", 2).await;
     wait_until(Duration::from_secs(5), || {
-        std::fs::read_to_string(&snap).is_ok_and(|t| {
-            t.contains(&b[1].addr.to_string()) && !t.contains(&b[0].addr.to_string())
-        })
+        std::fs::read_to_string(&snap)
+            .is_ok_and(|t| t.contains(&b[1].addr.to_string()) && !t.contains(&b[0].addr.to_string()))
     })
     .await;
     first.stop().await;
@@ -152,10 +121,7 @@ async fn gateway_starts_from_snapshot_while_etcd_is_down() {
     let t0 = Instant::now();
     let second = TestGateway::start(&config).await;
     second.wait_live("snap", 2).await;
-    eprintln!(
-        "MEASURE gateway start with etcd down → serving from snapshot: {:?}",
-        t0.elapsed()
-    );
+    eprintln!("MEASURE gateway start with etcd down → serving from snapshot: {:?}", t0.elapsed());
     let http = client();
     for _ in 0..4 {
         let (status, body) = get_service(&http, second.addr, "snap").await;
@@ -167,10 +133,7 @@ async fn gateway_starts_from_snapshot_while_etcd_is_down() {
     let mut kv = etcd.client().await;
     kv.delete("/services/snap/1", None).await.unwrap();
     second.wait_live("snap", 1).await;
-    assert_eq!(
-        get_service(&http, second.addr, "snap").await,
-        (200, "b2".to_string())
-    );
+    assert_eq!(get_service(&http, second.addr, "snap").await, (200, "b2".to_string()));
     second.stop().await;
 }
 
@@ -182,9 +145,7 @@ async fn cluster_member_loss_resumes_watch_without_losing_events() {
     // The gateway starts on endpoints[0] (m1); the writer talks to m2 and m3.
     let gw = TestGateway::start(&gateway_config(&cluster.urls(), "")).await;
     let writer_urls = vec![cluster.members[1].url(), cluster.members[2].url()];
-    let mut kv = etcd_client::Client::connect(writer_urls, None)
-        .await
-        .unwrap();
+    let mut kv = etcd_client::Client::connect(writer_urls, None).await.unwrap();
     let total = 300usize;
     let writer = tokio::spawn({
         let addr = backend.addr.to_string();
@@ -192,10 +153,7 @@ async fn cluster_member_loss_resumes_watch_without_losing_events() {
             for i in 0..total {
                 let deadline = Instant::now() + Duration::from_secs(10);
                 loop {
-                    match kv
-                        .put(format!("/services/cl/{i}"), addr.clone(), None)
-                        .await
-                    {
+                    match kv.put(format!("/services/cl/{i}"), addr.clone(), None).await {
                         Ok(_) => break,
                         Err(e) => {
                             assert!(Instant::now() < deadline, "put {i} kept failing: {e}");
@@ -207,48 +165,24 @@ async fn cluster_member_loss_resumes_watch_without_losing_events() {
             }
         }
     });
-    wait_until(Duration::from_secs(10), || {
-        gw.table
-            .load()
-            .service("cl")
-            .is_some_and(|s| s.endpoints.len() >= 50)
-    })
-    .await;
+    wait_until(Duration::from_secs(10), || gw.table.load().service("cl").is_some_and(|s| s.endpoints.len() >= 50))
+        .await;
     let (_, before) = admin_get(gw.admin, "/metrics").await;
     let restarts = |m: &str| {
-        metric(
-            m,
-            "switchyard_discovery_watch_restarts_total{reason=\"stream_error\"}",
-        ) + metric(
-            m,
-            "switchyard_discovery_watch_restarts_total{reason=\"connect\"}",
-        )
+        metric(m, "switchyard_discovery_watch_restarts_total{reason=\"stream_error\"}")
+            + metric(m, "switchyard_discovery_watch_restarts_total{reason=\"connect\"}")
     };
     cluster.members[0].kill();
     writer.await.unwrap();
-    wait_until(Duration::from_secs(15), || {
-        gw.table
-            .load()
-            .service("cl")
-            .is_some_and(|s| s.endpoints.len() == total)
-    })
-    .await;
+    wait_until(Duration::from_secs(15), || gw.table.load().service("cl").is_some_and(|s| s.endpoints.len() == total))
+        .await;
     let (_, metrics) = admin_get(gw.admin, "/metrics").await;
-    assert!(
-        restarts(&metrics) > restarts(&before),
-        "the watch on the killed member restarted\n{metrics}"
-    );
+    assert!(restarts(&metrics) > restarts(&before), "the watch on the killed member restarted\n{metrics}");
     assert_eq!(
-        metric(
-            &metrics,
-            "switchyard_discovery_watch_restarts_total{reason=\"compacted\"}"
-        ),
+        metric(&metrics, "switchyard_discovery_watch_restarts_total{reason=\"compacted\"}"),
         0.0,
         "resumed, not re-listed"
     );
-    assert_eq!(
-        get_service(&client(), gw.addr, "cl").await,
-        (200, "c".to_string())
-    );
+    assert_eq!(get_service(&client(), gw.addr, "cl").await, (200, "c".to_string()));
     gw.stop().await;
 }

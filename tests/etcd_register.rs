@@ -17,34 +17,10 @@ use switchyard::register::{Registrar, Registration};
 struct Sidecar(Child);
 
 impl Sidecar {
-    fn start(
-        etcd: &str,
-        service: &str,
-        id: &str,
-        addr: std::net::SocketAddr,
-        ttl: u64,
-        drain: &str,
-    ) -> Sidecar {
+    fn start(etcd: &str, service: &str, id: &str, addr: std::net::SocketAddr, ttl: u64, drain: &str) -> Sidecar {
         let child = Command::new(env!("CARGO_BIN_EXE_switchyard"))
-            .args([
-                "register",
-                "--etcd",
-                etcd,
-                "--service",
-                service,
-                "--id",
-                id,
-                "--addr",
-                &addr.to_string(),
-            ])
-            .args([
-                "--ttl",
-                &ttl.to_string(),
-                "--drain-seconds",
-                drain,
-                "--meta",
-                "zone=a",
-            ])
+            .args(["register", "--etcd", etcd, "--service", service, "--id", id, "--addr", &addr.to_string()])
+            .args(["--ttl", &ttl.to_string(), "--drain-seconds", drain, "--meta", "zone=a"])
             .stdout(Stdio::null())
             .stderr(Stdio::inherit())
             .spawn()
@@ -53,11 +29,7 @@ impl Sidecar {
     }
 
     fn signal(&self, sig: &str) {
-        assert!(Command::new("kill")
-            .args([sig, &self.0.id().to_string()])
-            .status()
-            .unwrap()
-            .success());
+        assert!(Command::new("kill").args([sig, &self.0.id().to_string()]).status().unwrap().success());
     }
 }
 
@@ -70,10 +42,8 @@ impl Drop for Sidecar {
 
 fn live(gw: &TestGateway, service: &str) -> Vec<String> {
     let t = gw.table.load();
-    let mut v: Vec<String> = t
-        .service(service)
-        .map(|s| s.live.iter().map(|e| e.id.to_string()).collect())
-        .unwrap_or_default();
+    let mut v: Vec<String> =
+        t.service(service).map(|s| s.live.iter().map(|e| e.id.to_string()).collect()).unwrap_or_default();
     v.sort();
     v
 }
@@ -93,10 +63,7 @@ async fn registrar_gets_traffic_and_kill_9_expires_within_ttl() {
     let mut registrar = Registrar::start(reg).unwrap();
     assert!(registrar.wait_registered(Duration::from_secs(5)).await);
     gw.wait_live("reg", 1).await;
-    assert_eq!(
-        get_service(&client(), gw.addr, "reg").await,
-        (200, "a".to_string())
-    );
+    assert_eq!(get_service(&client(), gw.addr, "reg").await, (200, "a".to_string()));
 
     // The sidecar, killed with SIGKILL: nothing revokes its lease.
     let sidecar = Sidecar::start(&etcd.url(), "reg", "b", b.addr, 2, "1");
@@ -109,10 +76,7 @@ async fn registrar_gets_traffic_and_kill_9_expires_within_ttl() {
     wait_until(Duration::from_secs(10), || live(&gw, "reg") == ["a"]).await;
     let gone = t0.elapsed();
     eprintln!("MEASURE kill -9 of the registrar (TTL 2s) → instance gone after {gone:?}");
-    assert!(
-        gone <= Duration::from_secs(3),
-        "gone after {gone:?}, TTL 2 s + 1 s allowed"
-    );
+    assert!(gone <= Duration::from_secs(3), "gone after {gone:?}, TTL 2 s + 1 s allowed");
 
     registrar.shutdown().await;
     wait_until(Duration::from_secs(5), || live(&gw, "reg").is_empty()).await;
@@ -161,20 +125,11 @@ async fn graceful_stop_under_load_fails_no_request() {
         if let Some(s) = sb.0.try_wait().unwrap() {
             break s;
         }
-        assert!(
-            t0.elapsed() < Duration::from_secs(10),
-            "switchyard register did not exit"
-        );
+        assert!(t0.elapsed() < Duration::from_secs(10), "switchyard register did not exit");
         tokio::time::sleep(Duration::from_millis(20)).await;
     };
     assert!(status.success(), "switchyard register exited with {status}");
-    wait_until(Duration::from_secs(5), || {
-        gw.table
-            .load()
-            .service("web")
-            .is_some_and(|s| s.endpoints.len() == 1)
-    })
-    .await;
+    wait_until(Duration::from_secs(5), || gw.table.load().service("web").is_some_and(|s| s.endpoints.len() == 1)).await;
     b.stop();
     tokio::time::sleep(Duration::from_millis(500)).await;
     stop.store(true, Ordering::Relaxed);
@@ -184,12 +139,7 @@ async fn graceful_stop_under_load_fails_no_request() {
         ok += o;
         failures.extend(f);
     }
-    assert!(
-        failures.is_empty(),
-        "{} failed requests, e.g. {:?}",
-        failures.len(),
-        &failures[..failures.len().min(5)]
-    );
+    assert!(failures.is_empty(), "{} failed requests, e.g. {:?}", failures.len(), &failures[..failures.len().min(5)]);
     assert!(ok > 1000, "only {ok} requests");
     drop(sa);
     gw.stop().await;
@@ -212,12 +162,7 @@ async fn lost_lease_and_etcd_restart_lead_to_reregistration() {
     let mut kv = etcd.client().await;
     let lease = kv.get(registrar.key(), None).await.unwrap().kvs()[0].lease();
     kv.lease_revoke(lease).await.unwrap();
-    assert!(
-        registrar
-            .wait_registrations(2, Duration::from_secs(5))
-            .await,
-        "registered again after the lease was lost"
-    );
+    assert!(registrar.wait_registrations(2, Duration::from_secs(5)).await, "registered again after the lease was lost");
     gw.wait_live("ll", 1).await;
     let new_lease = kv.get(registrar.key(), None).await.unwrap().kvs()[0].lease();
     assert_ne!(new_lease, lease);
@@ -229,25 +174,15 @@ async fn lost_lease_and_etcd_restart_lead_to_reregistration() {
     let mut kv = etcd.client().await;
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
-        let present = kv
-            .get(registrar.key(), None)
-            .await
-            .map(|r| r.kvs().len() == 1)
-            .unwrap_or(false);
+        let present = kv.get(registrar.key(), None).await.map(|r| r.kvs().len() == 1).unwrap_or(false);
         if present && Instant::now() > deadline - Duration::from_secs(7) {
             break;
         }
-        assert!(
-            Instant::now() < deadline,
-            "registration not back after the etcd restart"
-        );
+        assert!(Instant::now() < deadline, "registration not back after the etcd restart");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     gw.wait_live("ll", 1).await;
-    assert_eq!(
-        try_get_service(&client(), gw.addr, "ll").await,
-        Ok((200, "a".to_string()))
-    );
+    assert_eq!(try_get_service(&client(), gw.addr, "ll").await, Ok((200, "a".to_string())));
 
     // Graceful shutdown revokes: the key is gone at once, not after a TTL.
     registrar.shutdown().await;

@@ -22,10 +22,7 @@ use switchyard::register::{Registrar, Registration};
 /// Sum of the samples of `name` whose labels contain every one of `labels`.
 fn metric_sum(text: &str, name: &str, labels: &[&str]) -> f64 {
     text.lines()
-        .filter(|l| {
-            l.strip_prefix(name)
-                .is_some_and(|rest| rest.starts_with('{') || rest.starts_with(' '))
-        })
+        .filter(|l| l.strip_prefix(name).is_some_and(|rest| rest.starts_with('{') || rest.starts_with(' ')))
         .filter(|l| labels.iter().all(|want| l.contains(want)))
         .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
         .sum()
@@ -57,14 +54,8 @@ impl Process {
         let admin = SocketAddr::from(([127, 0, 0, 1], free_port()));
         let web = SocketAddr::from(([127, 0, 0, 1], free_port()));
         let config = gateway_config(endpoints, extra)
-            .replace(
-                "listen = \"127.0.0.1:0\"\n\n[discovery]",
-                &format!("listen = \"{admin}\"\n\n[discovery]"),
-            )
-            .replace(
-                "listen = \"127.0.0.1:0\"\n",
-                &format!("listen = \"{web}\"\n"),
-            );
+            .replace("listen = \"127.0.0.1:0\"\n\n[discovery]", &format!("listen = \"{admin}\"\n\n[discovery]"))
+            .replace("listen = \"127.0.0.1:0\"\n", &format!("listen = \"{web}\"\n"));
         assert!(config.contains(&admin.to_string()) && config.contains(&web.to_string()));
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("switchyard.toml");
@@ -78,13 +69,7 @@ impl Process {
             .stderr(std::fs::File::create(&log).unwrap())
             .spawn()
             .expect("start switchyard");
-        Process {
-            child,
-            admin,
-            web,
-            log,
-            _dir: dir,
-        }
+        Process { child, admin, web, log, _dir: dir }
     }
 
     fn log(&self) -> String {
@@ -95,25 +80,14 @@ impl Process {
     async fn wait_admin(&mut self) {
         let deadline = Instant::now() + Duration::from_secs(10);
         loop {
-            assert!(
-                self.child.try_wait().unwrap().is_none(),
-                "switchyard exited; log:\n{}",
-                self.log()
-            );
-            if tokio::time::timeout(
-                Duration::from_secs(1),
-                tokio::net::TcpStream::connect(self.admin),
-            )
-            .await
-            .is_ok_and(|c| c.is_ok())
+            assert!(self.child.try_wait().unwrap().is_none(), "switchyard exited; log:\n{}", self.log());
+            if tokio::time::timeout(Duration::from_secs(1), tokio::net::TcpStream::connect(self.admin))
+                .await
+                .is_ok_and(|c| c.is_ok())
             {
                 return;
             }
-            assert!(
-                Instant::now() < deadline,
-                "admin server not up; log:\n{}",
-                self.log()
-            );
+            assert!(Instant::now() < deadline, "admin server not up; log:\n{}", self.log());
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
     }
@@ -133,23 +107,11 @@ async fn enable_auth(kv: &mut etcd_client::Client) {
     kv.user_add("root", "root-pw", None).await.unwrap();
     kv.user_grant_role("root", "root").await.unwrap();
     kv.role_add("discovery-read").await.unwrap();
-    kv.role_grant_permission(
-        "discovery-read",
-        Permission::read("/services/").with_prefix(),
-    )
-    .await
-    .unwrap();
+    kv.role_grant_permission("discovery-read", Permission::read("/services/").with_prefix()).await.unwrap();
     kv.user_add("switchyard", "gw-secret", None).await.unwrap();
-    kv.user_grant_role("switchyard", "discovery-read")
-        .await
-        .unwrap();
+    kv.user_grant_role("switchyard", "discovery-read").await.unwrap();
     kv.role_add("provider").await.unwrap();
-    kv.role_grant_permission(
-        "provider",
-        Permission::read_write("/services/").with_prefix(),
-    )
-    .await
-    .unwrap();
+    kv.role_grant_permission("provider", Permission::read_write("/services/").with_prefix()).await.unwrap();
     kv.user_add("provider", "prov-secret", None).await.unwrap();
     kv.user_grant_role("provider", "provider").await.unwrap();
     kv.auth_enable().await.unwrap();
@@ -161,40 +123,23 @@ async fn auth_gateway_and_registrar_with_credentials_wrong_password_not_ready() 
     let a = Backend::start("a").await;
     let b = Backend::start("b").await;
     let mut kv = etcd.client().await;
-    kv.put(
-        "/services/sec/a",
-        instance_json("sec", "a", a.addr, &[]),
-        None,
-    )
-    .await
-    .unwrap();
+    kv.put("/services/sec/a", instance_json("sec", "a", a.addr, &[]), None).await.unwrap();
     enable_auth(&mut kv).await;
 
     // Auth is really enforced: no token → refused; the read-only user cannot write.
-    let anonymous = kv
-        .get("/services/", Some(GetOptions::new().with_prefix()))
-        .await;
+    let anonymous = kv.get("/services/", Some(GetOptions::new().with_prefix())).await;
     assert!(anonymous.is_err(), "read without a user: {anonymous:?}");
     let mut reader = etcd.client_as("switchyard", "gw-secret").await;
-    let listed = reader
-        .get("/services/", Some(GetOptions::new().with_prefix()))
-        .await
-        .unwrap();
+    let listed = reader.get("/services/", Some(GetOptions::new().with_prefix())).await.unwrap();
     assert_eq!(listed.kvs().len(), 1);
     let write = reader.put("/services/sec/x", "127.0.0.1:1", None).await;
     assert!(write.is_err(), "write as the read-only user: {write:?}");
 
     // The gateway with the read-only user's credentials loads and routes.
-    let good = gateway_config(
-        &[etcd.url()],
-        "username = \"switchyard\"\npassword = \"gw-secret\"",
-    );
+    let good = gateway_config(&[etcd.url()], "username = \"switchyard\"\npassword = \"gw-secret\"");
     let gw = TestGateway::start(&good).await;
     gw.wait_live("sec", 1).await;
-    assert_eq!(
-        bodies(gw.addr, "sec", 4).await,
-        BTreeSet::from(["a".into()])
-    );
+    assert_eq!(bodies(gw.addr, "sec", 4).await, BTreeSet::from(["a".into()]));
     assert_eq!(admin_get(gw.admin, "/readyz").await.0, 200);
 
     // A Registrar with credentials registers an instance, which gets traffic
@@ -205,61 +150,34 @@ async fn auth_gateway_and_registrar_with_credentials_wrong_password_not_ready() 
     reg.drain = Duration::from_millis(100);
     reg.etcd.auth = Some(("provider".into(), "prov-secret".into()));
     let mut registrar = Registrar::start(reg).unwrap();
-    assert!(
-        registrar.wait_registered(Duration::from_secs(5)).await,
-        "registrar with credentials did not register"
-    );
+    assert!(registrar.wait_registered(Duration::from_secs(5)).await, "registrar with credentials did not register");
     gw.wait_live("sec", 2).await;
-    assert_eq!(
-        bodies(gw.addr, "sec", 8).await,
-        BTreeSet::from(["a".into(), "b".into()])
-    );
+    assert_eq!(bodies(gw.addr, "sec", 8).await, BTreeSet::from(["a".into(), "b".into()]));
     // Its lease is kept alive past the TTL (keepalive calls carry the token too).
     tokio::time::sleep(Duration::from_millis(2500)).await;
     assert_eq!(gw.table.load().service("sec").unwrap().live.len(), 2);
 
     // A gateway (the real binary, for its own metrics and log) with a wrong
     // password: stays up, never ready, serves nothing, counts and logs the failure.
-    let mut p = Process::start(
-        &[etcd.url()],
-        "username = \"switchyard\"\npassword = \"wrong\"",
-    );
+    let mut p = Process::start(&[etcd.url()], "username = \"switchyard\"\npassword = \"wrong\"");
     p.wait_admin().await;
     tokio::time::sleep(Duration::from_millis(2000)).await;
-    assert!(
-        p.child.try_wait().unwrap().is_none(),
-        "exited; log:\n{}",
-        p.log()
-    );
+    assert!(p.child.try_wait().unwrap().is_none(), "exited; log:\n{}", p.log());
     let (status, body) = admin_get(p.admin, "/readyz").await;
     assert_eq!(status, 503, "readyz with a wrong password: {body}");
     let (status, _) = get_service(&client(), p.web, "sec").await;
     assert_ne!(status, 200);
     let (_, metrics) = admin_get(p.admin, "/metrics").await;
-    let errors = metric_sum(
-        &metrics,
-        "switchyard_discovery_errors_total",
-        &["source=\"etcd\""],
-    );
+    let errors = metric_sum(&metrics, "switchyard_discovery_errors_total", &["source=\"etcd\""]);
     eprintln!("MEASURE wrong password: {errors} discovery errors counted in ~2 s");
     // Backoff from 100 ms doubling: a handful of attempts, not a tight loop.
-    assert!(
-        (1.0..=10.0).contains(&errors),
-        "errors counted: {errors}\n{metrics}"
-    );
+    assert!((1.0..=10.0).contains(&errors), "errors counted: {errors}\n{metrics}");
     let log = p.log();
     for line in log.lines().filter(|l| l.contains("authentication failed")) {
         eprintln!("MEASURE wrong password log: {line}");
     }
-    assert!(
-        log.contains("authentication failed"),
-        "the log names the cause:\n{log}"
-    );
-    assert_eq!(
-        log.matches("authentication failed").count(),
-        1,
-        "logged once per outage, not per retry:\n{log}"
-    );
+    assert!(log.contains("authentication failed"), "the log names the cause:\n{log}");
+    assert_eq!(log.matches("authentication failed").count(), 1, "logged once per outage, not per retry:\n{log}");
 
     registrar.shutdown().await;
     gw.wait_live("sec", 1).await;
@@ -290,11 +208,7 @@ async fn tls_with_client_certificates_gateway_and_registrar() {
         client_key: harness.key.clone(),
     })
     .await;
-    assert!(
-        etcd.url().starts_with("https://127.0.0.1:"),
-        "{}",
-        etcd.url()
-    );
+    assert!(etcd.url().starts_with("https://127.0.0.1:"), "{}", etcd.url());
     // Plain HTTP on the client port is refused: etcd really serves TLS only.
     let plain = etcd_client::Client::connect(
         [etcd.url().replace("https://", "http://")],
@@ -303,33 +217,19 @@ async fn tls_with_client_certificates_gateway_and_registrar() {
     .await;
     if let Ok(mut plain) = plain {
         let got = tokio::time::timeout(Duration::from_secs(3), plain.get("/services/", None)).await;
-        assert!(
-            !matches!(got, Ok(Ok(_))),
-            "plain http answered on the TLS port"
-        );
+        assert!(!matches!(got, Ok(Ok(_))), "plain http answered on the TLS port");
     }
 
     let a = Backend::start("a").await;
     let b = Backend::start("b").await;
     let mut kv = etcd.client().await;
-    kv.put(
-        "/services/tls/a",
-        instance_json("tls", "a", a.addr, &[]),
-        None,
-    )
-    .await
-    .unwrap();
+    kv.put("/services/tls/a", instance_json("tls", "a", a.addr, &[]), None).await.unwrap();
 
-    let gw = TestGateway::start(&gateway_config(
-        &[etcd.url()],
-        &tls_table(&ca_path, Some((&gateway.cert, &gateway.key))),
-    ))
-    .await;
+    let gw =
+        TestGateway::start(&gateway_config(&[etcd.url()], &tls_table(&ca_path, Some((&gateway.cert, &gateway.key)))))
+            .await;
     gw.wait_live("tls", 1).await;
-    assert_eq!(
-        bodies(gw.addr, "tls", 4).await,
-        BTreeSet::from(["a".into()])
-    );
+    assert_eq!(bodies(gw.addr, "tls", 4).await, BTreeSet::from(["a".into()]));
     assert_eq!(admin_get(gw.admin, "/readyz").await.0, 200);
 
     let mut reg = Registration::new(vec![etcd.url()], "tls", b.addr.to_string());
@@ -343,34 +243,21 @@ async fn tls_with_client_certificates_gateway_and_registrar() {
         server_name: None,
     });
     let mut registrar = Registrar::start(reg).unwrap();
-    assert!(
-        registrar.wait_registered(Duration::from_secs(5)).await,
-        "registrar over TLS did not register"
-    );
+    assert!(registrar.wait_registered(Duration::from_secs(5)).await, "registrar over TLS did not register");
     gw.wait_live("tls", 2).await;
-    assert_eq!(
-        bodies(gw.addr, "tls", 8).await,
-        BTreeSet::from(["a".into(), "b".into()])
-    );
+    assert_eq!(bodies(gw.addr, "tls", 8).await, BTreeSet::from(["a".into(), "b".into()]));
     let got = kv.get("/services/tls/b", None).await.unwrap();
     assert_eq!(got.kvs().len(), 1);
     assert!(got.kvs()[0].lease() != 0, "registered under a lease");
 
     // Without a client certificate etcd refuses the handshake: never ready, no crash.
-    let no_cert =
-        TestGateway::start(&gateway_config(&[etcd.url()], &tls_table(&ca_path, None))).await;
+    let no_cert = TestGateway::start(&gateway_config(&[etcd.url()], &tls_table(&ca_path, None))).await;
     tokio::time::sleep(Duration::from_millis(1500)).await;
     assert_eq!(admin_get(no_cert.admin, "/readyz").await.0, 503);
     assert!(no_cert.table.load().service("tls").is_none());
     no_cert.stop().await;
 
     registrar.shutdown().await;
-    wait_until(Duration::from_secs(5), || {
-        gw.table
-            .load()
-            .service("tls")
-            .is_some_and(|s| s.live.len() == 1)
-    })
-    .await;
+    wait_until(Duration::from_secs(5), || gw.table.load().service("tls").is_some_and(|s| s.live.len() == 1)).await;
     gw.stop().await;
 }

@@ -34,10 +34,7 @@ service = "app"
 "#
     );
     for (pair, names) in certs {
-        text.push_str(&format!(
-            "[[listener.tls]]\ncert = {:?}\nkey = {:?}\n",
-            pair.cert, pair.key
-        ));
+        text.push_str(&format!("[[listener.tls]]\ncert = {:?}\nkey = {:?}\n", pair.cert, pair.key));
         if !names.is_empty() {
             text.push_str(&format!("server_names = {names:?}\n"));
         }
@@ -52,14 +49,9 @@ async fn with_backend(gw: &TestGateway) -> Backend {
     backend
 }
 
-async fn presented(
-    addr: std::net::SocketAddr,
-    sni: Option<&str>,
-) -> rustls::pki_types::CertificateDer<'static> {
+async fn presented(addr: std::net::SocketAddr, sni: Option<&str>) -> rustls::pki_types::CertificateDer<'static> {
     let config = tls::inspecting_config(sni.is_some(), &[&rustls::version::TLS13]);
-    let stream = tls::connect(addr, config, sni.unwrap_or("ignored.invalid"))
-        .await
-        .expect("handshake");
+    let stream = tls::connect(addr, config, sni.unwrap_or("ignored.invalid")).await.expect("handshake");
     tls::presented(&stream)
 }
 
@@ -71,40 +63,19 @@ async fn sni_selects_exact_wildcard_and_default() {
     let exact = ca.issue(dir.path(), "exact", &["a.example.com", "other.example.com"]);
     let wild = ca.issue(dir.path(), "wild", &["*.wild.test"]);
     // `exact` is limited to one of its names by server_names; `wild` uses its certificate's names.
-    let gw = TestGateway::start(&config(
-        "sni",
-        &[(&default, &[]), (&exact, &["a.example.com"]), (&wild, &[])],
-    ))
-    .await;
+    let gw = TestGateway::start(&config("sni", &[(&default, &[]), (&exact, &["a.example.com"]), (&wild, &[])])).await;
 
     assert_eq!(presented(gw.addr, Some("a.example.com")).await, exact.der);
     assert_eq!(presented(gw.addr, Some("x.wild.test")).await, wild.der);
-    assert_eq!(
-        presented(gw.addr, Some("deep.x.wild.test")).await,
-        default.der,
-        "a wildcard covers one label"
-    );
-    assert_eq!(
-        presented(gw.addr, Some("other.example.com")).await,
-        default.der,
-        "server_names limits the names"
-    );
+    assert_eq!(presented(gw.addr, Some("deep.x.wild.test")).await, default.der, "a wildcard covers one label");
+    assert_eq!(presented(gw.addr, Some("other.example.com")).await, default.der, "server_names limits the names");
     assert_eq!(presented(gw.addr, Some("unknown.test")).await, default.der);
     assert_eq!(presented(gw.addr, None).await, default.der);
 
     // And with real verification against the CA, a request goes through.
     let _backend = with_backend(&gw).await;
-    let stream = tls::connect(
-        gw.addr,
-        tls::client_config(&ca, &[b"http/1.1"]),
-        "x.wild.test",
-    )
-    .await
-    .unwrap();
-    assert_eq!(
-        tls::request_over(stream, "x.wild.test", "/").await,
-        (200, "app-1".to_string())
-    );
+    let stream = tls::connect(gw.addr, tls::client_config(&ca, &[b"http/1.1"]), "x.wild.test").await.unwrap();
+    assert_eq!(tls::request_over(stream, "x.wild.test", "/").await, (200, "app-1".to_string()));
 }
 
 #[tokio::test]
@@ -116,39 +87,24 @@ async fn alpn_h2_and_http1_reach_the_backend() {
     let _backend = with_backend(&gw).await;
 
     for alpn in [&b"h2"[..], b"http/1.1"] {
-        let stream = tls::connect(gw.addr, tls::client_config(&ca, &[alpn]), "site.test")
-            .await
-            .unwrap();
+        let stream = tls::connect(gw.addr, tls::client_config(&ca, &[alpn]), "site.test").await.unwrap();
         assert_eq!(stream.get_ref().1.alpn_protocol(), Some(alpn));
         let (status, body) = tls::request_over(stream, "site.test", "/headers").await;
         assert_eq!(status, 200, "{body}");
         assert!(body.contains("x-forwarded-proto: https"), "{body}");
-        assert!(
-            body.contains("version: HTTP/1.1"),
-            "the backend speaks HTTP/1.1 whatever the client does: {body}"
-        );
+        assert!(body.contains("version: HTTP/1.1"), "the backend speaks HTTP/1.1 whatever the client does: {body}");
     }
     // TLS 1.2 works too (only 1.0/1.1 are refused).
     let v12 = tls::inspecting_config(true, &[&rustls::version::TLS12]);
     let stream = tls::connect(gw.addr, v12, "site.test").await.unwrap();
-    assert_eq!(
-        stream.get_ref().1.protocol_version(),
-        Some(rustls::ProtocolVersion::TLSv1_2)
-    );
+    assert_eq!(stream.get_ref().1.protocol_version(), Some(rustls::ProtocolVersion::TLSv1_2));
 }
 
 /// Polls new handshakes until the server presents `want`.
-async fn wait_for_cert(
-    addr: std::net::SocketAddr,
-    sni: &str,
-    want: &rustls::pki_types::CertificateDer<'static>,
-) {
+async fn wait_for_cert(addr: std::net::SocketAddr, sni: &str, want: &rustls::pki_types::CertificateDer<'static>) {
     let deadline = Instant::now() + Duration::from_secs(10);
     while presented(addr, Some(sni)).await != *want {
-        assert!(
-            Instant::now() < deadline,
-            "the new certificate was not served within 10 s"
-        );
+        assert!(Instant::now() < deadline, "the new certificate was not served within 10 s");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
@@ -167,30 +123,16 @@ async fn certificate_reload_keeps_connections_and_survives_a_bad_file() {
     let _backend = with_backend(&gw).await;
 
     // An established HTTP/1.1 keep-alive connection made with the first certificate.
-    let stream = tls::connect(
-        gw.addr,
-        tls::client_config(&ca, &[b"http/1.1"]),
-        "site.test",
-    )
-    .await
-    .unwrap();
+    let stream = tls::connect(gw.addr, tls::client_config(&ca, &[b"http/1.1"]), "site.test").await.unwrap();
     assert_eq!(tls::presented(&stream), first.der);
-    let (mut send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
-        .await
-        .unwrap();
+    let (mut send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await.unwrap();
     tokio::spawn(conn);
     let get = |send: &mut hyper::client::conn::http1::SendRequest<Full<bytes::Bytes>>| {
-        let req = http::Request::get("/")
-            .header("host", "site.test")
-            .body(Full::default())
-            .unwrap();
+        let req = http::Request::get("/").header("host", "site.test").body(Full::default()).unwrap();
         let res = send.send_request(req);
         async move {
             let res = res.await.expect("request on the established connection");
-            (
-                res.status().as_u16(),
-                res.into_body().collect().await.unwrap().to_bytes(),
-            )
+            (res.status().as_u16(), res.into_body().collect().await.unwrap().to_bytes())
         }
     };
     assert_eq!(get(&mut send).await.0, 200);
@@ -201,32 +143,20 @@ async fn certificate_reload_keeps_connections_and_survives_a_bad_file() {
     wait_for_cert(gw.addr, "site.test", &second.der).await;
     assert!(reloads(&gw, "reload", "ok").await >= 1.0);
     let (status, body) = get(&mut send).await;
-    assert_eq!(
-        (status, &body[..]),
-        (200, &b"app-1"[..]),
-        "the established connection still works"
-    );
+    assert_eq!((status, &body[..]), (200, &b"app-1"[..]), "the established connection still works");
 
     // A bad file: the reload fails, is counted, and the current certificate stays.
     // (Counted from here: a reload may also have failed while cert and key were half replaced.)
     let errors_before = reloads(&gw, "reload", "error").await;
-    tls::write_atomic(
-        &second.cert,
-        b"-----BEGIN CERTIFICATE-----\nnot base64 at all\n-----END CERTIFICATE-----\n",
-    );
+    tls::write_atomic(&second.cert, b"-----BEGIN CERTIFICATE-----\nnot base64 at all\n-----END CERTIFICATE-----\n");
     let deadline = Instant::now() + Duration::from_secs(10);
     while reloads(&gw, "reload", "error").await <= errors_before {
         assert!(Instant::now() < deadline, "the bad file was not noticed");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     assert_eq!(presented(gw.addr, Some("site.test")).await, second.der);
-    let stream = tls::connect(gw.addr, tls::client_config(&ca, &[b"h2"]), "site.test")
-        .await
-        .unwrap();
-    assert_eq!(
-        tls::request_over(stream, "site.test", "/").await,
-        (200, "app-1".to_string())
-    );
+    let stream = tls::connect(gw.addr, tls::client_config(&ca, &[b"h2"]), "site.test").await.unwrap();
+    assert_eq!(tls::request_over(stream, "site.test", "/").await, (200, "app-1".to_string()));
     assert_eq!(get(&mut send).await.0, 200);
 
     // Fixing the file is picked up again.
@@ -244,9 +174,7 @@ fn old_client_hello(minor: u8, sigalgs: bool) -> Vec<u8> {
     body.extend_from_slice(&[0x00, 0x04, 0xc0, 0x13, 0x00, 0x2f]); // ECDHE-RSA-AES128-SHA, AES128-SHA
     body.extend_from_slice(&[0x01, 0x00]); // null compression
     if sigalgs {
-        body.extend_from_slice(&[
-            0x00, 0x0a, 0x00, 0x0d, 0x00, 0x06, 0x00, 0x04, 0x04, 0x03, 0x04, 0x01,
-        ]);
+        body.extend_from_slice(&[0x00, 0x0a, 0x00, 0x0d, 0x00, 0x06, 0x00, 0x04, 0x04, 0x03, 0x04, 0x01]);
     }
     let mut handshake = vec![0x01, 0x00, 0x00, body.len() as u8];
     handshake.extend_from_slice(&body);
@@ -261,17 +189,12 @@ async fn tls10_and_tls11_clients_are_refused_and_counted() {
     let ca = Ca::new("test CA");
     let site = ca.issue(dir.path(), "site", &["site.test"]);
     let gw = TestGateway::start(&config("oldtls", &[(&site, &[])])).await;
-    let series =
-        "switchyard_tls_handshake_errors_total{listener=\"oldtls\",reason=\"protocol_version\"}";
+    let series = "switchyard_tls_handshake_errors_total{listener=\"oldtls\",reason=\"protocol_version\"}";
 
     // (TLS 1.0 plain: refused with handshake_failure, as rustls needs signature_algorithms
     // first; TLS 1.1 with it: refused with protocol_version.)
-    for (attempt, (hello, alert)) in [
-        (old_client_hello(1, false), 40u8),
-        (old_client_hello(2, true), 70),
-    ]
-    .into_iter()
-    .enumerate()
+    for (attempt, (hello, alert)) in
+        [(old_client_hello(1, false), 40u8), (old_client_hello(2, true), 70)].into_iter().enumerate()
     {
         let attempt = attempt + 1;
         let mut tcp = TcpStream::connect(gw.addr).await.unwrap();
@@ -283,33 +206,21 @@ async fn tls10_and_tls11_clients_are_refused_and_counted() {
             .ok();
         // A fatal alert record (level 2), then the connection closes.
         assert_eq!(reply.first(), Some(&0x15), "an alert record, got {reply:?}");
-        assert_eq!(
-            reply.get(5..7),
-            Some(&[2u8, alert][..]),
-            "alert {alert}, got {reply:?}"
-        );
+        assert_eq!(reply.get(5..7), Some(&[2u8, alert][..]), "alert {alert}, got {reply:?}");
         let deadline = Instant::now() + Duration::from_secs(5);
         loop {
             let (_, text) = admin_get(gw.admin, "/metrics").await;
             if metric(&text, series) >= attempt as f64 {
                 break;
             }
-            assert!(
-                Instant::now() < deadline,
-                "handshake failure not counted: {series}"
-            );
+            assert!(Instant::now() < deadline, "handshake failure not counted: {series}");
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
     }
     // The listener still serves modern clients.
     let _backend = with_backend(&gw).await;
-    let stream = tls::connect(gw.addr, tls::client_config(&ca, &[b"h2"]), "site.test")
-        .await
-        .unwrap();
-    assert_eq!(
-        tls::request_over(stream, "site.test", "/").await,
-        (200, "app-1".to_string())
-    );
+    let stream = tls::connect(gw.addr, tls::client_config(&ca, &[b"h2"]), "site.test").await.unwrap();
+    assert_eq!(tls::request_over(stream, "site.test", "/").await, (200, "app-1".to_string()));
 }
 
 #[tokio::test]
@@ -318,17 +229,10 @@ async fn missing_certificate_file_stops_start_up() {
         "path_prefix = \"/\"\nservice = \"app\"\n",
         "path_prefix = \"/\"\nservice = \"app\"\n[[listener.tls]]\ncert = \"/nonexistent/x.pem\"\nkey = \"/nonexistent/x.key\"\n",
     );
-    let config =
-        switchyard::config::Config::parse(&text.replace("{instances}", "/tmp/none.toml")).unwrap();
-    let err = switchyard::server::Gateway::bind(config)
-        .await
-        .err()
-        .expect("bind refuses a missing certificate");
+    let config = switchyard::config::Config::parse(&text.replace("{instances}", "/tmp/none.toml")).unwrap();
+    let err = switchyard::server::Gateway::bind(config).await.err().expect("bind refuses a missing certificate");
     let text = err.to_string();
-    assert!(
-        text.contains("missing") && text.contains("/nonexistent/x.pem"),
-        "{text}"
-    );
+    assert!(text.contains("missing") && text.contains("/nonexistent/x.pem"), "{text}");
 }
 
 #[test]

@@ -44,7 +44,9 @@ balance = "rr"
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("runtime.workers: must be between 1 and 1024, got 0"), "{stderr}");
     assert!(
-        stderr.contains(r#"listener[0].route[1].balance: unknown policy "rr" (expected round_robin, weighted, least_request, hash)"#),
+        stderr.contains(
+            r#"listener[0].route[1].balance: unknown policy "rr" (expected round_robin, weighted, least_request, hash)"#
+        ),
         "{stderr}"
     );
 
@@ -89,11 +91,18 @@ async fn streams_100mb_each_way_in_bounded_memory() {
     let instances = dir.path().join("instances.toml");
     write_instances(&instances, &[("s", "1", b.addr, &[])]);
     let (port, admin) = (free_port(), free_port());
-    let gw = GatewayProcess::start(&process_config(port, admin, &instances, ""), format!("127.0.0.1:{admin}").parse().unwrap()).await;
+    let gw = GatewayProcess::start(
+        &process_config(port, admin, &instances, ""),
+        format!("127.0.0.1:{admin}").parse().unwrap(),
+    )
+    .await;
     let c = support::client();
 
     // Download: the backend streams 100 MB.
-    let res = c.request(http::Request::get(format!("http://127.0.0.1:{port}/bytes/{SIZE}")).body(Default::default()).unwrap()).await.unwrap();
+    let res = c
+        .request(http::Request::get(format!("http://127.0.0.1:{port}/bytes/{SIZE}")).body(Default::default()).unwrap())
+        .await
+        .unwrap();
     assert_eq!(res.status(), 200);
     let mut body = res.into_body();
     let (mut got, mut peak) = (0usize, 0u64);
@@ -110,7 +119,8 @@ async fn streams_100mb_each_way_in_bounded_memory() {
     // Upload: 100 MB streamed to /echo, which streams it back.
     let chunk = Bytes::from(vec![b'u'; 256 * 1024]);
     let chunks = SIZE / chunk.len();
-    let stream = futures_util::stream::iter((0..chunks).map(move |_| Ok::<_, std::io::Error>(Frame::data(chunk.clone()))));
+    let stream =
+        futures_util::stream::iter((0..chunks).map(move |_| Ok::<_, std::io::Error>(Frame::data(chunk.clone()))));
     let raw = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new()).build_http();
     let req = http::Request::post(format!("http://127.0.0.1:{port}/echo")).body(StreamBody::new(stream)).unwrap();
     let res = raw.request(req).await.unwrap();
@@ -137,7 +147,11 @@ async fn sigterm_lets_a_slow_request_finish() {
     let instances = dir.path().join("instances.toml");
     write_instances(&instances, &[("s", "1", b.addr, &[])]);
     let (port, admin) = (free_port(), free_port());
-    let gw = GatewayProcess::start(&process_config(port, admin, &instances, ""), format!("127.0.0.1:{admin}").parse().unwrap()).await;
+    let gw = GatewayProcess::start(
+        &process_config(port, admin, &instances, ""),
+        format!("127.0.0.1:{admin}").parse().unwrap(),
+    )
+    .await;
     let slow = tokio::spawn(support::get_owned(format!("http://127.0.0.1:{port}/slow/1500")));
     tokio::time::sleep(Duration::from_millis(300)).await;
     let sent = Instant::now();
@@ -157,7 +171,9 @@ async fn sigterm_lets_a_slow_request_finish() {
     let status = tokio::task::spawn_blocking(move || {
         let mut gw = gw;
         gw.child.wait().unwrap()
-    }).await.unwrap();
+    })
+    .await
+    .unwrap();
     assert!(status.success(), "exit status {status:?}");
     assert!(sent.elapsed() < Duration::from_secs(9), "exit waited for the grace period");
 }

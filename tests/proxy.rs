@@ -7,7 +7,9 @@ mod support;
 use std::time::Duration;
 
 use http_body_util::BodyExt;
-use support::{admin_get, client, get, h2c_client, http_config, metric, request, write_instances, Backend, TestGateway};
+use support::{
+    admin_get, client, get, h2c_client, http_config, metric, request, write_instances, Backend, TestGateway,
+};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn status_mapping() {
@@ -74,7 +76,10 @@ async fn metrics_move_with_traffic() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn forwarded_headers_and_hop_by_hop() {
     let b = Backend::start("h").await;
-    let gw = TestGateway::start(&http_config("[[listener.route]]\npath_prefix = \"/api/\"\nstrip_prefix = true\nservice = \"h\"\n")).await;
+    let gw = TestGateway::start(&http_config(
+        "[[listener.route]]\npath_prefix = \"/api/\"\nstrip_prefix = true\nservice = \"h\"\n",
+    ))
+    .await;
     write_instances(&gw.instances_path(), &[("h", "1", b.addr, &[])]);
     gw.wait_live("h", 1).await;
     let req = http::Request::get(gw.url("/api/headers"))
@@ -111,14 +116,19 @@ async fn host_header_names_the_service_without_routes() {
 async fn absolute_form_for_a_foreign_host_is_refused() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let b = Backend::start("own").await;
-    let gw = TestGateway::start(&http_config("[[listener.route]]\nhost = \"own.example\"\nservice = \"own\"\n[[listener.route]]\nservice = \"own\"\n")).await;
+    let gw = TestGateway::start(&http_config(
+        "[[listener.route]]\nhost = \"own.example\"\nservice = \"own\"\n[[listener.route]]\nservice = \"own\"\n",
+    ))
+    .await;
     write_instances(&gw.instances_path(), &[("own", "1", b.addr, &[])]);
     gw.wait_live("own", 1).await;
     let raw = |target: &'static str| {
         let addr = gw.addr;
         async move {
             let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
-            s.write_all(format!("GET {target} HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n").as_bytes()).await.unwrap();
+            s.write_all(format!("GET {target} HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n").as_bytes())
+                .await
+                .unwrap();
             let mut out = String::new();
             s.read_to_string(&mut out).await.unwrap();
             out
@@ -128,7 +138,10 @@ async fn absolute_form_for_a_foreign_host_is_refused() {
     assert!(raw("http://own.example/").await.starts_with("HTTP/1.1 200"));
     assert!(raw("/").await.starts_with("HTTP/1.1 200"));
     let text = admin_get(gw.admin, "/metrics").await.1;
-    assert_eq!(metric(&text, r#"switchyard_bad_requests_total{listener="web",reason="absolute_form_foreign_host"}"#), 1.0);
+    assert_eq!(
+        metric(&text, r#"switchyard_bad_requests_total{listener="web",reason="absolute_form_foreign_host"}"#),
+        1.0
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -71,13 +71,19 @@ async fn broken_edit_keeps_the_table_and_is_counted() {
     let path = gw.instances_path();
     write_instances(&path, &[("s", "1", b1.addr, &[])]);
     gw.wait_live("s", 1).await;
-    let errors_before = metric(&admin_get(gw.admin, "/metrics").await.1, r#"switchyard_discovery_errors_total{source="file",kind="parse"}"#);
+    let errors_before = metric(
+        &admin_get(gw.admin, "/metrics").await.1,
+        r#"switchyard_discovery_errors_total{source="file",kind="parse"}"#,
+    );
     let version = gw.table.load().version;
 
     std::fs::write(&path, "[[instance]]\nservice = \"s\"\nid = \"1\"\naddr = \"127.0.0.1:0\"\n").unwrap();
     let deadline = std::time::Instant::now() + Duration::from_secs(5);
     loop {
-        let now = metric(&admin_get(gw.admin, "/metrics").await.1, r#"switchyard_discovery_errors_total{source="file",kind="parse"}"#);
+        let now = metric(
+            &admin_get(gw.admin, "/metrics").await.1,
+            r#"switchyard_discovery_errors_total{source="file",kind="parse"}"#,
+        );
         if now == errors_before + 1.0 {
             break;
         }

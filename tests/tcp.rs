@@ -43,18 +43,13 @@ async fn gateway(name: &str, balance: &str, instances: &[(&str, SocketAddr)]) ->
 
 async fn set_instances(gw: &TestGateway, instances: &[(&str, SocketAddr)]) {
     let no_metadata: &[(&str, &str)] = &[];
-    let rows: Vec<_> = instances
-        .iter()
-        .map(|(id, a)| ("db", *id, *a, no_metadata))
-        .collect();
+    let rows: Vec<_> = instances.iter().map(|(id, a)| ("db", *id, *a, no_metadata)).collect();
     write_instances(&gw.instances_path(), &rows);
     gw.wait_live("db", instances.len()).await;
 }
 
 async fn connect(gw: &TestGateway) -> TcpStream {
-    TcpStream::connect(gw.addr)
-        .await
-        .expect("connect to the gateway")
+    TcpStream::connect(gw.addr).await.expect("connect to the gateway")
 }
 
 async fn metrics(gw: &TestGateway) -> String {
@@ -83,10 +78,7 @@ async fn echoes_ten_megabytes_each_way_across_a_half_close() {
         wr
     });
     let mut received = Vec::with_capacity(SIZE);
-    tokio::time::timeout(Duration::from_secs(60), rd.read_to_end(&mut received))
-        .await
-        .expect("echo finished")
-        .unwrap();
+    tokio::time::timeout(Duration::from_secs(60), rd.read_to_end(&mut received)).await.expect("echo finished").unwrap();
     let _wr = writer.await.unwrap();
     assert_eq!(received.len(), SIZE);
     if let Some(i) = (0..SIZE).find(|&i| received[i] != pattern(i)) {
@@ -95,44 +87,27 @@ async fn echoes_ten_megabytes_each_way_across_a_half_close() {
 
     // Counted both ways, on this listener's own series (labels in registration order). The last
     // count lands just after the last write, so allow it a moment.
-    let series =
-        |d: &str| format!(r#"switchyard_tcp_bytes_total{{listener="echo10",direction="{d}"}}"#);
+    let series = |d: &str| format!(r#"switchyard_tcp_bytes_total{{listener="echo10",direction="{d}"}}"#);
     let mut counted = (0.0, 0.0);
     for _ in 0..100 {
         let text = metrics(&gw).await;
-        counted = (
-            metric(&text, &series("to_upstream")),
-            metric(&text, &series("to_client")),
-        );
+        counted = (metric(&text, &series("to_upstream")), metric(&text, &series("to_client")));
         if counted == (SIZE as f64, SIZE as f64) {
             break;
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    assert_eq!(
-        counted,
-        (SIZE as f64, SIZE as f64),
-        "{}",
-        metrics(&gw).await
-    );
+    assert_eq!(counted, (SIZE as f64, SIZE as f64), "{}", metrics(&gw).await);
     gw.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sixty_concurrent_connections_spread_evenly_over_three_backends() {
-    let backends = [
-        EchoServer::start().await,
-        EchoServer::start().await,
-        EchoServer::start().await,
-    ];
+    let backends = [EchoServer::start().await, EchoServer::start().await, EchoServer::start().await];
     let gw = gateway(
         "spread",
         r#"balance = "round_robin""#,
-        &[
-            ("a", backends[0].addr),
-            ("b", backends[1].addr),
-            ("c", backends[2].addr),
-        ],
+        &[("a", backends[0].addr), ("b", backends[1].addr), ("c", backends[2].addr)],
     )
     .await;
     let mut clients = Vec::new();
@@ -152,10 +127,7 @@ async fn sixty_concurrent_connections_spread_evenly_over_three_backends() {
     }
     let counts: Vec<usize> = backends.iter().map(|b| b.accepted()).collect();
     assert_eq!(counts, vec![20, 20, 20]);
-    let open_at_backends: usize = backends
-        .iter()
-        .map(|b| b.open.load(std::sync::atomic::Ordering::SeqCst))
-        .sum();
+    let open_at_backends: usize = backends.iter().map(|b| b.open.load(std::sync::atomic::Ordering::SeqCst)).sum();
     assert_eq!(open_at_backends, 60);
     drop(open);
     gw.stop().await;
@@ -163,19 +135,11 @@ async fn sixty_concurrent_connections_spread_evenly_over_three_backends() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hash_on_client_ip_keeps_a_client_on_one_backend() {
-    let backends = [
-        EchoServer::start().await,
-        EchoServer::start().await,
-        EchoServer::start().await,
-    ];
+    let backends = [EchoServer::start().await, EchoServer::start().await, EchoServer::start().await];
     let gw = gateway(
         "hashed",
         "balance = \"hash\"\nhash_key = \"client_ip\"",
-        &[
-            ("a", backends[0].addr),
-            ("b", backends[1].addr),
-            ("c", backends[2].addr),
-        ],
+        &[("a", backends[0].addr), ("b", backends[1].addr), ("c", backends[2].addr)],
     )
     .await;
     for i in 0..30 {
@@ -193,32 +157,16 @@ async fn hash_on_client_ip_keeps_a_client_on_one_backend() {
 async fn a_backend_that_refuses_connections_is_skipped() {
     let live = [EchoServer::start().await, EchoServer::start().await];
     let dead = refusing_addr().await;
-    let gw = gateway(
-        "skip",
-        "",
-        &[("a", live[0].addr), ("b", dead), ("c", live[1].addr)],
-    )
-    .await;
+    let gw = gateway("skip", "", &[("a", live[0].addr), ("b", dead), ("c", live[1].addr)]).await;
     for i in 0..30 {
         let mut s = connect(&gw).await;
         let msg = format!("attempt {i}");
-        assert_eq!(
-            round_trip(&mut s, msg.as_bytes()).await,
-            msg.as_bytes(),
-            "connection {i}"
-        );
+        assert_eq!(round_trip(&mut s, msg.as_bytes()).await, msg.as_bytes(), "connection {i}");
     }
     assert_eq!(live[0].accepted() + live[1].accepted(), 30);
     // Every third pick is the refusing instance: each was retried on the next one.
     let text = metrics(&gw).await;
-    assert_eq!(
-        metric(
-            &text,
-            r#"switchyard_tcp_connect_failures_total{listener="skip"}"#
-        ),
-        10.0,
-        "{text}"
-    );
+    assert_eq!(metric(&text, r#"switchyard_tcp_connect_failures_total{listener="skip"}"#), 10.0, "{text}");
     gw.stop().await;
 }
 
@@ -228,9 +176,7 @@ async fn without_a_reachable_instance_the_client_is_closed() {
     let gw = gateway("none", "", &[("a", dead)]).await;
     let mut s = connect(&gw).await;
     let mut buf = [0u8; 16];
-    let n = tokio::time::timeout(Duration::from_secs(5), s.read(&mut buf))
-        .await
-        .expect("closed in time");
+    let n = tokio::time::timeout(Duration::from_secs(5), s.read(&mut buf)).await.expect("closed in time");
     assert!(matches!(n, Ok(0) | Err(_)), "{n:?}");
     gw.stop().await;
 }
@@ -242,18 +188,11 @@ async fn a_removed_instance_keeps_its_established_connection() {
     let gw = gateway("drain", "", &[("a", a.addr), ("b", b.addr)]).await;
     let mut first = connect(&gw).await;
     round_trip(&mut first, b"before").await;
-    assert_eq!(
-        (a.accepted(), b.accepted()),
-        (1, 0),
-        "round-robin starts at the first instance"
-    );
+    assert_eq!((a.accepted(), b.accepted()), (1, 0), "round-robin starts at the first instance");
 
     set_instances(&gw, &[("b", b.addr)]).await;
     // The established connection still reaches "a"...
-    assert_eq!(
-        round_trip(&mut first, b"after the swap").await,
-        b"after the swap"
-    );
+    assert_eq!(round_trip(&mut first, b"after the swap").await, b"after the swap");
     // ...and new ones go to "b" only.
     for _ in 0..5 {
         let mut s = connect(&gw).await;
@@ -281,9 +220,7 @@ async fn idle_connections_are_closed_and_busy_ones_are_kept() {
     }
     // `idle` has been silent for 2.5 s: the gateway closed it.
     let mut buf = [0u8; 4];
-    let n = tokio::time::timeout(Duration::from_secs(5), idle.read(&mut buf))
-        .await
-        .expect("closed");
+    let n = tokio::time::timeout(Duration::from_secs(5), idle.read(&mut buf)).await.expect("closed");
     assert!(matches!(n, Ok(0) | Err(_)), "{n:?}");
     round_trip(&mut busy, b"still here").await;
     gw.stop().await;
@@ -298,13 +235,8 @@ async fn shutdown_waits_the_grace_period_then_closes_relays() {
     let started = std::time::Instant::now();
     // shutdown_grace is 1 s; `stop` fails the test if the gateway takes over 10 s.
     gw.stop().await;
-    assert!(
-        started.elapsed() >= Duration::from_millis(900),
-        "the open relay was given the grace period"
-    );
+    assert!(started.elapsed() >= Duration::from_millis(900), "the open relay was given the grace period");
     let mut buf = [0u8; 4];
-    let n = tokio::time::timeout(Duration::from_secs(5), s.read(&mut buf))
-        .await
-        .expect("closed");
+    let n = tokio::time::timeout(Duration::from_secs(5), s.read(&mut buf)).await.expect("closed");
     assert!(matches!(n, Ok(0) | Err(_)), "{n:?}");
 }

@@ -38,9 +38,7 @@ service = "other"
     );
     for (name, tls) in [("secure", secure_tls), ("other", other_tls)] {
         if !tls.is_empty() {
-            text.push_str(&format!(
-                "[[service]]\nname = \"{name}\"\nupstream_tls = {{ {tls} }}\n"
-            ));
+            text.push_str(&format!("[[service]]\nname = \"{name}\"\nupstream_tls = {{ {tls} }}\n"));
         }
     }
     text
@@ -57,48 +55,27 @@ async fn http1_and_h2_over_tls_to_a_backend_with_its_own_ca() {
     let cert = ca.issue(dir.path(), "backend", &["backend.internal"]);
     let backend = TlsBackend::start("tls-backend", &cert, None).await;
     let ca_file = ca.write(dir.path(), "ca");
-    let secure = format!(
-        "ca = {}, server_name = \"backend.internal\"",
-        path(&ca_file)
-    );
+    let secure = format!("ca = {}, server_name = \"backend.internal\"", path(&ca_file));
     // "other" trusts the right CA but expects another name.
-    let other = format!(
-        "ca = {}, server_name = \"elsewhere.internal\"",
-        path(&ca_file)
-    );
+    let other = format!("ca = {}, server_name = \"elsewhere.internal\"", path(&ca_file));
     let gw = TestGateway::start(&config(&secure, &other)).await;
     let client = support::client();
 
     // No metadata: the service's upstream_tls makes it HTTPS with HTTP/1.1.
-    write_instances(
-        &gw.instances_path(),
-        &[
-            ("secure", "s1", backend.addr, &[]),
-            ("other", "o1", backend.addr, &[]),
-        ],
-    );
+    write_instances(&gw.instances_path(), &[("secure", "s1", backend.addr, &[]), ("other", "o1", backend.addr, &[])]);
     gw.wait_live("secure", 1).await;
     gw.wait_live("other", 1).await;
     let (status, body) = get(&client, &gw.url("/a/headers")).await;
     assert_eq!(status, 200, "{body}");
     assert!(body.contains("version: HTTP/1.1"), "{body}");
-    assert_eq!(
-        get(&client, &gw.url("/a/")).await,
-        (200, "tls-backend".to_string())
-    );
+    assert_eq!(get(&client, &gw.url("/a/")).await, (200, "tls-backend".to_string()));
     let (status, _) = get(&client, &gw.url("/b/")).await;
     assert_eq!(status, 502, "a certificate for another name is refused");
 
     // Metadata protocol = h2: HTTP/2 over TLS (ALPN h2).
-    write_instances(
-        &gw.instances_path(),
-        &[("secure", "s2", backend.addr, &[("protocol", "h2")])],
-    );
+    write_instances(&gw.instances_path(), &[("secure", "s2", backend.addr, &[("protocol", "h2")])]);
     support::wait_until(std::time::Duration::from_secs(10), || {
-        gw.table
-            .load()
-            .service("secure")
-            .is_some_and(|s| s.live.first().is_some_and(|e| &*e.id == "s2"))
+        gw.table.load().service("secure").is_some_and(|s| s.live.first().is_some_and(|e| &*e.id == "s2"))
     })
     .await;
     let (status, body) = get(&client, &gw.url("/a/headers")).await;
@@ -118,10 +95,7 @@ async fn metadata_https_without_service_ca_uses_system_trust() {
     let gw = TestGateway::start(&config("", "")).await;
     let client = support::client();
     // protocol = https selects TLS; the system bundle does not know this private CA.
-    write_instances(
-        &gw.instances_path(),
-        &[("secure", "s1", backend.addr, &[("protocol", "https")])],
-    );
+    write_instances(&gw.instances_path(), &[("secure", "s1", backend.addr, &[("protocol", "https")])]);
     gw.wait_live("secure", 1).await;
     assert_eq!(get(&client, &gw.url("/a/")).await.0, 502);
     // A failed TLS handshake counts as a connect failure...
@@ -129,10 +103,7 @@ async fn metadata_https_without_service_ca_uses_system_trust() {
     // Plain HTTP to a TLS port fails too; the gateway does not guess.
     write_instances(&gw.instances_path(), &[("secure", "s2", backend.addr, &[])]);
     support::wait_until(std::time::Duration::from_secs(10), || {
-        gw.table
-            .load()
-            .service("secure")
-            .is_some_and(|s| s.live.first().is_some_and(|e| &*e.id == "s2"))
+        gw.table.load().service("secure").is_some_and(|s| s.live.first().is_some_and(|e| &*e.id == "s2"))
     })
     .await;
     assert_eq!(get(&client, &gw.url("/a/")).await.0, 502);
@@ -166,43 +137,24 @@ async fn client_certificate_when_the_backend_requires_one() {
         path(&gateway_cert.cert),
         path(&gateway_cert.key)
     );
-    let without = format!(
-        "ca = {}, server_name = \"backend.internal\"",
-        path(&ca_file)
-    );
+    let without = format!("ca = {}, server_name = \"backend.internal\"", path(&ca_file));
     let gw = TestGateway::start(&config(&with_cert, &without)).await;
     write_instances(
         &gw.instances_path(),
-        &[
-            ("secure", "s1", backend.addr, &[("protocol", "h2")]),
-            ("other", "o1", backend.addr, &[]),
-        ],
+        &[("secure", "s1", backend.addr, &[("protocol", "h2")]), ("other", "o1", backend.addr, &[])],
     );
     gw.wait_live("secure", 1).await;
     gw.wait_live("other", 1).await;
     let client = support::client();
-    assert_eq!(
-        get(&client, &gw.url("/a/")).await,
-        (200, "mtls-backend".to_string())
-    );
-    assert_eq!(
-        get(&client, &gw.url("/b/")).await.0,
-        502,
-        "no client certificate, no connection"
-    );
+    assert_eq!(get(&client, &gw.url("/a/")).await, (200, "mtls-backend".to_string()));
+    assert_eq!(get(&client, &gw.url("/b/")).await.0, 502, "no client certificate, no connection");
 }
 
 #[tokio::test]
 async fn missing_ca_file_stops_start_up() {
     let text = config("ca = \"/nonexistent/ca.pem\"", "").replace("{instances}", "/tmp/none.toml");
     let config = switchyard::config::Config::parse(&text).unwrap();
-    let err = switchyard::server::Gateway::bind(config)
-        .await
-        .err()
-        .expect("bind refuses a missing CA");
+    let err = switchyard::server::Gateway::bind(config).await.err().expect("bind refuses a missing CA");
     let text = err.to_string();
-    assert!(
-        text.contains("secure") && text.contains("/nonexistent/ca.pem"),
-        "{text}"
-    );
+    assert!(text.contains("secure") && text.contains("/nonexistent/ca.pem"), "{text}");
 }

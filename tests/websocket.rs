@@ -62,10 +62,7 @@ service = "ws"
 
 async fn gauge(gw: &TestGateway, listener: &str) -> f64 {
     let (_, text) = admin_get(gw.admin, "/metrics").await;
-    metric(
-        &text,
-        &format!("switchyard_upgraded_connections_active{{listener=\"{listener}\"}}"),
-    )
+    metric(&text, &format!("switchyard_upgraded_connections_active{{listener=\"{listener}\"}}"))
 }
 
 async fn next_text(
@@ -89,19 +86,15 @@ async fn websocket_messages_flow_both_ways_and_are_counted() {
     let mut sockets = Vec::new();
     for i in 0..2 {
         let tcp = TcpStream::connect(gw.addr).await.unwrap();
-        let (mut ws, res) =
-            tokio_tungstenite::client_async(format!("ws://{}/ws/chat", gw.addr), tcp)
-                .await
-                .expect("handshake through the gateway");
+        let (mut ws, res) = tokio_tungstenite::client_async(format!("ws://{}/ws/chat", gw.addr), tcp)
+            .await
+            .expect("handshake through the gateway");
         assert_eq!(res.status(), 101);
         // Server → client, unprompted.
         assert_eq!(next_text(&mut ws).await, Message::text("welcome"));
         // Client → server → client, text and binary.
         ws.send(Message::text(format!("hello {i}"))).await.unwrap();
-        assert_eq!(
-            next_text(&mut ws).await,
-            Message::text(format!("hello {i}"))
-        );
+        assert_eq!(next_text(&mut ws).await, Message::text(format!("hello {i}")));
         let blob: Vec<u8> = (0..=255u8).cycle().take(100_000).collect();
         ws.send(Message::binary(blob.clone())).await.unwrap();
         assert_eq!(next_text(&mut ws).await, Message::binary(blob));
@@ -117,10 +110,7 @@ async fn websocket_messages_flow_both_ways_and_are_counted() {
     }
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
     while gauge(&gw, "wsgw").await != 0.0 {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "gauge did not return to 0"
-        );
+        assert!(std::time::Instant::now() < deadline, "gauge did not return to 0");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     gw.stop().await;
@@ -137,10 +127,7 @@ async fn declined_upgrade_is_a_plain_response() {
         .header("upgrade", "websocket")
         .body(Full::default())
         .unwrap();
-    assert_eq!(
-        request(&support::client(), req).await,
-        (200, "plain".to_string())
-    );
+    assert_eq!(request(&support::client(), req).await, (200, "plain".to_string()));
     // What the backend saw: the upgrade headers, forwarded despite hop-by-hop stripping.
     let req = http::Request::get(gw.url("/headers"))
         .header("connection", "upgrade")

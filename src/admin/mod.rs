@@ -77,9 +77,15 @@ impl Admin {
             "/metrics" => reply(StatusCode::OK, "text/plain; version=0.0.4", self.metrics.render().into()),
             "/healthz" => reply(StatusCode::OK, "text/plain", "ok\n".into()),
             "/readyz" if self.ready.load(Ordering::Acquire) => reply(StatusCode::OK, "text/plain", "ready\n".into()),
-            "/readyz" => reply(StatusCode::SERVICE_UNAVAILABLE, "text/plain", "waiting for the first upstream table\n".into()),
+            "/readyz" => {
+                reply(StatusCode::SERVICE_UNAVAILABLE, "text/plain", "waiting for the first upstream table\n".into())
+            }
             "/upstreams" => reply(StatusCode::OK, "application/json", upstreams_json(&self.table.load()).into()),
-            _ => reply(StatusCode::NOT_FOUND, "text/plain", "not found (try /metrics, /healthz, /readyz, /upstreams)\n".into()),
+            _ => reply(
+                StatusCode::NOT_FOUND,
+                "text/plain",
+                "not found (try /metrics, /healthz, /readyz, /upstreams)\n".into(),
+            ),
         }
     }
 }

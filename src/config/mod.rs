@@ -191,9 +191,8 @@ pub enum HashKey {
 impl Config {
     /// Reads and validates a file; every problem is reported, each with its field path.
     pub fn load(path: &Path) -> Result<Config, ConfigErrors> {
-        let text = std::fs::read_to_string(path).map_err(|e| {
-            ConfigErrors::single(String::new(), format!("cannot read {}: {e}", path.display()))
-        })?;
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| ConfigErrors::single(String::new(), format!("cannot read {}: {e}", path.display())))?;
         Config::parse(&text)
     }
 

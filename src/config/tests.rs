@@ -45,7 +45,9 @@ fn shipped_configs_are_valid() {
 
 #[test]
 fn bad_configs_and_their_messages() {
-    let listener = |extra: &str| format!("[[listener]]\nname = \"web\"\nprotocol = \"http\"\nlisten = \"127.0.0.1:8080\"\n{extra}");
+    let listener = |extra: &str| {
+        format!("[[listener]]\nname = \"web\"\nprotocol = \"http\"\nlisten = \"127.0.0.1:8080\"\n{extra}")
+    };
     let cases: Vec<(String, Vec<&str>)> = vec![
         (
             listener("[[listener.route]]\nservice = \"a\"\n[[listener.route]]\nservice = \"b\"\nbalance = \"rr\"\n"),

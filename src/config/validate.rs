@@ -94,16 +94,11 @@ impl Validator {
                 1
             }
         };
-        let admin_listen =
-            self.addr("admin.listen", raw.admin.listen.as_deref().unwrap_or(DEFAULT_ADMIN_LISTEN));
+        let admin_listen = self.addr("admin.listen", raw.admin.listen.as_deref().unwrap_or(DEFAULT_ADMIN_LISTEN));
         let discovery = self.discovery(raw.discovery);
         let timeouts = self.timeouts(raw.timeouts);
         let limits = Limits {
-            max_connections: self.count(
-                "limits.max_connections",
-                raw.limits.max_connections,
-                DEFAULT_MAX_CONNECTIONS,
-            ),
+            max_connections: self.count("limits.max_connections", raw.limits.max_connections, DEFAULT_MAX_CONNECTIONS),
             upstream_idle_per_host: self.count(
                 "limits.upstream_idle_per_host",
                 raw.limits.upstream_idle_per_host,
@@ -127,7 +122,10 @@ impl Validator {
                     self.error(format!("{path}.listen"), format!("{} is used by another listener", listener.listen));
                 }
                 if listener.listen.port() != 0 && listener.listen == admin_listen {
-                    self.error(format!("{path}.listen"), format!("{} is the admin listener's address", listener.listen));
+                    self.error(
+                        format!("{path}.listen"),
+                        format!("{} is the admin listener's address", listener.listen),
+                    );
                 }
                 Some(listener)
             })
@@ -158,19 +156,26 @@ impl Validator {
     fn discovery(&mut self, d: RawDiscovery) -> Discovery {
         match d.source.as_deref().unwrap_or("file") {
             "file" => {
-                self.unused("file", &[
-                    ("endpoints", d.endpoints.is_some()),
-                    ("prefixes", d.prefixes.is_some()),
-                    ("username", d.username.is_some()),
-                    ("password", d.password.is_some()),
-                    ("tls", d.tls.is_some()),
-                    ("dial_timeout", d.dial_timeout.is_some()),
-                    ("request_timeout", d.request_timeout.is_some()),
-                    ("snapshot_path", d.snapshot_path.is_some()),
-                ]);
+                self.unused(
+                    "file",
+                    &[
+                        ("endpoints", d.endpoints.is_some()),
+                        ("prefixes", d.prefixes.is_some()),
+                        ("username", d.username.is_some()),
+                        ("password", d.password.is_some()),
+                        ("tls", d.tls.is_some()),
+                        ("dial_timeout", d.dial_timeout.is_some()),
+                        ("request_timeout", d.request_timeout.is_some()),
+                        ("snapshot_path", d.snapshot_path.is_some()),
+                    ],
+                );
                 Discovery::File(FileDiscovery {
                     path: PathBuf::from(d.path.as_deref().unwrap_or(DEFAULT_INSTANCES_PATH)),
-                    poll_interval: self.duration("discovery.poll_interval", d.poll_interval.as_deref(), DEFAULT_POLL_INTERVAL),
+                    poll_interval: self.duration(
+                        "discovery.poll_interval",
+                        d.poll_interval.as_deref(),
+                        DEFAULT_POLL_INTERVAL,
+                    ),
                 })
             }
             "etcd" => {
@@ -200,7 +205,10 @@ impl Validator {
         for (i, e) in endpoints.iter().enumerate() {
             let hostport = e.strip_prefix("http://").or_else(|| e.strip_prefix("https://")).unwrap_or(e);
             if hostport.rsplit_once(':').and_then(|(_, p)| p.parse::<u16>().ok()).is_none() {
-                self.error(format!("discovery.endpoints[{i}]"), format!("invalid endpoint {e:?} (expected http://host:port)"));
+                self.error(
+                    format!("discovery.endpoints[{i}]"),
+                    format!("invalid endpoint {e:?} (expected http://host:port)"),
+                );
             }
         }
         let raw_prefixes = d.prefixes.unwrap_or_else(|| vec![DEFAULT_ETCD_PREFIX.to_string()]);
@@ -210,7 +218,10 @@ impl Validator {
         let mut prefixes = Vec::new();
         for (i, p) in raw_prefixes.into_iter().enumerate() {
             if !p.starts_with('/') || p.trim_matches('/').is_empty() {
-                self.error(format!("discovery.prefixes[{i}]"), format!("prefix {p:?} must start with '/' and name a directory"));
+                self.error(
+                    format!("discovery.prefixes[{i}]"),
+                    format!("prefix {p:?} must start with '/' and name a directory"),
+                );
             } else {
                 // Always match with the trailing '/': `/services/foo` must not see `/services/foobar/`.
                 prefixes.push(if p.ends_with('/') { p } else { format!("{p}/") });
@@ -234,14 +245,21 @@ impl Validator {
             auth,
             tls: d.tls.map(|t| self.client_tls("discovery.tls", t)),
             dial_timeout: self.duration("discovery.dial_timeout", d.dial_timeout.as_deref(), DEFAULT_DIAL_TIMEOUT),
-            request_timeout: self.duration("discovery.request_timeout", d.request_timeout.as_deref(), DEFAULT_ETCD_REQUEST_TIMEOUT),
+            request_timeout: self.duration(
+                "discovery.request_timeout",
+                d.request_timeout.as_deref(),
+                DEFAULT_ETCD_REQUEST_TIMEOUT,
+            ),
             snapshot_path: d.snapshot_path.map(PathBuf::from),
         }
     }
 
     fn client_tls(&mut self, path: &str, t: RawClientTls) -> ClientTls {
         if t.cert.is_some() != t.key.is_some() {
-            self.error(format!("{path}.{}", if t.cert.is_some() { "key" } else { "cert" }), "cert and key must be given together");
+            self.error(
+                format!("{path}.{}", if t.cert.is_some() { "key" } else { "cert" }),
+                "cert and key must be given together",
+            );
         }
         ClientTls {
             ca: t.ca.map(PathBuf::from),
@@ -257,7 +275,11 @@ impl Validator {
             request: self.duration("timeouts.request", t.request.as_deref(), DEFAULT_REQUEST_TIMEOUT),
             header_read: self.duration("timeouts.header_read", t.header_read.as_deref(), DEFAULT_HEADER_READ),
             tcp_idle: self.duration("timeouts.tcp_idle", t.tcp_idle.as_deref(), DEFAULT_TCP_IDLE),
-            shutdown_grace: self.duration("timeouts.shutdown_grace", t.shutdown_grace.as_deref(), DEFAULT_SHUTDOWN_GRACE),
+            shutdown_grace: self.duration(
+                "timeouts.shutdown_grace",
+                t.shutdown_grace.as_deref(),
+                DEFAULT_SHUTDOWN_GRACE,
+            ),
         }
     }
 
@@ -271,7 +293,8 @@ impl Validator {
             self.error(format!("{path}.protocol"), "required (http, https, tcp, tls_passthrough)");
             return None;
         };
-        let l4_fields = [("service", l.service.is_some()), ("balance", l.balance.is_some()), ("hash_key", l.hash_key.is_some())];
+        let l4_fields =
+            [("service", l.service.is_some()), ("balance", l.balance.is_some()), ("hash_key", l.hash_key.is_some())];
         let kind = match protocol.as_str() {
             "http" | "https" => {
                 self.not_for(path, &protocol, &l4_fields);
@@ -286,7 +309,10 @@ impl Validator {
                     ListenerKind::Http { routes }
                 } else {
                     if l.tls.is_empty() {
-                        self.error(format!("{path}.tls"), "an https listener needs at least one [[listener.tls]] certificate");
+                        self.error(
+                            format!("{path}.tls"),
+                            "an https listener needs at least one [[listener.tls]] certificate",
+                        );
                     }
                     let certs = l
                         .tls
@@ -318,7 +344,10 @@ impl Validator {
                 ListenerKind::TlsPassthrough { routes }
             }
             other => {
-                self.error(format!("{path}.protocol"), format!("unknown protocol {other:?} (expected http, https, tcp, tls_passthrough)"));
+                self.error(
+                    format!("{path}.protocol"),
+                    format!("unknown protocol {other:?} (expected http, https, tcp, tls_passthrough)"),
+                );
                 return None;
             }
         };
@@ -347,7 +376,10 @@ impl Validator {
         }
         if let Some(g) = &r.grpc_service {
             if g.is_empty() || g.contains('/') {
-                self.error(format!("{path}.grpc_service"), format!("{g:?} is not a gRPC service name (e.g. \"helloworld.Greeter\")"));
+                self.error(
+                    format!("{path}.grpc_service"),
+                    format!("{g:?} is not a gRPC service name (e.g. \"helloworld.Greeter\")"),
+                );
             }
         }
         let header = r.header.and_then(|h| {
@@ -415,12 +447,21 @@ impl Validator {
             "hash" => {
                 let Some(key) = hash_key else {
                     let example = if l4 { "client_ip" } else { "header:x-user-id" };
-                    self.error(format!("{path}.hash_key"), format!("required with balance = \"hash\" (e.g. \"{example}\")"));
+                    self.error(
+                        format!("{path}.hash_key"),
+                        format!("required with balance = \"hash\" (e.g. \"{example}\")"),
+                    );
                     return None;
                 };
                 let key = self.hash_key(&format!("{path}.hash_key"), key)?;
                 if l4 && key != HashKey::ClientIp {
-                    self.error(format!("{path}.hash_key"), format!("{:?} is not available for a TCP connection (expected client_ip)", hash_key.unwrap_or_default()));
+                    self.error(
+                        format!("{path}.hash_key"),
+                        format!(
+                            "{:?} is not available for a TCP connection (expected client_ip)",
+                            hash_key.unwrap_or_default()
+                        ),
+                    );
                     return None;
                 }
                 return Some(Balance::Hash(key));

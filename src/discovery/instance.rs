@@ -56,7 +56,8 @@ pub fn decode(service: &str, id: &str, value: &[u8]) -> Result<Instance, DecodeE
 }
 
 fn from_json(text: &str) -> Result<(String, BTreeMap<String, String>), DecodeError> {
-    let Value::Object(fields) = serde_json::from_str::<Value>(text).map_err(|e| DecodeError::Json(e.to_string()))? else {
+    let Value::Object(fields) = serde_json::from_str::<Value>(text).map_err(|e| DecodeError::Json(e.to_string()))?
+    else {
         return Err(DecodeError::Unrecognized);
     };
     let field = |name: &str| fields.iter().find(|(k, _)| k.eq_ignore_ascii_case(name)).map(|(_, v)| v);
@@ -114,7 +115,12 @@ mod tests {
 
     #[test]
     fn our_json() {
-        let i = decode("wallet", "w1", br#"{"id":"w1","name":"wallet","addr":"10.0.0.1:80","metadata":{"weight":"3","zone":"a"}}"#).unwrap();
+        let i = decode(
+            "wallet",
+            "w1",
+            br#"{"id":"w1","name":"wallet","addr":"10.0.0.1:80","metadata":{"weight":"3","zone":"a"}}"#,
+        )
+        .unwrap();
         assert_eq!(i.addr, "10.0.0.1:80");
         assert_eq!(i.metadata, meta(&[("weight", "3"), ("zone", "a")]));
         assert_eq!((i.service.as_str(), i.id.as_str()), ("wallet", "w1"));
@@ -122,7 +128,9 @@ mod tests {
 
     #[test]
     fn go_struct_without_tags() {
-        let i = decode("s", "x", br#"{"ID":"x","Name":"s","Addr":"127.0.0.1:9000","MetaData":{"weight":2,"canary":true}}"#).unwrap();
+        let i =
+            decode("s", "x", br#"{"ID":"x","Name":"s","Addr":"127.0.0.1:9000","MetaData":{"weight":2,"canary":true}}"#)
+                .unwrap();
         assert_eq!(i.addr, "127.0.0.1:9000");
         assert_eq!(i.metadata, meta(&[("canary", "true"), ("weight", "2")]));
     }
@@ -165,7 +173,12 @@ mod tests {
         ];
         for (value, want) in cases {
             let got = decode("s", "x", value).unwrap_err();
-            assert_eq!(std::mem::discriminant(&got), std::mem::discriminant(want), "{:?}", String::from_utf8_lossy(value));
+            assert_eq!(
+                std::mem::discriminant(&got),
+                std::mem::discriminant(want),
+                "{:?}",
+                String::from_utf8_lossy(value)
+            );
         }
     }
 }

@@ -87,27 +87,20 @@ impl Upstreams {
                 b
             };
             Pair {
-                http1: builder().build(UpstreamConnector::new(
-                    connector.clone(),
-                    settings(ALPN_HTTP1),
-                )),
-                h2: builder()
-                    .http2_only(true)
-                    .build(UpstreamConnector::new(connector.clone(), settings(ALPN_H2))),
+                http1: builder().build(UpstreamConnector::new(connector.clone(), settings(ALPN_HTTP1))),
+                h2: builder().http2_only(true).build(UpstreamConnector::new(connector.clone(), settings(ALPN_H2))),
             }
         };
         let services = config
             .services
             .iter()
-            .filter_map(|s| {
-                Some((
-                    s.name.as_str().into(),
-                    pair(Some(s.upstream_tls.as_ref()?), true),
-                ))
-            })
+            .filter_map(|s| Some((s.name.as_str().into(), pair(Some(s.upstream_tls.as_ref()?), true))))
             .collect();
         Upstreams {
-            h1: PoolSettings { connect_timeout: config.timeouts.connect, max_idle: config.limits.upstream_idle_per_host },
+            h1: PoolSettings {
+                connect_timeout: config.timeouts.connect,
+                max_idle: config.limits.upstream_idle_per_host,
+            },
             h2c: pair(None, false).h2,
             tls: pair(None, true),
             services,

@@ -36,11 +36,9 @@ impl Code {
 /// A request is gRPC when its content type is `application/grpc` or a
 /// `application/grpc+proto`-style variant (gRPC over HTTP/2 spec).
 pub fn is_grpc(headers: &HeaderMap) -> bool {
-    headers.get(header::CONTENT_TYPE).is_some_and(|v| {
-        v.as_bytes()
-            .get(..16)
-            .is_some_and(|p| p.eq_ignore_ascii_case(b"application/grpc"))
-    })
+    headers
+        .get(header::CONTENT_TYPE)
+        .is_some_and(|v| v.as_bytes().get(..16).is_some_and(|p| p.eq_ignore_ascii_case(b"application/grpc")))
 }
 
 /// Parses `grpc-timeout`: 1 to 8 ASCII digits and a unit (`H M S m u n`).
@@ -51,9 +49,7 @@ pub fn parse_timeout(value: &[u8]) -> Option<Duration> {
         return None;
     }
     // At most 8 digits: fits in u64 without overflow checks.
-    let n = digits
-        .iter()
-        .fold(0u64, |acc, d| acc * 10 + u64::from(d - b'0'));
+    let n = digits.iter().fold(0u64, |acc, d| acc * 10 + u64::from(d - b'0'));
     Some(match unit {
         b'H' => Duration::from_secs(n.saturating_mul(3600)),
         b'M' => Duration::from_secs(n.saturating_mul(60)),
@@ -67,10 +63,7 @@ pub fn parse_timeout(value: &[u8]) -> Option<Duration> {
 
 /// The request's deadline: the shorter of the client's `grpc-timeout` and the configured one.
 pub fn request_timeout(headers: &HeaderMap, configured: Duration) -> Duration {
-    match headers
-        .get(&GRPC_TIMEOUT)
-        .and_then(|v| parse_timeout(v.as_bytes()))
-    {
+    match headers.get(&GRPC_TIMEOUT).and_then(|v| parse_timeout(v.as_bytes())) {
         Some(t) => t.min(configured),
         None => configured,
     }
@@ -97,15 +90,9 @@ mod tests {
         assert!(!is_grpc(&h));
         h.insert(header::CONTENT_TYPE, "application/grpc".parse().unwrap());
         assert!(is_grpc(&h));
-        h.insert(
-            header::CONTENT_TYPE,
-            "application/grpc+proto".parse().unwrap(),
-        );
+        h.insert(header::CONTENT_TYPE, "application/grpc+proto".parse().unwrap());
         assert!(is_grpc(&h));
-        h.insert(
-            header::CONTENT_TYPE,
-            "Application/GRPC-web".parse().unwrap(),
-        );
+        h.insert(header::CONTENT_TYPE, "Application/GRPC-web".parse().unwrap());
         assert!(is_grpc(&h));
         h.insert(header::CONTENT_TYPE, "application/json".parse().unwrap());
         assert!(!is_grpc(&h));
@@ -119,26 +106,10 @@ mod tests {
         assert_eq!(parse_timeout(b"1S"), Some(Duration::from_secs(1)));
         assert_eq!(parse_timeout(b"2M"), Some(Duration::from_secs(120)));
         assert_eq!(parse_timeout(b"1H"), Some(Duration::from_secs(3600)));
-        assert_eq!(
-            parse_timeout(b"99999999u"),
-            Some(Duration::from_micros(99_999_999))
-        );
+        assert_eq!(parse_timeout(b"99999999u"), Some(Duration::from_micros(99_999_999)));
         assert_eq!(parse_timeout(b"5n"), Some(Duration::from_nanos(5)));
-        for bad in [
-            &b""[..],
-            b"m",
-            b"123456789m",
-            b"10x",
-            b"-1S",
-            b"1.5S",
-            b" 1S",
-        ] {
-            assert_eq!(
-                parse_timeout(bad),
-                None,
-                "{:?}",
-                String::from_utf8_lossy(bad)
-            );
+        for bad in [&b""[..], b"m", b"123456789m", b"10x", b"-1S", b"1.5S", b" 1S"] {
+            assert_eq!(parse_timeout(bad), None, "{:?}", String::from_utf8_lossy(bad));
         }
     }
 

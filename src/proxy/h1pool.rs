@@ -65,7 +65,11 @@ impl H1Pool {
     /// Sends `req` (origin-form URI) on a pooled connection, or a new one. A
     /// request that a pooled connection could not send (it closed meanwhile) is
     /// retried on another, since nothing of it reached the instance.
-    pub async fn send(&self, mut req: Request<Incoming>, settings: PoolSettings) -> Result<Response<Incoming>, H1Error> {
+    pub async fn send(
+        &self,
+        mut req: Request<Incoming>,
+        settings: PoolSettings,
+    ) -> Result<Response<Incoming>, H1Error> {
         while let Some(mut sender) = self.checkout() {
             match sender.try_send_request(req).await {
                 Ok(res) => {

@@ -57,7 +57,10 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
         }
     }
     if te {
-        let trailers = headers.get(header::TE).and_then(|v| v.to_str().ok()).is_some_and(|v| v.split(',').any(|t| t.trim().eq_ignore_ascii_case("trailers")));
+        let trailers = headers
+            .get(header::TE)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| v.split(',').any(|t| t.trim().eq_ignore_ascii_case("trailers")));
         if trailers {
             headers.insert(header::TE, HeaderValue::from_static("trailers"));
         } else {
@@ -122,7 +125,12 @@ mod tests {
     fn forwarded_headers() {
         let mut h = HeaderMap::new();
         h.insert("x-forwarded-for", "10.0.0.1".parse().unwrap());
-        add_forwarded(&mut h, &client_value("::ffff:127.0.0.1".parse().unwrap()), "https", Some("a.com".parse().unwrap()));
+        add_forwarded(
+            &mut h,
+            &client_value("::ffff:127.0.0.1".parse().unwrap()),
+            "https",
+            Some("a.com".parse().unwrap()),
+        );
         assert_eq!(h["x-forwarded-for"], "10.0.0.1, 127.0.0.1");
         assert_eq!(h["x-forwarded-proto"], "https");
         assert_eq!(h["x-forwarded-host"], "a.com");

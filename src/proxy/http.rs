@@ -43,7 +43,13 @@ pub struct HttpProxy {
 }
 
 impl HttpProxy {
-    pub(crate) fn new(listener: &str, routes: &[Route], tls: bool, ctx: &ListenerContext, config: &Config) -> HttpProxy {
+    pub(crate) fn new(
+        listener: &str,
+        routes: &[Route],
+        tls: bool,
+        ctx: &ListenerContext,
+        config: &Config,
+    ) -> HttpProxy {
         HttpProxy {
             router: Router::new(routes),
             table: ctx.table.clone(),
@@ -56,7 +62,12 @@ impl HttpProxy {
     }
 
     /// `client_ip` is [`client_value`] of `client`, made once per connection.
-    pub async fn handle(&self, mut req: Request<Incoming>, client: SocketAddr, client_ip: &HeaderValue) -> Response<ProxyBody> {
+    pub async fn handle(
+        &self,
+        mut req: Request<Incoming>,
+        client: SocketAddr,
+        client_ip: &HeaderValue,
+    ) -> Response<ProxyBody> {
         let start = Instant::now();
         let is_grpc = grpc::is_grpc(req.headers());
         let host = request_host(req.uri(), req.headers());
@@ -75,13 +86,19 @@ impl HttpProxy {
         let service = match (table.service(target.service()), &target) {
             (Some(s), _) => s,
             (None, Target::Host(_)) => return respond::no_route(is_grpc),
-            (None, Target::Route(_)) => return respond::upstream_error(UpstreamError::NoInstance, target.service(), is_grpc),
+            (None, Target::Route(_)) => {
+                return respond::upstream_error(UpstreamError::NoInstance, target.service(), is_grpc)
+            }
         };
         // Absolute-form names the host to reach; only hosts this listener serves are accepted,
         // so the gateway never acts as an open forward proxy.
         if absolute_form && !(self.router.serves_host(host) || matches!(target, Target::Host(_))) {
             self.refused_absolute.increment(1);
-            return respond::refused(StatusCode::FORBIDDEN, "absolute-form request for a host this gateway does not serve\n", is_grpc);
+            return respond::refused(
+                StatusCode::FORBIDDEN,
+                "absolute-form request for a host this gateway does not serve\n",
+                is_grpc,
+            );
         }
         let Some(endpoint) = service.pick(target.pick(&view)).cloned() else {
             service.state.stats.error(UpstreamError::NoInstance);
@@ -128,7 +145,8 @@ impl HttpProxy {
         *req.uri_mut() = uri;
         *req.version_mut() = if protocol.is_h2() { Version::HTTP_2 } else { Version::HTTP_11 };
         let on_client_upgrade = upgrade.is_some().then(|| hyper::upgrade::on(&mut req));
-        let timeout = if is_grpc { grpc::request_timeout(req.headers(), self.request_timeout) } else { self.request_timeout };
+        let timeout =
+            if is_grpc { grpc::request_timeout(req.headers(), self.request_timeout) } else { self.request_timeout };
         let headers = req.headers_mut();
         strip_hop_by_hop(headers);
         if let Some(protocol) = upgrade {
@@ -161,7 +179,8 @@ impl HttpProxy {
             }
             Via::Shared { client, .. } => {
                 let sent = client.request(req);
-                tokio::time::timeout(timeout, async { sent.await.map_err(|e| (e.is_connect(), format!("{e:?}"))) }).await
+                tokio::time::timeout(timeout, async { sent.await.map_err(|e| (e.is_connect(), format!("{e:?}"))) })
+                    .await
             }
         };
         let failure = match result {

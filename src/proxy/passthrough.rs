@@ -43,10 +43,7 @@ impl SniRouter {
     pub fn new(routes: &[SniRoute]) -> SniRouter {
         let mut router = SniRouter::default();
         for r in routes {
-            let target = SniTarget {
-                service: r.service.clone(),
-                balance: r.balance.clone(),
-            };
+            let target = SniTarget { service: r.service.clone(), balance: r.balance.clone() };
             match r.sni.strip_prefix('*') {
                 Some(suffix) if suffix.starts_with('.') => {
                     if !router.wildcard.iter().any(|(s, _)| s == suffix) {
@@ -59,9 +56,7 @@ impl SniRouter {
             }
         }
         // Stable: equal lengths keep config order.
-        router
-            .wildcard
-            .sort_by_key(|(suffix, _)| std::cmp::Reverse(suffix.len()));
+        router.wildcard.sort_by_key(|(suffix, _)| std::cmp::Reverse(suffix.len()));
         router
     }
 
@@ -86,15 +81,8 @@ struct Refusals {
 }
 
 impl Refusals {
-    const REASONS: [&'static str; 7] = [
-        "not_tls",
-        "not_client_hello",
-        "malformed",
-        "too_large",
-        "timeout",
-        "closed",
-        "io",
-    ];
+    const REASONS: [&'static str; 7] =
+        ["not_tls", "not_client_hello", "malformed", "too_large", "timeout", "closed", "io"];
 
     fn new(listener: &str) -> Refusals {
         let bad_hello = Self::REASONS
@@ -104,10 +92,7 @@ impl Refusals {
                 (reason, metrics::counter!(m::BAD_REQUESTS, "listener" => listener.to_string(), "reason" => label))
             })
             .collect();
-        Refusals {
-            unknown_sni: metrics::counter!(m::SNI_UNKNOWN, "listener" => listener.to_string()),
-            bad_hello,
-        }
+        Refusals { unknown_sni: metrics::counter!(m::SNI_UNKNOWN, "listener" => listener.to_string()), bad_hello }
     }
 
     fn bad_hello(&self, e: &SniError) {
@@ -165,10 +150,7 @@ impl Passthrough {
             tracing::debug!(%listener, %peer, sni = sni.as_deref().unwrap_or("<none>"), "closing: no route for this server name");
             return;
         };
-        let result = self
-            .proxy
-            .proxy(&mut stream, peer, &target.service, &target.balance, &hello)
-            .await;
+        let result = self.proxy.proxy(&mut stream, peer, &target.service, &target.balance, &hello).await;
         log_end(listener, peer, &result);
     }
 }
@@ -178,11 +160,7 @@ mod tests {
     use super::*;
 
     fn route(sni: &str, service: &str) -> SniRoute {
-        SniRoute {
-            sni: sni.into(),
-            service: service.into(),
-            balance: Balance::RoundRobin,
-        }
+        SniRoute { sni: sni.into(), service: service.into(), balance: Balance::RoundRobin }
     }
 
     fn service<'a>(router: &'a SniRouter, name: &str) -> Option<&'a str> {

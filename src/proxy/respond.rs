@@ -19,10 +19,7 @@ pub type ProxyBody = Either<Incoming, Full<Bytes>>;
 pub fn text(status: StatusCode, reason: impl Into<Bytes>) -> Response<ProxyBody> {
     let mut res = Response::new(Either::Right(Full::new(reason.into())));
     *res.status_mut() = status;
-    res.headers_mut().insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("text/plain; charset=utf-8"),
-    );
+    res.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain; charset=utf-8"));
     res
 }
 
@@ -31,14 +28,8 @@ pub fn text(status: StatusCode, reason: impl Into<Bytes>) -> Response<ProxyBody>
 pub fn grpc_error(code: Code, message: &'static str) -> Response<ProxyBody> {
     let mut res = Response::new(Either::Right(Full::new(Bytes::new())));
     let h = res.headers_mut();
-    h.insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("application/grpc"),
-    );
-    h.insert(
-        &grpc::GRPC_STATUS,
-        HeaderValue::from_static(code.as_header()),
-    );
+    h.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/grpc"));
+    h.insert(&grpc::GRPC_STATUS, HeaderValue::from_static(code.as_header()));
     h.insert(&grpc::GRPC_MESSAGE, HeaderValue::from_static(message));
     res
 }
@@ -87,9 +78,6 @@ mod tests {
         let res = upstream_error(UpstreamError::Connect, "s", true);
         assert_eq!(res.headers()["grpc-status"], "14");
         assert_eq!(no_route(true).headers()["grpc-status"], "12");
-        assert_eq!(
-            upstream_error(UpstreamError::NoInstance, "s", false).status(),
-            StatusCode::SERVICE_UNAVAILABLE
-        );
+        assert_eq!(upstream_error(UpstreamError::NoInstance, "s", false).status(), StatusCode::SERVICE_UNAVAILABLE);
     }
 }

@@ -50,7 +50,10 @@ impl<'r, 'q> Target<'r, 'q> {
 
     /// The path to send upstream, with the route's prefix stripped if asked.
     pub fn upstream_path<'p>(&self, path: &'p str) -> std::borrow::Cow<'p, str> {
-        if let Target::Route(CompiledRoute { route: Route { strip_prefix: true, path_prefix: Some(prefix), .. }, .. }) = self {
+        if let Target::Route(CompiledRoute {
+            route: Route { strip_prefix: true, path_prefix: Some(prefix), .. }, ..
+        }) = self
+        {
             let rest = &path[prefix.len().min(path.len())..];
             if !rest.starts_with('/') {
                 return format!("/{rest}").into();
@@ -185,7 +188,15 @@ mod tests {
     use crate::config::HeaderMatch;
 
     fn route(service: &str) -> Route {
-        Route { host: None, path_prefix: None, strip_prefix: false, header: None, grpc_service: None, service: service.into(), balance: Balance::RoundRobin }
+        Route {
+            host: None,
+            path_prefix: None,
+            strip_prefix: false,
+            header: None,
+            grpc_service: None,
+            service: service.into(),
+            balance: Balance::RoundRobin,
+        }
     }
 
     fn view<'a>(host: &'a str, path: &'a str, headers: &'a HeaderMap) -> RequestView<'a> {

@@ -74,10 +74,7 @@ pub enum Hello {
 
 /// Reads the client's first bytes until they hold a complete ClientHello, and
 /// returns them (to be replayed upstream) with the SNI the hello asks for.
-pub async fn read_client_hello<S>(
-    stream: &mut S,
-    deadline: Duration,
-) -> Result<(Vec<u8>, Option<String>), SniError>
+pub async fn read_client_hello<S>(stream: &mut S, deadline: Duration) -> Result<(Vec<u8>, Option<String>), SniError>
 where
     S: AsyncRead + Unpin,
 {
@@ -146,9 +143,7 @@ pub fn parse(buf: &[u8]) -> Result<Hello, SniError> {
             if message[0] != HANDSHAKE_CLIENT_HELLO {
                 return Err(SniError::NotClientHello);
             }
-            let body_len = usize::from(message[1]) << 16
-                | usize::from(message[2]) << 8
-                | usize::from(message[3]);
+            let body_len = usize::from(message[1]) << 16 | usize::from(message[2]) << 8 | usize::from(message[3]);
             if body_len + HANDSHAKE_HEADER + RECORD_HEADER > MAX_HELLO_BYTES {
                 return Err(SniError::TooLarge);
             }
@@ -253,10 +248,7 @@ fn host_name(name: &[u8]) -> Result<String, SniError> {
     }
     // Letters, digits, '-', '.', and '_' (seen in the wild); anything else could
     // only confuse route matching or the logs.
-    if !name
-        .iter()
-        .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_'))
-    {
+    if !name.iter().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_')) {
         return Err(SniError::Malformed("host_name characters"));
     }
     let mut s = String::with_capacity(name.len());
@@ -305,8 +297,7 @@ mod tests {
             .with_root_certificates(rustls::RootCertStore::empty())
             .with_no_client_auth();
         let server_name = ServerName::try_from(name.to_string()).expect("server name");
-        let mut conn =
-            rustls::ClientConnection::new(Arc::new(config), server_name).expect("client");
+        let mut conn = rustls::ClientConnection::new(Arc::new(config), server_name).expect("client");
         let mut out = Vec::new();
         while conn.wants_write() {
             conn.write_tls(&mut out).expect("write_tls");
@@ -329,12 +320,7 @@ mod tests {
     #[test]
     fn reads_sni_from_a_rustls_hello() {
         let hello = client_hello("Api.Example.COM");
-        assert_eq!(
-            parse(&hello).unwrap(),
-            Hello::Complete {
-                sni: Some("api.example.com".into())
-            }
-        );
+        assert_eq!(parse(&hello).unwrap(), Hello::Complete { sni: Some("api.example.com".into()) });
     }
 
     #[test]
@@ -347,11 +333,7 @@ mod tests {
     fn every_proper_prefix_is_incomplete() {
         let hello = client_hello("a.example.com");
         for n in 0..hello.len() {
-            assert_eq!(
-                parse(&hello[..n]).unwrap(),
-                Hello::Incomplete,
-                "prefix of {n} bytes"
-            );
+            assert_eq!(parse(&hello[..n]).unwrap(), Hello::Incomplete, "prefix of {n} bytes");
         }
     }
 
@@ -360,18 +342,8 @@ mod tests {
         let hello = client_hello("b.example.com");
         for chunk in [1, 7, 100, 512] {
             let split = split_records(&hello, chunk);
-            assert_eq!(
-                parse(&split).unwrap(),
-                Hello::Complete {
-                    sni: Some("b.example.com".into())
-                },
-                "chunk {chunk}"
-            );
-            assert_eq!(
-                parse(&split[..split.len() - 1]).unwrap(),
-                Hello::Incomplete,
-                "chunk {chunk}"
-            );
+            assert_eq!(parse(&split).unwrap(), Hello::Complete { sni: Some("b.example.com".into()) }, "chunk {chunk}");
+            assert_eq!(parse(&split[..split.len() - 1]).unwrap(), Hello::Incomplete, "chunk {chunk}");
         }
     }
 
@@ -379,40 +351,20 @@ mod tests {
     fn bytes_after_the_hello_do_not_matter() {
         let mut hello = client_hello("a.example.com");
         hello.extend_from_slice(b"\x17\x03\x03\x00\x05hello");
-        assert_eq!(
-            parse(&hello).unwrap(),
-            Hello::Complete {
-                sni: Some("a.example.com".into())
-            }
-        );
+        assert_eq!(parse(&hello).unwrap(), Hello::Complete { sni: Some("a.example.com".into()) });
     }
 
     #[test]
     fn garbage_is_refused() {
-        assert!(matches!(
-            parse(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n"),
-            Err(SniError::NotTls)
-        ));
+        assert!(matches!(parse(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n"), Err(SniError::NotTls)));
         assert!(matches!(parse(b"\x16\x07"), Err(SniError::NotTls)));
         assert!(matches!(parse(b"\x16\x03\x09"), Err(SniError::NotTls)));
-        assert!(matches!(
-            parse(b"\x16\x03\x01\x00\x00"),
-            Err(SniError::Malformed(_))
-        ));
-        assert!(matches!(
-            parse(b"\x16\x03\x01\xff\xff"),
-            Err(SniError::Malformed(_))
-        ));
+        assert!(matches!(parse(b"\x16\x03\x01\x00\x00"), Err(SniError::Malformed(_))));
+        assert!(matches!(parse(b"\x16\x03\x01\xff\xff"), Err(SniError::Malformed(_))));
         // A ServerHello (type 2) where a ClientHello belongs.
-        assert!(matches!(
-            parse(b"\x16\x03\x01\x00\x04\x02\x00\x00\x00"),
-            Err(SniError::NotClientHello)
-        ));
+        assert!(matches!(parse(b"\x16\x03\x01\x00\x04\x02\x00\x00\x00"), Err(SniError::NotClientHello)));
         // A declared hello length beyond the buffer limit is refused before waiting for it.
-        assert!(matches!(
-            parse(b"\x16\x03\x01\x40\x00\x01\x00\x40\x00"),
-            Err(SniError::TooLarge)
-        ));
+        assert!(matches!(parse(b"\x16\x03\x01\x40\x00\x01\x00\x40\x00"), Err(SniError::TooLarge)));
     }
 
     #[test]
@@ -442,8 +394,7 @@ mod tests {
     fn a_lying_inner_length_is_malformed() {
         let mut hello = client_hello("a.example.com");
         // Shrink the handshake length so the body ends in the middle of the extensions.
-        let body_len =
-            (usize::from(hello[6]) << 16 | usize::from(hello[7]) << 8 | usize::from(hello[8])) - 3;
+        let body_len = (usize::from(hello[6]) << 16 | usize::from(hello[7]) << 8 | usize::from(hello[8])) - 3;
         hello[6..9].copy_from_slice(&(body_len as u32).to_be_bytes()[1..]);
         assert!(matches!(parse(&hello), Err(SniError::Malformed(_))));
     }
@@ -471,9 +422,7 @@ mod tests {
             }
             client
         });
-        let (bytes, sni) = read_client_hello(&mut server, Duration::from_secs(5))
-            .await
-            .unwrap();
+        let (bytes, sni) = read_client_hello(&mut server, Duration::from_secs(5)).await.unwrap();
         assert_eq!(sni.as_deref(), Some("a.example.com"));
         let _client = writer.await.unwrap();
         // Whatever was read is returned for replay: a prefix of what was sent, holding the hello.
@@ -486,9 +435,7 @@ mod tests {
         let hello = client_hello("a.example.com");
         let (mut client, mut server) = tokio::io::duplex(4096);
         client.write_all(&hello[..20]).await.unwrap();
-        let err = read_client_hello(&mut server, Duration::from_secs(10))
-            .await
-            .unwrap_err();
+        let err = read_client_hello(&mut server, Duration::from_secs(10)).await.unwrap_err();
         assert!(matches!(err, SniError::Timeout(_)), "{err}");
         drop(client);
     }
@@ -499,9 +446,7 @@ mod tests {
         let (mut client, mut server) = tokio::io::duplex(4096);
         client.write_all(&hello[..40]).await.unwrap();
         drop(client);
-        let err = read_client_hello(&mut server, Duration::from_secs(5))
-            .await
-            .unwrap_err();
+        let err = read_client_hello(&mut server, Duration::from_secs(5)).await.unwrap_err();
         assert!(matches!(err, SniError::Closed), "{err}");
 
         // Endless one-byte records: valid so far, but never done; refused at the cap.
@@ -513,9 +458,7 @@ mod tests {
             endless.extend_from_slice(&[22, 3, 1, 0, 1, 0]);
         }
         client.write_all(&endless).await.unwrap();
-        let err = read_client_hello(&mut server, Duration::from_secs(5))
-            .await
-            .unwrap_err();
+        let err = read_client_hello(&mut server, Duration::from_secs(5)).await.unwrap_err();
         assert!(matches!(err, SniError::TooLarge), "{err}");
     }
 }

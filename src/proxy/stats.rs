@@ -19,7 +19,8 @@ pub enum UpstreamError {
 }
 
 impl UpstreamError {
-    const ALL: [UpstreamError; 4] = [UpstreamError::NoInstance, UpstreamError::Connect, UpstreamError::Timeout, UpstreamError::Protocol];
+    const ALL: [UpstreamError; 4] =
+        [UpstreamError::NoInstance, UpstreamError::Connect, UpstreamError::Timeout, UpstreamError::Protocol];
 
     pub fn as_str(self) -> &'static str {
         match self {
@@ -45,8 +46,9 @@ impl ServiceStats {
     pub fn new(service: &str) -> Self {
         let requests = ["1xx", "2xx", "3xx", "4xx", "5xx"]
             .map(|class| metrics::counter!(m::REQUESTS, "service" => service.to_string(), "class" => class));
-        let errors = UpstreamError::ALL
-            .map(|kind| metrics::counter!(m::UPSTREAM_ERRORS, "service" => service.to_string(), "kind" => kind.as_str()));
+        let errors = UpstreamError::ALL.map(
+            |kind| metrics::counter!(m::UPSTREAM_ERRORS, "service" => service.to_string(), "kind" => kind.as_str()),
+        );
         let duration = metrics::histogram!(m::REQUEST_DURATION, "service" => service.to_string());
         let instances = ["up", "draining", "down"]
             .map(|state| metrics::gauge!(m::UPSTREAM_INSTANCES, "service" => service.to_string(), "state" => state));

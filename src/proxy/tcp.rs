@@ -44,12 +44,7 @@ pub enum TcpError {
     #[error("service {0:?} has no live instance")]
     NoInstance(Arc<str>),
     #[error("no instance of {service:?} accepted a connection ({attempts} tried; last {addr}: {source})")]
-    Connect {
-        service: Arc<str>,
-        attempts: usize,
-        addr: Arc<str>,
-        source: io::Error,
-    },
+    Connect { service: Arc<str>, attempts: usize, addr: Arc<str>, source: io::Error },
     #[error("relay failed: {0}")]
     Relay(#[source] io::Error),
     #[error("no bytes either way for {0:?}")]
@@ -146,23 +141,12 @@ impl L4Proxy {
         let (mut upstream, endpoint) = self.connect(&service, pick_for(balance, peer)).await?;
         let _inflight = endpoint.load.start();
         tracing::debug!(listener = %self.listener, %peer, service = %service.name, upstream = %endpoint.addr, "relaying");
-        relay(
-            client,
-            &mut upstream,
-            first_bytes,
-            self.idle_timeout,
-            &self.stats,
-        )
-        .await
+        relay(client, &mut upstream, first_bytes, self.idle_timeout, &self.stats).await
     }
 
     /// The picked instance, or when it refuses, the next live ones in table order,
     /// each tried at most once.
-    async fn connect(
-        &self,
-        service: &Service,
-        how: Pick,
-    ) -> Result<(TcpStream, Arc<Endpoint>), TcpError> {
+    async fn connect(&self, service: &Service, how: Pick) -> Result<(TcpStream, Arc<Endpoint>), TcpError> {
         let Some(first) = service.pick(how) else {
             service.state.stats.error(UpstreamError::NoInstance);
             return Err(TcpError::NoInstance(service.name.clone()));
@@ -186,26 +170,15 @@ impl L4Proxy {
                 }
             }
         }
-        let (addr, source) =
-            last.unwrap_or_else(|| (Arc::from(""), io::ErrorKind::NotFound.into()));
-        Err(TcpError::Connect {
-            service: service.name.clone(),
-            attempts: live.len(),
-            addr,
-            source,
-        })
+        let (addr, source) = last.unwrap_or_else(|| (Arc::from(""), io::ErrorKind::NotFound.into()));
+        Err(TcpError::Connect { service: service.name.clone(), attempts: live.len(), addr, source })
     }
 }
 
 async fn connect_one(addr: &str, limit: Duration) -> io::Result<TcpStream> {
     let stream = tokio::time::timeout(limit, TcpStream::connect(addr))
         .await
-        .map_err(|_| {
-            io::Error::new(
-                io::ErrorKind::TimedOut,
-                format!("connect timed out after {limit:?}"),
-            )
-        })??;
+        .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, format!("connect timed out after {limit:?}")))??;
     // Interactive protocols (databases, SSH) would otherwise wait on Nagle's algorithm.
     let _ = stream.set_nodelay(true);
     Ok(stream)
@@ -223,33 +196,19 @@ pub(crate) async fn serve(
     let proxy = Arc::new(L4Proxy::new(name, ctx.table.clone(), &config.timeouts));
     let service: Arc<str> = service.into();
     let balance = Arc::new(balance.clone());
-    accept_loop(
-        name,
-        socket,
-        ctx,
-        |Accepted {
-             mut stream,
-             peer,
-             slot,
-         }| {
-            let (proxy, service, balance) = (proxy.clone(), service.clone(), balance.clone());
-            spawn_tracked(ctx, async move {
-                let result = proxy
-                    .proxy(&mut stream, peer, &service, &balance, &[])
-                    .await;
-                log_end(proxy.listener(), peer, &result);
-                drop(slot);
-            });
-        },
-    )
+    accept_loop(name, socket, ctx, |Accepted { mut stream, peer, slot }| {
+        let (proxy, service, balance) = (proxy.clone(), service.clone(), balance.clone());
+        spawn_tracked(ctx, async move {
+            let result = proxy.proxy(&mut stream, peer, &service, &balance, &[]).await;
+            log_end(proxy.listener(), peer, &result);
+            drop(slot);
+        });
+    })
     .await
 }
 
 /// Spawns a connection task that shutdown waits for, and that ends when the grace period is over.
-pub(crate) fn spawn_tracked(
-    ctx: &ListenerContext,
-    task: impl Future<Output = ()> + Send + 'static,
-) {
+pub(crate) fn spawn_tracked(ctx: &ListenerContext, task: impl Future<Output = ()> + Send + 'static) {
     let hard_stop: CancellationToken = ctx.hard_stop.clone();
     ctx.tracker.spawn(async move {
         tokio::select! {
@@ -292,29 +251,14 @@ where
     let mut timer = pin!(tokio::time::sleep(idle));
     poll_fn(|cx| {
         let mut moved = false;
-        let a = up.poll_transfer(
-            cx,
-            Pin::new(&mut *client),
-            Pin::new(&mut *upstream),
-            &stats.to_upstream,
-            &mut moved,
-        );
-        let b = down.poll_transfer(
-            cx,
-            Pin::new(&mut *upstream),
-            Pin::new(&mut *client),
-            &stats.to_client,
-            &mut moved,
-        );
+        let a = up.poll_transfer(cx, Pin::new(&mut *client), Pin::new(&mut *upstream), &stats.to_upstream, &mut moved);
+        let b = down.poll_transfer(cx, Pin::new(&mut *upstream), Pin::new(&mut *client), &stats.to_client, &mut moved);
         match (a, b) {
             (Poll::Ready(Err(e)), _) | (_, Poll::Ready(Err(e))) => {
                 return Poll::Ready(Err(TcpError::Relay(e)));
             }
             (Poll::Ready(Ok(())), Poll::Ready(Ok(()))) => {
-                return Poll::Ready(Ok(Relayed {
-                    to_upstream: up.total,
-                    to_client: down.total,
-                }));
+                return Poll::Ready(Ok(Relayed { to_upstream: up.total, to_client: down.total }));
             }
             _ => {}
         }
@@ -353,14 +297,7 @@ impl Pipe {
     fn new(first: &[u8]) -> Pipe {
         let mut buf = vec![0u8; RELAY_BUFFER.max(first.len())].into_boxed_slice();
         buf[..first.len()].copy_from_slice(first);
-        Pipe {
-            buf,
-            pos: 0,
-            cap: first.len(),
-            read_done: false,
-            done: false,
-            total: 0,
-        }
+        Pipe { buf, pos: 0, cap: first.len(), read_done: false, done: false, total: 0 }
     }
 
     /// Moves bytes from `reader` to `writer`. Ready(Ok) once the reader is at EOF,
@@ -396,9 +333,7 @@ impl Pipe {
                 }
             }
             while self.pos < self.cap {
-                let n = ready!(writer
-                    .as_mut()
-                    .poll_write(cx, &self.buf[self.pos..self.cap]))?;
+                let n = ready!(writer.as_mut().poll_write(cx, &self.buf[self.pos..self.cap]))?;
                 if n == 0 {
                     return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
                 }
@@ -426,11 +361,7 @@ mod tests {
     use super::*;
 
     fn stats() -> L4Stats {
-        L4Stats {
-            to_upstream: Counter::noop(),
-            to_client: Counter::noop(),
-            connect_failures: Counter::noop(),
-        }
+        L4Stats { to_upstream: Counter::noop(), to_client: Counter::noop(), connect_failures: Counter::noop() }
     }
 
     #[tokio::test]
@@ -439,14 +370,7 @@ mod tests {
         let (mut gw_upstream, mut upstream) = tokio::io::duplex(1024);
         let relay = tokio::spawn(async move {
             let stats = stats();
-            relay(
-                &mut gw_client,
-                &mut gw_upstream,
-                b"hello ",
-                Duration::from_secs(10),
-                &stats,
-            )
-            .await
+            relay(&mut gw_client, &mut gw_upstream, b"hello ", Duration::from_secs(10), &stats).await
         });
         client.write_all(b"world").await.unwrap();
         client.shutdown().await.unwrap();
@@ -463,13 +387,7 @@ mod tests {
         answering.await.unwrap();
         assert_eq!(answer.len(), 100_000);
         let relayed = relay.await.unwrap().unwrap();
-        assert_eq!(
-            relayed,
-            Relayed {
-                to_upstream: 11,
-                to_client: 100_000
-            }
-        );
+        assert_eq!(relayed, Relayed { to_upstream: 11, to_client: 100_000 });
     }
 
     #[tokio::test(start_paused = true)]
@@ -479,14 +397,7 @@ mod tests {
         let started = Instant::now();
         let relay = tokio::spawn(async move {
             let stats = stats();
-            relay(
-                &mut gw_client,
-                &mut gw_upstream,
-                &[],
-                Duration::from_secs(10),
-                &stats,
-            )
-            .await
+            relay(&mut gw_client, &mut gw_upstream, &[], Duration::from_secs(10), &stats).await
         });
         // A byte every 6 s keeps it open past 10 s...
         let mut byte = [0u8; 1];
@@ -500,10 +411,7 @@ mod tests {
         let result = relay.await.unwrap();
         assert!(matches!(result, Err(TcpError::Idle(_))), "{result:?}");
         let elapsed = started.elapsed();
-        assert!(
-            elapsed >= Duration::from_secs(34) && elapsed < Duration::from_secs(35),
-            "{elapsed:?}"
-        );
+        assert!(elapsed >= Duration::from_secs(34) && elapsed < Duration::from_secs(35), "{elapsed:?}");
     }
 
     #[tokio::test]
@@ -514,14 +422,7 @@ mod tests {
         let mut client = client;
         client.write_all(b"to nobody").await.unwrap();
         let stats = stats();
-        let result = relay(
-            &mut gw_client,
-            &mut gw_upstream,
-            &[],
-            Duration::from_secs(10),
-            &stats,
-        )
-        .await;
+        let result = relay(&mut gw_client, &mut gw_upstream, &[], Duration::from_secs(10), &stats).await;
         assert!(matches!(result, Err(TcpError::Relay(_))), "{result:?}");
     }
 }

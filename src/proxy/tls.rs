@@ -37,18 +37,11 @@ pub enum TlsError {
     #[error("cannot read {path}: {source}")]
     Read { path: PathBuf, source: io::Error },
     #[error("{path}: not a PEM file with a certificate or key: {source}")]
-    Pem {
-        path: PathBuf,
-        source: rustls::pki_types::pem::Error,
-    },
+    Pem { path: PathBuf, source: rustls::pki_types::pem::Error },
     #[error("{path}: no certificate in the file")]
     NoCertificate { path: PathBuf },
     #[error("{key}: the key does not fit {cert} or is of an unsupported type: {source}")]
-    Key {
-        cert: PathBuf,
-        key: PathBuf,
-        source: rustls::Error,
-    },
+    Key { cert: PathBuf, key: PathBuf, source: rustls::Error },
     #[error("TLS configuration: {0}")]
     Config(rustls::Error),
 }
@@ -90,64 +83,36 @@ impl CertSet {
         for c in certs {
             let (ck, found_names) = load_pair(&c.cert, &c.key, &provider)?;
             let ck = Arc::new(ck);
-            let names = if c.server_names.is_empty() {
-                found_names
-            } else {
-                c.server_names.clone()
-            };
+            let names = if c.server_names.is_empty() { found_names } else { c.server_names.clone() };
             for name in names {
                 let name = name.to_ascii_lowercase();
                 // First listed wins for a name claimed twice, as for the default.
                 match name.strip_prefix("*.") {
                     Some(parent) => wildcard.entry(parent.into()).or_insert_with(|| ck.clone()),
-                    None => exact
-                        .entry(name.into_boxed_str())
-                        .or_insert_with(|| ck.clone()),
+                    None => exact.entry(name.into_boxed_str()).or_insert_with(|| ck.clone()),
                 };
             }
             default.get_or_insert(ck);
         }
-        let default = default.ok_or_else(|| {
-            TlsError::Config(rustls::Error::General("no certificate configured".into()))
-        })?;
-        Ok(CertSet {
-            exact,
-            wildcard,
-            default,
-        })
+        let default =
+            default.ok_or_else(|| TlsError::Config(rustls::Error::General("no certificate configured".into())))?;
+        Ok(CertSet { exact, wildcard, default })
     }
 }
 
 /// Reads a certificate chain and its key; returns them with the leaf's DNS names.
-fn load_pair(
-    cert: &Path,
-    key: &Path,
-    provider: &CryptoProvider,
-) -> Result<(CertifiedKey, Vec<String>), TlsError> {
-    let cert_pem = std::fs::read(cert).map_err(|source| TlsError::Read {
-        path: cert.to_path_buf(),
-        source,
-    })?;
-    let key_pem = std::fs::read(key).map_err(|source| TlsError::Read {
-        path: key.to_path_buf(),
-        source,
-    })?;
+fn load_pair(cert: &Path, key: &Path, provider: &CryptoProvider) -> Result<(CertifiedKey, Vec<String>), TlsError> {
+    let cert_pem = std::fs::read(cert).map_err(|source| TlsError::Read { path: cert.to_path_buf(), source })?;
+    let key_pem = std::fs::read(key).map_err(|source| TlsError::Read { path: key.to_path_buf(), source })?;
     let chain = CertificateDer::pem_slice_iter(&cert_pem)
         .collect::<Result<Vec<_>, _>>()
-        .map_err(|source| TlsError::Pem {
-            path: cert.to_path_buf(),
-            source,
-        })?;
+        .map_err(|source| TlsError::Pem { path: cert.to_path_buf(), source })?;
     let Some(leaf) = chain.first() else {
-        return Err(TlsError::NoCertificate {
-            path: cert.to_path_buf(),
-        });
+        return Err(TlsError::NoCertificate { path: cert.to_path_buf() });
     };
     let names = san_dns_names(leaf);
-    let key_der = PrivateKeyDer::from_pem_slice(&key_pem).map_err(|source| TlsError::Pem {
-        path: key.to_path_buf(),
-        source,
-    })?;
+    let key_der =
+        PrivateKeyDer::from_pem_slice(&key_pem).map_err(|source| TlsError::Pem { path: key.to_path_buf(), source })?;
     let ck = CertifiedKey::from_der(chain, key_der, provider).map_err(|source| TlsError::Key {
         cert: cert.to_path_buf(),
         key: key.to_path_buf(),
@@ -164,9 +129,7 @@ pub struct SniResolver {
 
 impl SniResolver {
     pub fn new(set: CertSet) -> SniResolver {
-        SniResolver {
-            set: ArcSwap::from_pointee(set),
-        }
+        SniResolver { set: ArcSwap::from_pointee(set) }
     }
 
     pub fn swap(&self, set: CertSet) {
@@ -214,10 +177,8 @@ pub async fn reload_loop(
     resolver: Arc<SniResolver>,
     stop: tokio_util::sync::CancellationToken,
 ) {
-    let ok =
-        metrics::counter!(m::TLS_CERT_RELOADS, "listener" => listener.clone(), "result" => "ok");
-    let failed =
-        metrics::counter!(m::TLS_CERT_RELOADS, "listener" => listener.clone(), "result" => "error");
+    let ok = metrics::counter!(m::TLS_CERT_RELOADS, "listener" => listener.clone(), "result" => "ok");
+    let failed = metrics::counter!(m::TLS_CERT_RELOADS, "listener" => listener.clone(), "result" => "error");
     let mut loaded = read_all(&certs).await;
     // The contents that last failed, so a bad file is logged once, not every second.
     let mut rejected = None;
@@ -304,10 +265,7 @@ impl HandshakeFailure {
 
     /// Classifies the error tokio-rustls returns (a rustls error wrapped in `io::Error`).
     pub fn of(e: &io::Error) -> HandshakeFailure {
-        let Some(tls) = e
-            .get_ref()
-            .and_then(|inner| inner.downcast_ref::<rustls::Error>())
-        else {
+        let Some(tls) = e.get_ref().and_then(|inner| inner.downcast_ref::<rustls::Error>()) else {
             return HandshakeFailure::Io;
         };
         match tls {
@@ -335,9 +293,9 @@ struct HandshakeErrors([metrics::Counter; 7]);
 
 impl HandshakeErrors {
     fn new(listener: &str) -> HandshakeErrors {
-        HandshakeErrors(HandshakeFailure::ALL.map(|r| {
-            metrics::counter!(m::TLS_HANDSHAKE_ERRORS, "listener" => listener.to_string(), "reason" => r.as_str())
-        }))
+        HandshakeErrors(HandshakeFailure::ALL.map(
+            |r| metrics::counter!(m::TLS_HANDSHAKE_ERRORS, "listener" => listener.to_string(), "reason" => r.as_str()),
+        ))
     }
 
     fn record(&self, reason: HandshakeFailure, peer: SocketAddr, detail: &dyn std::fmt::Display) {
@@ -372,22 +330,12 @@ pub(crate) async fn serve(
             return;
         }
     };
-    ctx.tracker.spawn(reload_loop(
-        name.to_string(),
-        certs.to_vec(),
-        resolver,
-        ctx.shutdown.clone(),
-    ));
+    ctx.tracker.spawn(reload_loop(name.to_string(), certs.to_vec(), resolver, ctx.shutdown.clone()));
     let builder = Arc::new(server_builder(config));
     let errors = Arc::new(HandshakeErrors::new(name));
     let handshake_timeout = config.timeouts.header_read;
     accept_loop(name, socket, ctx, |a| {
-        let (acceptor, builder, errors, proxy) = (
-            acceptor.clone(),
-            builder.clone(),
-            errors.clone(),
-            proxy.clone(),
-        );
+        let (acceptor, builder, errors, proxy) = (acceptor.clone(), builder.clone(), errors.clone(), proxy.clone());
         let (graceful, shutdown) = (ctx.graceful.clone(), ctx.shutdown.clone());
         ctx.tracker.spawn(async move {
             let result = tokio::select! {
@@ -395,11 +343,7 @@ pub(crate) async fn serve(
                 _ = shutdown.cancelled() => return,
             };
             match result {
-                Ok(Ok(tls)) => {
-                    spawn_connection(tls, a.peer, proxy, &builder, &graceful, move || {
-                        drop(a.slot)
-                    })
-                }
+                Ok(Ok(tls)) => spawn_connection(tls, a.peer, proxy, &builder, &graceful, move || drop(a.slot)),
                 Ok(Err(e)) => errors.record(HandshakeFailure::of(&e), a.peer, &e),
                 Err(_) => errors.record(HandshakeFailure::Timeout, a.peer, &"timed out"),
             }
@@ -464,9 +408,7 @@ fn tlv(input: &[u8]) -> Option<(u8, &[u8], &[u8])> {
         if n == 0 || n > 4 || rest.len() < n {
             return None;
         }
-        let len = rest[..n]
-            .iter()
-            .fold(0usize, |acc, &b| (acc << 8) | b as usize);
+        let len = rest[..n].iter().fold(0usize, |acc, &b| (acc << 8) | b as usize);
         (len, &rest[n..])
     };
     (rest.len() >= len).then(|| (tag, &rest[..len], &rest[len..]))
@@ -487,9 +429,7 @@ mod tests {
 
     fn self_signed(names: &[&str]) -> (String, String) {
         let key = rcgen::KeyPair::generate().unwrap();
-        let params =
-            rcgen::CertificateParams::new(names.iter().map(|s| s.to_string()).collect::<Vec<_>>())
-                .unwrap();
+        let params = rcgen::CertificateParams::new(names.iter().map(|s| s.to_string()).collect::<Vec<_>>()).unwrap();
         (params.self_signed(&key).unwrap().pem(), key.serialize_pem())
     }
 
@@ -508,9 +448,7 @@ mod tests {
     #[test]
     fn reads_san_dns_names() {
         let key = rcgen::KeyPair::generate().unwrap();
-        let params =
-            rcgen::CertificateParams::new(vec!["a.example.com".into(), "*.B.example.com".into()])
-                .unwrap();
+        let params = rcgen::CertificateParams::new(vec!["a.example.com".into(), "*.B.example.com".into()]).unwrap();
         let der = params.self_signed(&key).unwrap().der().to_vec();
         assert_eq!(san_dns_names(&der), ["a.example.com", "*.b.example.com"]);
         assert!(san_dns_names(&der[..der.len() / 2]).is_empty());
@@ -526,11 +464,7 @@ mod tests {
         let wild = write_pair(dir.path(), "w", &["*.example.com"]);
         let set = CertSet::load(&[default, exact, wild]).unwrap();
         let is = |name: &str, ck: &Arc<CertifiedKey>| Arc::ptr_eq(set.lookup(name), ck);
-        let (a, w, d) = (
-            set.exact["a.example.com"].clone(),
-            set.wildcard["example.com"].clone(),
-            set.default.clone(),
-        );
+        let (a, w, d) = (set.exact["a.example.com"].clone(), set.wildcard["example.com"].clone(), set.default.clone());
         assert!(is("a.example.com", &a));
         assert!(is("b.example.com", &w));
         assert!(is("x.y.example.com", &d), "a wildcard covers one label");
@@ -544,33 +478,12 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let good = write_pair(dir.path(), "g", &["g.test"]);
         let other = write_pair(dir.path(), "o", &["o.test"]);
-        let mismatched = ServerCert {
-            cert: good.cert.clone(),
-            key: other.key.clone(),
-            server_names: vec![],
-        };
-        assert!(matches!(
-            CertSet::load(&[mismatched]),
-            Err(TlsError::Key { .. })
-        ));
+        let mismatched = ServerCert { cert: good.cert.clone(), key: other.key.clone(), server_names: vec![] };
+        assert!(matches!(CertSet::load(&[mismatched]), Err(TlsError::Key { .. })));
         std::fs::write(dir.path().join("junk.pem"), "not a certificate").unwrap();
-        let junk = ServerCert {
-            cert: dir.path().join("junk.pem"),
-            key: good.key.clone(),
-            server_names: vec![],
-        };
-        assert!(matches!(
-            CertSet::load(&[junk]),
-            Err(TlsError::NoCertificate { .. })
-        ));
-        let missing = ServerCert {
-            cert: dir.path().join("nope.pem"),
-            key: good.key,
-            server_names: vec![],
-        };
-        assert!(matches!(
-            CertSet::load(&[missing]),
-            Err(TlsError::Read { .. })
-        ));
+        let junk = ServerCert { cert: dir.path().join("junk.pem"), key: good.key.clone(), server_names: vec![] };
+        assert!(matches!(CertSet::load(&[junk]), Err(TlsError::NoCertificate { .. })));
+        let missing = ServerCert { cert: dir.path().join("nope.pem"), key: good.key, server_names: vec![] };
+        assert!(matches!(CertSet::load(&[missing]), Err(TlsError::Read { .. })));
     }
 }

@@ -15,11 +15,10 @@ use crate::metrics as m;
 /// The `Upgrade` value of a request that asks for one (`Connection` names `upgrade`).
 pub fn requested(headers: &HeaderMap) -> Option<HeaderValue> {
     let upgrade = headers.get(header::UPGRADE)?;
-    let asked = headers.get_all(header::CONNECTION).iter().any(|v| {
-        v.as_bytes()
-            .split(|&b| b == b',')
-            .any(|t| t.trim_ascii().eq_ignore_ascii_case(b"upgrade"))
-    });
+    let asked = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .any(|v| v.as_bytes().split(|&b| b == b',').any(|t| t.trim_ascii().eq_ignore_ascii_case(b"upgrade")));
     asked.then(|| upgrade.clone())
 }
 
@@ -47,11 +46,7 @@ impl Drop for Active {
 impl Upgrades {
     pub fn new(listener: &str, tracker: TaskTracker, hard_stop: CancellationToken) -> Upgrades {
         let active = metrics::gauge!(m::UPGRADED_ACTIVE, "listener" => listener.to_string());
-        Upgrades {
-            tracker,
-            hard_stop,
-            active,
-        }
+        Upgrades { tracker, hard_stop, active }
     }
 
     /// Relays between the client and the upstream once hyper hands both over

@@ -33,17 +33,11 @@ pub const ALPN_HTTP1: &[u8] = b"http/1.1";
 #[derive(Debug, thiserror::Error)]
 pub enum UpstreamTlsError {
     #[error("cannot read {path}: {source}")]
-    Read {
-        path: PathBuf,
-        source: rustls::pki_types::pem::Error,
-    },
+    Read { path: PathBuf, source: rustls::pki_types::pem::Error },
     #[error("{path}: no certificate in the file")]
     NoCertificate { path: PathBuf },
     #[error("{what}: {source}")]
-    Rustls {
-        what: &'static str,
-        source: rustls::Error,
-    },
+    Rustls { what: &'static str, source: rustls::Error },
     #[error("server_name {0:?} is not a valid DNS name or IP address")]
     ServerName(String),
 }
@@ -55,23 +49,15 @@ fn provider() -> Arc<rustls::crypto::CryptoProvider> {
 pub fn load_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, UpstreamTlsError> {
     let certs = CertificateDer::pem_file_iter(path)
         .and_then(|it| it.collect::<Result<Vec<_>, _>>())
-        .map_err(|source| UpstreamTlsError::Read {
-            path: path.to_path_buf(),
-            source,
-        })?;
+        .map_err(|source| UpstreamTlsError::Read { path: path.to_path_buf(), source })?;
     if certs.is_empty() {
-        return Err(UpstreamTlsError::NoCertificate {
-            path: path.to_path_buf(),
-        });
+        return Err(UpstreamTlsError::NoCertificate { path: path.to_path_buf() });
     }
     Ok(certs)
 }
 
 pub fn load_key(path: &Path) -> Result<PrivateKeyDer<'static>, UpstreamTlsError> {
-    PrivateKeyDer::from_pem_file(path).map_err(|source| UpstreamTlsError::Read {
-        path: path.to_path_buf(),
-        source,
-    })
+    PrivateKeyDer::from_pem_file(path).map_err(|source| UpstreamTlsError::Read { path: path.to_path_buf(), source })
 }
 
 fn roots(ca: Option<&Path>) -> Result<RootCertStore, UpstreamTlsError> {
@@ -79,9 +65,7 @@ fn roots(ca: Option<&Path>) -> Result<RootCertStore, UpstreamTlsError> {
     match ca {
         Some(path) => {
             for cert in load_certs(path)? {
-                roots
-                    .add(cert)
-                    .map_err(|source| UpstreamTlsError::Rustls { what: "ca", source })?;
+                roots.add(cert).map_err(|source| UpstreamTlsError::Rustls { what: "ca", source })?;
             }
         }
         None => {
@@ -95,24 +79,15 @@ fn roots(ca: Option<&Path>) -> Result<RootCertStore, UpstreamTlsError> {
 }
 
 /// The rustls client configuration for one service and one ALPN protocol.
-pub fn client_config(
-    tls: Option<&ClientTls>,
-    alpn: &'static [u8],
-) -> Result<Arc<ClientConfig>, UpstreamTlsError> {
+pub fn client_config(tls: Option<&ClientTls>, alpn: &'static [u8]) -> Result<Arc<ClientConfig>, UpstreamTlsError> {
     let builder = ClientConfig::builder_with_provider(provider())
         .with_safe_default_protocol_versions()
-        .map_err(|source| UpstreamTlsError::Rustls {
-            what: "protocol versions",
-            source,
-        })?
+        .map_err(|source| UpstreamTlsError::Rustls { what: "protocol versions", source })?
         .with_root_certificates(roots(tls.and_then(|t| t.ca.as_deref()))?);
     let mut config = match tls.and_then(|t| t.cert.as_deref().zip(t.key.as_deref())) {
         Some((cert, key)) => builder
             .with_client_auth_cert(load_certs(cert)?, load_key(key)?)
-            .map_err(|source| UpstreamTlsError::Rustls {
-                what: "client certificate",
-                source,
-            })?,
+            .map_err(|source| UpstreamTlsError::Rustls { what: "client certificate", source })?,
         None => builder.with_no_client_auth(),
     };
     config.alpn_protocols = vec![alpn.to_vec()];
@@ -128,21 +103,14 @@ pub struct TlsSettings {
 }
 
 impl TlsSettings {
-    pub fn new(
-        tls: Option<&ClientTls>,
-        alpn: &'static [u8],
-    ) -> Result<TlsSettings, UpstreamTlsError> {
+    pub fn new(tls: Option<&ClientTls>, alpn: &'static [u8]) -> Result<TlsSettings, UpstreamTlsError> {
         let server_name = match tls.and_then(|t| t.server_name.as_ref()) {
-            Some(name) => Some(
-                ServerName::try_from(name.clone())
-                    .map_err(|_| UpstreamTlsError::ServerName(name.clone()))?,
-            ),
+            Some(name) => {
+                Some(ServerName::try_from(name.clone()).map_err(|_| UpstreamTlsError::ServerName(name.clone()))?)
+            }
             None => None,
         };
-        Ok(TlsSettings {
-            connector: TlsConnector::from(client_config(tls, alpn)?),
-            server_name,
-        })
+        Ok(TlsSettings { connector: TlsConnector::from(client_config(tls, alpn)?), server_name })
     }
 }
 
@@ -183,11 +151,7 @@ impl tower_service::Service<Uri> for UpstreamConnector {
             let name = match tls.server_name {
                 Some(name) => name,
                 None => {
-                    let host = dst
-                        .host()
-                        .unwrap_or_default()
-                        .trim_start_matches('[')
-                        .trim_end_matches(']');
+                    let host = dst.host().unwrap_or_default().trim_start_matches('[').trim_end_matches(']');
                     ServerName::try_from(host.to_string())
                         .map_err(|_| UpstreamTlsError::ServerName(host.to_string()))?
                 }
@@ -223,11 +187,7 @@ impl Connection for UpstreamIo {
 }
 
 impl Read for UpstreamIo {
-    fn poll_read(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: ReadBufCursor<'_>,
-    ) -> Poll<io::Result<()>> {
+    fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: ReadBufCursor<'_>) -> Poll<io::Result<()>> {
         match self.get_mut() {
             UpstreamIo::Plain(io) => Pin::new(io).poll_read(cx, buf),
             UpstreamIo::Tls(io) => Pin::new(&mut **io).poll_read(cx, buf),
@@ -236,11 +196,7 @@ impl Read for UpstreamIo {
 }
 
 impl Write for UpstreamIo {
-    fn poll_write(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
+    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
         match self.get_mut() {
             UpstreamIo::Plain(io) => Pin::new(io).poll_write(cx, buf),
             UpstreamIo::Tls(io) => Pin::new(&mut **io).poll_write(cx, buf),
@@ -282,9 +238,7 @@ impl Write for UpstreamIo {
 
 /// Checks that every service's `upstream_tls` files load, so a bad path stops
 /// start-up instead of failing each request later.
-pub fn preflight(
-    services: &[crate::config::ServiceConfig],
-) -> Result<(), (String, UpstreamTlsError)> {
+pub fn preflight(services: &[crate::config::ServiceConfig]) -> Result<(), (String, UpstreamTlsError)> {
     for s in services {
         if let Some(tls) = &s.upstream_tls {
             TlsSettings::new(Some(tls), ALPN_HTTP1).map_err(|e| (s.name.clone(), e))?;

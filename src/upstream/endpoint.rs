@@ -94,10 +94,15 @@ pub struct MetadataWarning {
 impl Endpoint {
     /// Reads an instance's metadata. Unreadable values fall back to the default
     /// and are returned as warnings, so one typo does not drop a backend.
-    pub fn from_instance(instance: &Instance, load: Arc<Load>, pool: Arc<H1Pool>) -> Result<(Endpoint, Vec<MetadataWarning>), String> {
+    pub fn from_instance(
+        instance: &Instance,
+        load: Arc<Load>,
+        pool: Arc<H1Pool>,
+    ) -> Result<(Endpoint, Vec<MetadataWarning>), String> {
         let authority: Authority = instance.addr.parse().map_err(|e| format!("addr {:?}: {e}", instance.addr))?;
         let mut warnings = Vec::new();
-        let mut warn = |key: &'static str, value: &str| warnings.push(MetadataWarning { key, value: value.to_string() });
+        let mut warn =
+            |key: &'static str, value: &str| warnings.push(MetadataWarning { key, value: value.to_string() });
         let meta = &instance.metadata;
         let weight = match meta.get("weight") {
             None => DEFAULT_WEIGHT,
@@ -159,17 +164,35 @@ mod tests {
 
     #[test]
     fn metadata_meanings() {
-        let (e, w) = Endpoint::from_instance(&instance(&[("weight", "7"), ("status", "draining"), ("protocol", "h2c"), ("zone", "a")]), Default::default(), Arc::new(H1Pool::new("127.0.0.1:80"))).unwrap();
+        let (e, w) = Endpoint::from_instance(
+            &instance(&[("weight", "7"), ("status", "draining"), ("protocol", "h2c"), ("zone", "a")]),
+            Default::default(),
+            Arc::new(H1Pool::new("127.0.0.1:80")),
+        )
+        .unwrap();
         assert!(w.is_empty());
-        assert_eq!((e.weight, e.status, e.protocol, e.zone.as_deref()), (7, Status::Draining, Protocol::H2c, Some("a")));
+        assert_eq!(
+            (e.weight, e.status, e.protocol, e.zone.as_deref()),
+            (7, Status::Draining, Protocol::H2c, Some("a"))
+        );
     }
 
     #[test]
     fn bad_metadata_falls_back_with_warnings() {
-        let (e, w) = Endpoint::from_instance(&instance(&[("weight", "0"), ("status", "sleepy"), ("protocol", "smtp")]), Default::default(), Arc::new(H1Pool::new("127.0.0.1:80"))).unwrap();
+        let (e, w) = Endpoint::from_instance(
+            &instance(&[("weight", "0"), ("status", "sleepy"), ("protocol", "smtp")]),
+            Default::default(),
+            Arc::new(H1Pool::new("127.0.0.1:80")),
+        )
+        .unwrap();
         assert_eq!((e.weight, e.status, e.protocol), (1, Status::Up, Protocol::Http1));
         assert_eq!(w.iter().map(|w| w.key).collect::<Vec<_>>(), ["weight", "status", "protocol"]);
-        let (e, w) = Endpoint::from_instance(&instance(&[("weight", "1001")]), Default::default(), Arc::new(H1Pool::new("127.0.0.1:80"))).unwrap();
+        let (e, w) = Endpoint::from_instance(
+            &instance(&[("weight", "1001")]),
+            Default::default(),
+            Arc::new(H1Pool::new("127.0.0.1:80")),
+        )
+        .unwrap();
         assert_eq!((e.weight, w.len()), (1, 1));
     }
 

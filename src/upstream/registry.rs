@@ -153,7 +153,12 @@ mod tests {
     use crate::upstream::table::Pick;
 
     fn inst(service: &str, id: &str, port: u16) -> Instance {
-        Instance { service: service.into(), id: id.into(), addr: format!("127.0.0.1:{port}"), metadata: Default::default() }
+        Instance {
+            service: service.into(),
+            id: id.into(),
+            addr: format!("127.0.0.1:{port}"),
+            metadata: Default::default(),
+        }
     }
 
     fn ids(table: &Table, service: &str) -> Vec<String> {
@@ -163,12 +168,18 @@ mod tests {
     #[test]
     fn replace_then_apply() {
         let mut r = Registry::default();
-        assert!(r.apply(Update::Replace { instances: vec![inst("a", "1", 1), inst("a", "2", 2), inst("b", "1", 3)], revision: 5 }));
+        assert!(r.apply(Update::Replace {
+            instances: vec![inst("a", "1", 1), inst("a", "2", 2), inst("b", "1", 3)],
+            revision: 5
+        }));
         let Built { table: t, warnings: w, .. } = r.build();
         assert!(w.is_empty());
         assert_eq!((t.version, t.revision), (1, 5));
         assert_eq!(ids(&t, "a"), ["1", "2"]);
-        r.apply(Update::Apply { changes: vec![Change::Delete { service: "a".into(), id: "1".into() }, Change::Put(inst("a", "3", 4))], revision: 6 });
+        r.apply(Update::Apply {
+            changes: vec![Change::Delete { service: "a".into(), id: "1".into() }, Change::Put(inst("a", "3", 4))],
+            revision: 6,
+        });
         let t2 = r.build().table;
         assert_eq!(ids(&t2, "a"), ["2", "3"]);
         // Untouched services are shared, not rebuilt.
@@ -193,7 +204,10 @@ mod tests {
         r.apply(Update::Replace { instances: vec![inst("a", "1", 1)], revision: 1 });
         r.build();
         assert!(!r.apply(Update::Replace { instances: vec![inst("a", "1", 1)], revision: 2 }));
-        assert!(!r.apply(Update::Apply { changes: vec![Change::Delete { service: "x".into(), id: "y".into() }], revision: 3 }));
+        assert!(!r.apply(Update::Apply {
+            changes: vec![Change::Delete { service: "x".into(), id: "y".into() }],
+            revision: 3
+        }));
     }
 
     #[test]

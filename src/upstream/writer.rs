@@ -54,7 +54,12 @@ pub async fn run(
                 tracing::warn!(service = %w.service, id = %w.id, "{}", w.message);
             }
             record(&next, &rebuilt);
-            tracing::debug!(version = next.version, revision = next.revision, services = next.services.len(), "table swapped");
+            tracing::debug!(
+                version = next.version,
+                revision = next.revision,
+                services = next.services.len(),
+                "table swapped"
+            );
             table.store(Arc::new(next));
             ready.store(true, Ordering::Release);
             observe_lag(&stamps);
@@ -84,7 +89,8 @@ fn observe_lag(stamps: &[u64]) {
     if stamps.is_empty() {
         return;
     }
-    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0);
+    let now =
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0);
     for &at in stamps {
         metrics::histogram!(m::DISCOVERY_LAG).record(now.saturating_sub(at) as f64 / 1000.0);
     }

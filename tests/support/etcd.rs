@@ -47,15 +47,10 @@ pub struct EtcdTls {
 impl EtcdTls {
     /// etcd-client TLS options trusting `ca` and presenting the client identity.
     pub fn client_options(&self) -> etcd_client::TlsOptions {
-        let read = |p: &PathBuf| {
-            std::fs::read(p).unwrap_or_else(|e| panic!("reading {}: {e}", p.display()))
-        };
+        let read = |p: &PathBuf| std::fs::read(p).unwrap_or_else(|e| panic!("reading {}: {e}", p.display()));
         etcd_client::TlsOptions::new()
             .ca_certificate(etcd_client::Certificate::from_pem(read(&self.ca)))
-            .identity(etcd_client::Identity::from_pem(
-                read(&self.client_cert),
-                read(&self.client_key),
-            ))
+            .identity(etcd_client::Identity::from_pem(read(&self.client_cert), read(&self.client_key)))
     }
 }
 
@@ -103,32 +98,14 @@ impl Etcd {
         assert!(self.child.is_none(), "etcd {} already running", self.name);
         let client = self.url();
         let peer = format!("http://127.0.0.1:{}", self.peer_port);
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(self._dir.path().join("etcd.log"))
-            .unwrap();
+        let log =
+            std::fs::OpenOptions::new().create(true).append(true).open(self._dir.path().join("etcd.log")).unwrap();
         let child = Command::new(ETCD_BIN)
             .args(["--name", &self.name, "--data-dir"])
             .arg(&self.data)
-            .args([
-                "--listen-client-urls",
-                &client,
-                "--advertise-client-urls",
-                &client,
-            ])
-            .args([
-                "--listen-peer-urls",
-                &peer,
-                "--initial-advertise-peer-urls",
-                &peer,
-            ])
-            .args([
-                "--initial-cluster",
-                &self.initial_cluster,
-                "--initial-cluster-state",
-                "new",
-            ])
+            .args(["--listen-client-urls", &client, "--advertise-client-urls", &client])
+            .args(["--listen-peer-urls", &peer, "--initial-advertise-peer-urls", &peer])
+            .args(["--initial-cluster", &self.initial_cluster, "--initial-cluster-state", "new"])
             .args(["--initial-cluster-token", &self.token])
             .args(self.tls.iter().flat_map(|t| {
                 [
@@ -141,12 +118,7 @@ impl Etcd {
                     "--client-cert-auth".into(),
                 ]
             }))
-            .args([
-                "--heartbeat-interval=10",
-                "--election-timeout=100",
-                "--logger=zap",
-                "--log-outputs=stderr",
-            ])
+            .args(["--heartbeat-interval=10", "--election-timeout=100", "--logger=zap", "--log-outputs=stderr"])
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()
@@ -213,13 +185,8 @@ impl Etcd {
     }
 
     pub async fn client(&self) -> etcd_client::Client {
-        let opts = self
-            .tls
-            .as_ref()
-            .map(|t| etcd_client::ConnectOptions::new().with_tls(t.client_options()));
-        etcd_client::Client::connect([self.url()], opts)
-            .await
-            .expect("etcd client")
+        let opts = self.tls.as_ref().map(|t| etcd_client::ConnectOptions::new().with_tls(t.client_options()));
+        etcd_client::Client::connect([self.url()], opts).await.expect("etcd client")
     }
 
     /// A client that authenticates as `user`.
@@ -228,9 +195,7 @@ impl Etcd {
         if let Some(t) = &self.tls {
             opts = opts.with_tls(t.client_options());
         }
-        etcd_client::Client::connect([self.url()], Some(opts))
-            .await
-            .expect("etcd client")
+        etcd_client::Client::connect([self.url()], Some(opts)).await.expect("etcd client")
     }
 }
 
@@ -247,9 +212,8 @@ pub struct Cluster {
 
 impl Cluster {
     pub async fn start() -> Cluster {
-        let mut members: Vec<Etcd> = (1..=3)
-            .map(|i| Etcd::member(&format!("m{i}"), free_port(), free_port()))
-            .collect();
+        let mut members: Vec<Etcd> =
+            (1..=3).map(|i| Etcd::member(&format!("m{i}"), free_port(), free_port())).collect();
         let initial = members
             .iter()
             .map(|m| format!("{}=http://127.0.0.1:{}", m.name, m.peer_port))
@@ -273,33 +237,20 @@ impl Cluster {
 
     /// A client of every member that is running.
     pub async fn client(&self) -> etcd_client::Client {
-        let urls: Vec<String> = self
-            .members
-            .iter()
-            .filter(|m| m.is_running())
-            .map(Etcd::url)
-            .collect();
-        etcd_client::Client::connect(urls, None)
-            .await
-            .expect("etcd client")
+        let urls: Vec<String> = self.members.iter().filter(|m| m.is_running()).map(Etcd::url).collect();
+        etcd_client::Client::connect(urls, None).await.expect("etcd client")
     }
 }
 
 async fn health(addr: SocketAddr) -> bool {
     let attempt = async {
         let mut s = TcpStream::connect(addr).await.ok()?;
-        s.write_all(b"GET /health HTTP/1.0\r\nHost: x\r\n\r\n")
-            .await
-            .ok()?;
+        s.write_all(b"GET /health HTTP/1.0\r\nHost: x\r\n\r\n").await.ok()?;
         let mut buf = Vec::new();
         s.read_to_end(&mut buf).await.ok()?;
         Some(String::from_utf8_lossy(&buf).contains("\"health\":\"true\""))
     };
-    tokio::time::timeout(Duration::from_secs(1), attempt)
-        .await
-        .ok()
-        .flatten()
-        .unwrap_or(false)
+    tokio::time::timeout(Duration::from_secs(1), attempt).await.ok().flatten().unwrap_or(false)
 }
 
 async fn tls_health(url: &str, tls: &EtcdTls) -> bool {
@@ -310,11 +261,7 @@ async fn tls_health(url: &str, tls: &EtcdTls) -> bool {
         let mut c = etcd_client::Client::connect([url], Some(opts)).await.ok()?;
         c.status().await.ok()
     };
-    tokio::time::timeout(Duration::from_secs(1), attempt)
-        .await
-        .ok()
-        .flatten()
-        .is_some()
+    tokio::time::timeout(Duration::from_secs(1), attempt).await.ok().flatten().is_some()
 }
 
 /// A TCP relay to `target` that the test can cut (every open connection is
@@ -345,20 +292,14 @@ impl Relay {
                     }
                     let task = tokio::spawn(async move {
                         if let Ok(mut outbound) = TcpStream::connect(target).await {
-                            let _ =
-                                tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
+                            let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
                         }
                     });
                     conns.lock().unwrap().push(task.abort_handle());
                 }
             }
         });
-        Relay {
-            addr,
-            open,
-            conns,
-            accept,
-        }
+        Relay { addr, open, conns, accept }
     }
 
     pub fn url(&self) -> String {
@@ -387,11 +328,7 @@ impl Drop for Relay {
 /// A gateway config with the etcd source and one HTTP listener `web` without
 /// routes (the Host header names the service). `extra` goes into `[discovery]`.
 pub fn gateway_config(endpoints: &[String], extra: &str) -> String {
-    let eps = endpoints
-        .iter()
-        .map(|e| format!("{e:?}"))
-        .collect::<Vec<_>>()
-        .join(", ");
+    let eps = endpoints.iter().map(|e| format!("{e:?}")).collect::<Vec<_>>().join(", ");
     format!(
         r#"
 [admin]
@@ -413,11 +350,7 @@ listen = "127.0.0.1:0"
 }
 
 /// GET `/` with `Host: service` through the gateway.
-pub async fn get_service(
-    client: &super::HttpClient,
-    gateway: SocketAddr,
-    service: &str,
-) -> (u16, String) {
+pub async fn get_service(client: &super::HttpClient, gateway: SocketAddr, service: &str) -> (u16, String) {
     let req = http::Request::get(format!("http://{gateway}/"))
         .header(http::header::HOST, service)
         .body(http_body_util::Full::default())
@@ -441,21 +374,13 @@ pub async fn try_get_service(
         .map_err(|_| "timeout".to_string())?
         .map_err(|e| e.to_string())?;
     let status = res.status().as_u16();
-    let body = res
-        .into_body()
-        .collect()
-        .await
-        .map_err(|e| e.to_string())?
-        .to_bytes();
+    let body = res.into_body().collect().await.map_err(|e| e.to_string())?.to_bytes();
     Ok((status, String::from_utf8_lossy(&body).into_owned()))
 }
 
 /// Our JSON instance value.
 pub fn instance_json(service: &str, id: &str, addr: SocketAddr, meta: &[(&str, &str)]) -> String {
-    let meta: serde_json::Map<String, serde_json::Value> = meta
-        .iter()
-        .map(|(k, v)| (k.to_string(), (*v).into()))
-        .collect();
-    serde_json::json!({ "id": id, "name": service, "addr": addr.to_string(), "metadata": meta })
-        .to_string()
+    let meta: serde_json::Map<String, serde_json::Value> =
+        meta.iter().map(|(k, v)| (k.to_string(), (*v).into())).collect();
+    serde_json::json!({ "id": id, "name": service, "addr": addr.to_string(), "metadata": meta }).to_string()
 }

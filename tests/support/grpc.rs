@@ -30,9 +30,7 @@ use tokio::net::TcpListener;
 use tokio_stream::{Stream, StreamExt};
 use tokio_util::sync::CancellationToken;
 use tonic::metadata::MetadataMap;
-use tonic::server::{
-    ClientStreamingService, ServerStreamingService, StreamingService, UnaryService,
-};
+use tonic::server::{ClientStreamingService, ServerStreamingService, StreamingService, UnaryService};
 use tonic::{Code, Request, Response, Status, Streaming};
 use tonic_prost::ProstCodec;
 
@@ -47,10 +45,7 @@ pub struct Msg {
 
 impl Msg {
     pub fn new(text: &str) -> Msg {
-        Msg {
-            text: text.to_string(),
-            backend: String::new(),
-        }
+        Msg { text: text.to_string(), backend: String::new() }
     }
 }
 
@@ -72,19 +67,12 @@ impl UnaryService<Msg> for Handler {
             if msg.text == "fail" {
                 let mut md = MetadataMap::new();
                 md.insert("x-custom-detail", "kept".parse().unwrap());
-                return Err(Status::with_metadata(
-                    Code::NotFound,
-                    "nothing here: 100% gone",
-                    md,
-                ));
+                return Err(Status::with_metadata(Code::NotFound, "nothing here: 100% gone", md));
             }
             if let Some(ms) = msg.text.strip_prefix("sleep:") {
                 tokio::time::sleep(Duration::from_millis(ms.parse().unwrap_or(0))).await;
             }
-            Ok(Response::new(Msg {
-                text: msg.text,
-                backend: name.to_string(),
-            }))
+            Ok(Response::new(Msg { text: msg.text, backend: name.to_string() }))
         })
     }
 }
@@ -102,10 +90,7 @@ impl ClientStreamingService<Msg> for Collect {
             while let Some(m) = stream.message().await? {
                 texts.push(m.text);
             }
-            Ok(Response::new(Msg {
-                text: texts.join(","),
-                backend: name.to_string(),
-            }))
+            Ok(Response::new(Msg { text: texts.join(","), backend: name.to_string() }))
         })
     }
 }
@@ -124,12 +109,7 @@ impl ServerStreamingService<Msg> for Repeat {
                 Some(n) => (n.parse().unwrap_or(0), false),
                 None => (3, text == "trailers"),
             };
-            let items = (0..n).map(move |i| {
-                Ok(Msg {
-                    text: i.to_string(),
-                    backend: name.to_string(),
-                })
-            });
+            let items = (0..n).map(move |i| Ok(Msg { text: i.to_string(), backend: name.to_string() }));
             let end = fail.then(|| {
                 let mut md = MetadataMap::new();
                 md.insert("x-custom-trailer", "t1".parse().unwrap());
@@ -150,12 +130,7 @@ impl StreamingService<Msg> for Chat {
     fn call(&mut self, req: Request<Streaming<Msg>>) -> Self::Future {
         let name = self.0.clone();
         Box::pin(async move {
-            let stream = req.into_inner().map(move |m| {
-                m.map(|m| Msg {
-                    text: m.text,
-                    backend: name.to_string(),
-                })
-            });
+            let stream = req.into_inner().map(move |m| m.map(|m| Msg { text: m.text, backend: name.to_string() }));
             Ok(Response::new(Box::pin(stream) as BoxStream))
         })
     }
@@ -215,11 +190,7 @@ impl GrpcBackend {
                 });
             }
         });
-        GrpcBackend {
-            addr,
-            calls,
-            shutdown,
-        }
+        GrpcBackend { addr, calls, shutdown }
     }
 
     pub fn calls(&self) -> usize {
@@ -240,8 +211,7 @@ pub struct OneConnection(SendRequest<tonic::body::Body>);
 impl tower_service::Service<http::Request<tonic::body::Body>> for OneConnection {
     type Response = http::Response<Incoming>;
     type Error = hyper::Error;
-    type Future =
-        Pin<Box<dyn Future<Output = Result<http::Response<Incoming>, hyper::Error>> + Send>>;
+    type Future = Pin<Box<dyn Future<Output = Result<http::Response<Incoming>, hyper::Error>> + Send>>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), hyper::Error>> {
         self.0.poll_ready(cx)
@@ -270,58 +240,32 @@ impl EchoClient {
     where
         IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
-        let (send, conn) =
-            hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(io))
-                .await
-                .unwrap();
+        let (send, conn) = hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(io)).await.unwrap();
         tokio::spawn(conn);
         let origin = format!("{scheme}://{authority}").parse().unwrap();
-        EchoClient {
-            grpc: tonic::client::Grpc::with_origin(OneConnection(send), origin),
-        }
+        EchoClient { grpc: tonic::client::Grpc::with_origin(OneConnection(send), origin) }
     }
 
     async fn ready(&mut self) -> Result<(), Status> {
-        self.grpc
-            .ready()
-            .await
-            .map_err(|e| Status::unavailable(format!("connection: {e}")))
+        self.grpc.ready().await.map_err(|e| Status::unavailable(format!("connection: {e}")))
     }
 
     pub async fn unary(&mut self, req: Request<Msg>) -> Result<Response<Msg>, Status> {
         self.ready().await?;
-        self.grpc
-            .unary(
-                req,
-                PathAndQuery::from_static("/test.Echo/Unary"),
-                ProstCodec::default(),
-            )
-            .await
+        self.grpc.unary(req, PathAndQuery::from_static("/test.Echo/Unary"), ProstCodec::default()).await
     }
 
     pub async fn collect(&mut self, texts: Vec<&str>) -> Result<Response<Msg>, Status> {
         self.ready().await?;
         let msgs: Vec<Msg> = texts.into_iter().map(Msg::new).collect();
         let req = Request::new(tokio_stream::iter(msgs));
-        self.grpc
-            .client_streaming(
-                req,
-                PathAndQuery::from_static("/test.Echo/Collect"),
-                ProstCodec::default(),
-            )
-            .await
+        self.grpc.client_streaming(req, PathAndQuery::from_static("/test.Echo/Collect"), ProstCodec::default()).await
     }
 
     pub async fn repeat(&mut self, text: &str) -> Result<Response<Streaming<Msg>>, Status> {
         self.ready().await?;
         let req = Request::new(Msg::new(text));
-        self.grpc
-            .server_streaming(
-                req,
-                PathAndQuery::from_static("/test.Echo/Repeat"),
-                ProstCodec::default(),
-            )
-            .await
+        self.grpc.server_streaming(req, PathAndQuery::from_static("/test.Echo/Repeat"), ProstCodec::default()).await
     }
 
     pub async fn chat<S>(&mut self, outbound: S) -> Result<Response<Streaming<Msg>>, Status>
@@ -330,11 +274,7 @@ impl EchoClient {
     {
         self.ready().await?;
         self.grpc
-            .streaming(
-                Request::new(outbound),
-                PathAndQuery::from_static("/test.Echo/Chat"),
-                ProstCodec::default(),
-            )
+            .streaming(Request::new(outbound), PathAndQuery::from_static("/test.Echo/Chat"), ProstCodec::default())
             .await
     }
 }

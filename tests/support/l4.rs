@@ -81,7 +81,10 @@ pub async fn round_trip<S: AsyncRead + AsyncWrite + Unpin>(stream: &mut S, msg: 
         stream.read_exact(&mut back).await?;
         Ok::<_, std::io::Error>(back)
     };
-    tokio::time::timeout(std::time::Duration::from_secs(5), fut).await.expect("round trip timed out").expect("round trip")
+    tokio::time::timeout(std::time::Duration::from_secs(5), fut)
+        .await
+        .expect("round trip timed out")
+        .expect("round trip")
 }
 
 /// A certificate authority for one test.

@@ -4,10 +4,10 @@
 #![allow(dead_code)]
 
 pub mod backend;
-pub mod grpc;
-pub mod tls;
 pub mod etcd;
+pub mod grpc;
 pub mod l4;
+pub mod tls;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -185,7 +185,9 @@ pub async fn admin_get(admin: SocketAddr, path: &str) -> (u16, String) {
 /// The value of one Prometheus sample (`name{labels}` exactly as rendered, labels sorted), 0 if absent.
 pub fn metric(text: &str, series: &str) -> f64 {
     text.lines()
-        .find_map(|l| l.strip_prefix(series).and_then(|rest| rest.strip_prefix(' ')).and_then(|v| v.trim().parse().ok()))
+        .find_map(|l| {
+            l.strip_prefix(series).and_then(|rest| rest.strip_prefix(' ')).and_then(|v| v.trim().parse().ok())
+        })
         .unwrap_or(0.0)
 }
 
@@ -245,7 +247,8 @@ impl GatewayProcess {
     }
 
     pub fn signal(&self, signal: &str) {
-        let ok = Command::new("kill").args([&format!("-{signal}"), &self.pid().to_string()]).status().unwrap().success();
+        let ok =
+            Command::new("kill").args([&format!("-{signal}"), &self.pid().to_string()]).status().unwrap().success();
         assert!(ok, "kill -{signal} failed");
     }
 }

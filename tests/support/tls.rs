@@ -46,31 +46,19 @@ impl Ca {
     pub fn new(name: &str) -> Ca {
         let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
         params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
-        params
-            .distinguished_name
-            .push(rcgen::DnType::CommonName, name);
-        params.key_usages = vec![
-            rcgen::KeyUsagePurpose::KeyCertSign,
-            rcgen::KeyUsagePurpose::CrlSign,
-        ];
+        params.distinguished_name.push(rcgen::DnType::CommonName, name);
+        params.key_usages = vec![rcgen::KeyUsagePurpose::KeyCertSign, rcgen::KeyUsagePurpose::CrlSign];
         let key = rcgen::KeyPair::generate().unwrap();
         let cert = params.self_signed(&key).unwrap();
-        Ca {
-            pem: cert.pem(),
-            issuer: rcgen::Issuer::new(params, key),
-        }
+        Ca { pem: cert.pem(), issuer: rcgen::Issuer::new(params, key) }
     }
 
     /// Issues a certificate for `names` and writes `{stem}.pem` and `{stem}.key` into `dir`.
     pub fn issue(&self, dir: &Path, stem: &str, names: &[&str]) -> Pair {
         let key = rcgen::KeyPair::generate().unwrap();
         let mut params =
-            rcgen::CertificateParams::new(names.iter().map(|n| n.to_string()).collect::<Vec<_>>())
-                .unwrap();
-        params.distinguished_name.push(
-            rcgen::DnType::CommonName,
-            names.first().copied().unwrap_or(stem),
-        );
+            rcgen::CertificateParams::new(names.iter().map(|n| n.to_string()).collect::<Vec<_>>()).unwrap();
+        params.distinguished_name.push(rcgen::DnType::CommonName, names.first().copied().unwrap_or(stem));
         let cert = params.signed_by(&key, &self.issuer).unwrap();
         let pair = Pair {
             cert: dir.join(format!("{stem}.pem")),
@@ -90,9 +78,7 @@ impl Ca {
 
     pub fn roots(&self) -> RootCertStore {
         let mut roots = RootCertStore::empty();
-        roots
-            .add(CertificateDer::from_pem_slice(self.pem.as_bytes()).unwrap())
-            .unwrap();
+        roots.add(CertificateDer::from_pem_slice(self.pem.as_bytes()).unwrap()).unwrap();
         roots
     }
 }
@@ -117,10 +103,7 @@ pub fn client_config(ca: &Ca, alpn: &[&[u8]]) -> Arc<ClientConfig> {
 
 /// A client that accepts any certificate, to see which one the server picks
 /// (for names the certificate does not cover); `sni` off sends no server name.
-pub fn inspecting_config(
-    sni: bool,
-    versions: &[&'static rustls::SupportedProtocolVersion],
-) -> Arc<ClientConfig> {
+pub fn inspecting_config(sni: bool, versions: &[&'static rustls::SupportedProtocolVersion]) -> Arc<ClientConfig> {
     let mut c = ClientConfig::builder_with_provider(provider())
         .with_protocol_versions(versions)
         .unwrap()
@@ -132,11 +115,7 @@ pub fn inspecting_config(
 }
 
 /// Connects with TLS; `name` is the SNI (and the verified name).
-pub async fn connect(
-    addr: SocketAddr,
-    config: Arc<ClientConfig>,
-    name: &str,
-) -> std::io::Result<TlsStream<TcpStream>> {
+pub async fn connect(addr: SocketAddr, config: Arc<ClientConfig>, name: &str) -> std::io::Result<TlsStream<TcpStream>> {
     let tcp = TcpStream::connect(addr).await?;
     tcp.set_nodelay(true)?;
     let name = ServerName::try_from(name.to_string()).unwrap();
@@ -145,13 +124,7 @@ pub async fn connect(
 
 /// The leaf certificate the server presented on `stream`.
 pub fn presented(stream: &TlsStream<TcpStream>) -> CertificateDer<'static> {
-    stream
-        .get_ref()
-        .1
-        .peer_certificates()
-        .expect("a server certificate")[0]
-        .clone()
-        .into_owned()
+    stream.get_ref().1.peer_certificates().expect("a server certificate")[0].clone().into_owned()
 }
 
 #[derive(Debug)]
@@ -185,9 +158,7 @@ impl ServerCertVerifier for AcceptAny {
         Ok(HandshakeSignatureValid::assertion())
     }
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        provider()
-            .signature_verification_algorithms
-            .supported_schemes()
+        provider().signature_verification_algorithms.supported_schemes()
     }
 }
 
@@ -197,13 +168,9 @@ pub async fn request_over(stream: TlsStream<TcpStream>, host: &str, path: &str) 
     use http_body_util::BodyExt;
     let h2 = stream.get_ref().1.alpn_protocol() == Some(b"h2");
     let io = TokioIo::new(stream);
-    let req = Request::get(format!("https://{host}{path}"))
-        .body(Full::<Bytes>::default())
-        .unwrap();
+    let req = Request::get(format!("https://{host}{path}")).body(Full::<Bytes>::default()).unwrap();
     let res = if h2 {
-        let (mut send, conn) = hyper::client::conn::http2::handshake(TokioExecutor::new(), io)
-            .await
-            .unwrap();
+        let (mut send, conn) = hyper::client::conn::http2::handshake(TokioExecutor::new(), io).await.unwrap();
         tokio::spawn(conn);
         send.send_request(req).await.unwrap()
     } else {
@@ -211,8 +178,7 @@ pub async fn request_over(stream: TlsStream<TcpStream>, host: &str, path: &str) 
         tokio::spawn(conn);
         let mut req = req;
         *req.uri_mut() = path.parse().unwrap();
-        req.headers_mut()
-            .insert(http::header::HOST, host.parse().unwrap());
+        req.headers_mut().insert(http::header::HOST, host.parse().unwrap());
         send.send_request(req).await.unwrap()
     };
     let status = res.status().as_u16();
@@ -231,17 +197,12 @@ impl TlsBackend {
     pub async fn start(name: &str, cert: &Pair, client_ca: Option<&Ca>) -> TlsBackend {
         let chain = vec![cert.der.clone()];
         let key = PrivateKeyDer::from_pem_file(&cert.key).unwrap();
-        let builder = ServerConfig::builder_with_provider(provider())
-            .with_safe_default_protocol_versions()
-            .unwrap();
+        let builder = ServerConfig::builder_with_provider(provider()).with_safe_default_protocol_versions().unwrap();
         let builder = match client_ca {
             Some(ca) => builder.with_client_cert_verifier(
-                rustls::server::WebPkiClientVerifier::builder_with_provider(
-                    Arc::new(ca.roots()),
-                    provider(),
-                )
-                .build()
-                .unwrap(),
+                rustls::server::WebPkiClientVerifier::builder_with_provider(Arc::new(ca.roots()), provider())
+                    .build()
+                    .unwrap(),
             ),
             None => builder.with_no_client_auth(),
         };

@@ -21,11 +21,7 @@ impl Default for Backoff {
 
 impl Backoff {
     pub fn new(initial: Duration, max: Duration) -> Backoff {
-        Backoff {
-            initial,
-            max: max.max(initial),
-            next: initial,
-        }
+        Backoff { initial, max: max.max(initial), next: initial }
     }
 
     /// The delay before the next attempt; `random` is uniform in `[0, 1)`.

@@ -18,14 +18,9 @@ pub enum KeyError {
 /// Splits `key` into `(service, id)`. `prefix` ends with `/`.
 pub fn parse_key<'k>(prefix: &str, key: &'k [u8]) -> Result<(&'k str, &'k str), KeyError> {
     let key = std::str::from_utf8(key).map_err(|_| KeyError::NotUtf8)?;
-    let rest = key
-        .strip_prefix(prefix)
-        .ok_or_else(|| KeyError::OutsidePrefix(prefix.to_string()))?;
-    let (service, id) = rest.split_once('/').ok_or(if rest.is_empty() {
-        KeyError::NoService
-    } else {
-        KeyError::NoId
-    })?;
+    let rest = key.strip_prefix(prefix).ok_or_else(|| KeyError::OutsidePrefix(prefix.to_string()))?;
+    let (service, id) =
+        rest.split_once('/').ok_or(if rest.is_empty() { KeyError::NoService } else { KeyError::NoId })?;
     if service.is_empty() {
         return Err(KeyError::NoService);
     }
@@ -63,18 +58,9 @@ mod tests {
 
     #[test]
     fn splits_service_and_id() {
-        assert_eq!(
-            parse_key("/services/", b"/services/wallet/w1"),
-            Ok(("wallet", "w1"))
-        );
-        assert_eq!(
-            parse_key("/services/", b"/services/wallet/zone-a/w1"),
-            Ok(("wallet", "zone-a/w1"))
-        );
-        assert_eq!(
-            parse_key("/s/", b"/s/a/10.0.0.1:80"),
-            Ok(("a", "10.0.0.1:80"))
-        );
+        assert_eq!(parse_key("/services/", b"/services/wallet/w1"), Ok(("wallet", "w1")));
+        assert_eq!(parse_key("/services/", b"/services/wallet/zone-a/w1"), Ok(("wallet", "zone-a/w1")));
+        assert_eq!(parse_key("/s/", b"/s/a/10.0.0.1:80"), Ok(("a", "10.0.0.1:80")));
     }
 
     #[test]
@@ -84,20 +70,14 @@ mod tests {
         assert_eq!(parse_key(p, b"/services/wallet/"), Err(KeyError::NoId));
         assert_eq!(parse_key(p, b"/services/"), Err(KeyError::NoService));
         assert_eq!(parse_key(p, b"/services//x"), Err(KeyError::NoService));
-        assert_eq!(
-            parse_key(p, b"/other/a/b"),
-            Err(KeyError::OutsidePrefix(p.into()))
-        );
+        assert_eq!(parse_key(p, b"/other/a/b"), Err(KeyError::OutsidePrefix(p.into())));
         assert_eq!(parse_key(p, b"/services/\xff/x"), Err(KeyError::NotUtf8));
     }
 
     #[test]
     fn trailing_slash_keeps_foobar_out_of_foo() {
         assert!(parse_key("/services/foo/", b"/services/foobar/x/1").is_err());
-        assert_eq!(
-            parse_key("/services/foo/", b"/services/foo/x/1"),
-            Ok(("x", "1"))
-        );
+        assert_eq!(parse_key("/services/foo/", b"/services/foo/x/1"), Ok(("x", "1")));
         assert!(prefix_end(b"/services/foo/") <= b"/services/foobar/".to_vec());
     }
 

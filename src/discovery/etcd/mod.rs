@@ -130,9 +130,7 @@ impl Source for EtcdSource {
         let synced_at = r.synced_at.clone();
         let since_sync = move || {
             let ms = started.elapsed().as_millis() as u64
-                - synced_at
-                    .load(Ordering::Relaxed)
-                    .min(started.elapsed().as_millis() as u64);
+                - synced_at.load(Ordering::Relaxed).min(started.elapsed().as_millis() as u64);
             metrics::gauge!(m::DISCOVERY_SINCE_SYNC, "source" => "etcd").set(ms as f64 / 1000.0);
         };
         let mut backoff = Backoff::default();
@@ -164,8 +162,7 @@ impl Source for EtcdSource {
                 tracing::info!("etcd: {e}");
                 Duration::ZERO
             } else {
-                metrics::counter!(m::DISCOVERY_ERRORS, "source" => "etcd", "kind" => e.reason())
-                    .increment(1);
+                metrics::counter!(m::DISCOVERY_ERRORS, "source" => "etcd", "kind" => e.reason()).increment(1);
                 r.down(&e);
                 endpoint += 1;
                 backoff.delay(fastrand::f64())
@@ -193,11 +190,7 @@ impl Source for EtcdSource {
 impl Run {
     /// Connect, list if needed, watch until something fails. Returns `Ok` never
     /// (the watch runs until an error), except through the caller's shutdown.
-    async fn session(
-        &mut self,
-        endpoint: usize,
-        backoff: &mut Backoff,
-    ) -> Result<(), SessionError> {
+    async fn session(&mut self, endpoint: usize, backoff: &mut Backoff) -> Result<(), SessionError> {
         let mut client = self.conn.connect(endpoint).await?;
         if self.need_list {
             self.list(&mut client).await?;
@@ -257,28 +250,17 @@ impl Run {
             let end = prefix_end(prefix.as_bytes());
             let mut start = prefix.as_bytes().to_vec();
             loop {
-                let mut opts = GetOptions::new()
-                    .with_range(end.clone())
-                    .with_limit(LIST_PAGE);
+                let mut opts = GetOptions::new().with_range(end.clone()).with_limit(LIST_PAGE);
                 if revision > 0 {
                     opts = opts.with_revision(revision);
                 }
-                let resp = self
-                    .conn
-                    .call("list", kv.get(start.clone(), Some(opts)))
-                    .await?;
+                let resp = self.conn.call("list", kv.get(start.clone(), Some(opts))).await?;
                 pages += 1;
                 if revision == 0 {
                     revision = resp.header().map(|h| h.revision()).unwrap_or(0);
                 }
                 for kv in resp.kvs() {
-                    self.known.listed(
-                        &mut listing,
-                        prefix,
-                        kv.key(),
-                        kv.value(),
-                        kv.mod_revision(),
-                    );
+                    self.known.listed(&mut listing, prefix, kv.key(), kv.value(), kv.mod_revision());
                 }
                 match resp.kvs().last() {
                     Some(last) if resp.more() => start = key_after(last.key()),
@@ -301,10 +283,7 @@ impl Run {
         self.snapshot_dirty = true;
         self.mark_synced();
         self.updates
-            .send(Update::Replace {
-                instances,
-                revision: revision.max(0) as u64,
-            })
+            .send(Update::Replace { instances, revision: revision.max(0) as u64 })
             .await
             .map_err(|_| SessionError::WriterGone)
     }
@@ -312,23 +291,11 @@ impl Run {
     /// One stream, one watch per prefix (with its trailing `/`), each from its
     /// last applied revision + 1.
     async fn open_watches(&mut self, client: &mut Client) -> Result<WatchStream, SessionError> {
-        let opts = |rev: i64| {
-            WatchOptions::new()
-                .with_prefix()
-                .with_start_revision(rev + 1)
-                .with_prev_key()
-        };
-        let mut stream = self
-            .conn
-            .call(
-                "watch",
-                client.watch(self.prefixes[0].as_str(), Some(opts(self.revs[0]))),
-            )
-            .await?;
+        let opts = |rev: i64| WatchOptions::new().with_prefix().with_start_revision(rev + 1).with_prev_key();
+        let mut stream =
+            self.conn.call("watch", client.watch(self.prefixes[0].as_str(), Some(opts(self.revs[0])))).await?;
         for (prefix, rev) in self.prefixes.iter().zip(&self.revs).skip(1) {
-            self.conn
-                .call("watch", stream.watch(prefix.as_str(), Some(opts(*rev))))
-                .await?;
+            self.conn.call("watch", stream.watch(prefix.as_str(), Some(opts(*rev)))).await?;
         }
         Ok(stream)
     }
@@ -343,14 +310,11 @@ impl Run {
             rev = rev.max(kv.mod_revision());
             let change = match event.event_type() {
                 EventType::Put => {
-                    metrics::counter!(m::DISCOVERY_EVENTS, "source" => "etcd", "type" => "put")
-                        .increment(1);
-                    self.known
-                        .put(prefix, kv.key(), kv.value(), kv.mod_revision())
+                    metrics::counter!(m::DISCOVERY_EVENTS, "source" => "etcd", "type" => "put").increment(1);
+                    self.known.put(prefix, kv.key(), kv.value(), kv.mod_revision())
                 }
                 EventType::Delete => {
-                    metrics::counter!(m::DISCOVERY_EVENTS, "source" => "etcd", "type" => "delete")
-                        .increment(1);
+                    metrics::counter!(m::DISCOVERY_EVENTS, "source" => "etcd", "type" => "delete").increment(1);
                     self.known.delete(prefix, kv.key())
                 }
             };
@@ -364,17 +328,13 @@ impl Run {
         }
         self.snapshot_dirty = true;
         self.updates
-            .send(Update::Apply {
-                changes,
-                revision: rev.max(0) as u64,
-            })
+            .send(Update::Apply { changes, revision: rev.max(0) as u64 })
             .await
             .map_err(|_| SessionError::WriterGone)
     }
 
     fn mark_synced(&self) {
-        self.synced_at
-            .store(self.started.elapsed().as_millis() as u64, Ordering::Relaxed);
+        self.synced_at.store(self.started.elapsed().as_millis() as u64, Ordering::Relaxed);
     }
 
     fn up(&mut self, endpoint: usize) {
@@ -426,10 +386,7 @@ impl Run {
                 );
                 self.known.seed(&self.prefixes, &snap.instances);
                 self.updates
-                    .send(Update::Replace {
-                        instances: snap.instances,
-                        revision: snap.revision,
-                    })
+                    .send(Update::Replace { instances: snap.instances, revision: snap.revision })
                     .await
                     .map_err(|_| ())
             }
@@ -453,16 +410,13 @@ impl Run {
             return;
         }
         self.snapshot_dirty = false;
-        let snap = Snapshot {
-            revision: self.revision.max(0) as u64,
-            instances: self.known.instances().cloned().collect(),
-        };
+        let snap =
+            Snapshot { revision: self.revision.max(0) as u64, instances: self.known.instances().cloned().collect() };
         match tokio::task::spawn_blocking(move || snapshot::write(&path, &snap)).await {
             Ok(Ok(())) => {}
             Ok(Err(e)) => {
                 tracing::warn!("writing the snapshot: {e}");
-                metrics::counter!(m::DISCOVERY_ERRORS, "source" => "etcd", "kind" => "snapshot")
-                    .increment(1);
+                metrics::counter!(m::DISCOVERY_ERRORS, "source" => "etcd", "kind" => "snapshot").increment(1);
             }
             Err(e) => tracing::error!("writing the snapshot: {e}"),
         }

@@ -20,37 +20,19 @@ pub struct Snapshot {
 #[derive(Debug, thiserror::Error)]
 pub enum SnapshotError {
     #[error("{path}: {source}")]
-    Io {
-        path: PathBuf,
-        source: std::io::Error,
-    },
+    Io { path: PathBuf, source: std::io::Error },
     #[error("{path}: not a snapshot: {source}")]
-    Format {
-        path: PathBuf,
-        source: serde_json::Error,
-    },
+    Format { path: PathBuf, source: serde_json::Error },
 }
 
 pub fn read(path: &Path) -> Result<Snapshot, SnapshotError> {
-    let bytes = std::fs::read(path).map_err(|source| SnapshotError::Io {
-        path: path.into(),
-        source,
-    })?;
-    serde_json::from_slice(&bytes).map_err(|source| SnapshotError::Format {
-        path: path.into(),
-        source,
-    })
+    let bytes = std::fs::read(path).map_err(|source| SnapshotError::Io { path: path.into(), source })?;
+    serde_json::from_slice(&bytes).map_err(|source| SnapshotError::Format { path: path.into(), source })
 }
 
 pub fn write(path: &Path, snapshot: &Snapshot) -> Result<(), SnapshotError> {
-    let io = |source| SnapshotError::Io {
-        path: path.into(),
-        source,
-    };
-    let bytes = serde_json::to_vec(snapshot).map_err(|source| SnapshotError::Format {
-        path: path.into(),
-        source,
-    })?;
+    let io = |source| SnapshotError::Io { path: path.into(), source };
+    let bytes = serde_json::to_vec(snapshot).map_err(|source| SnapshotError::Format { path: path.into(), source })?;
     let mut tmp = path.as_os_str().to_owned();
     tmp.push(".tmp");
     let tmp = PathBuf::from(tmp);
@@ -70,22 +52,12 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("snap.json");
         assert!(matches!(read(&path), Err(SnapshotError::Io { .. })));
-        let inst = Instance {
-            service: "a".into(),
-            id: "1".into(),
-            addr: "127.0.0.1:1".into(),
-            metadata: Default::default(),
-        };
-        let one = Snapshot {
-            revision: 7,
-            instances: vec![inst.clone()],
-        };
+        let inst =
+            Instance { service: "a".into(), id: "1".into(), addr: "127.0.0.1:1".into(), metadata: Default::default() };
+        let one = Snapshot { revision: 7, instances: vec![inst.clone()] };
         write(&path, &one).unwrap();
         assert_eq!(read(&path).unwrap(), one);
-        let two = Snapshot {
-            revision: 9,
-            instances: vec![],
-        };
+        let two = Snapshot { revision: 9, instances: vec![] };
         write(&path, &two).unwrap();
         assert_eq!(read(&path).unwrap(), two);
         assert!(!dir.path().join("snap.json.tmp").exists());

@@ -44,30 +44,16 @@ impl Known {
     pub fn seed(&mut self, prefixes: &[String], instances: &[Instance]) {
         let prefix = prefixes.first().map(String::as_str).unwrap_or("/services/");
         for i in instances {
-            self.instances
-                .insert(format!("{prefix}{}/{}", i.service, i.id), i.clone());
+            self.instances.insert(format!("{prefix}{}/{}", i.service, i.id), i.clone());
         }
     }
 
     /// A PUT seen by the watch: the change for the table, if any.
-    pub fn put(
-        &mut self,
-        prefix: &str,
-        key: &[u8],
-        value: &[u8],
-        mod_revision: i64,
-    ) -> Option<Change> {
+    pub fn put(&mut self, prefix: &str, key: &[u8], value: &[u8], mod_revision: i64) -> Option<Change> {
         let (service, id) = match parse_key(prefix, key) {
             Ok(parts) => parts,
             Err(e) => {
-                note_invalid(
-                    &mut self.invalid,
-                    &HashMap::new(),
-                    key,
-                    mod_revision,
-                    "key",
-                    &e.to_string(),
-                );
+                note_invalid(&mut self.invalid, &HashMap::new(), key, mod_revision, "key", &e.to_string());
                 return None;
             }
         };
@@ -83,19 +69,8 @@ impl Known {
             }
             Err(e) => {
                 let kept = self.instances.contains_key(&key_s);
-                let why = if kept {
-                    format!("{e}; keeping the previous instance")
-                } else {
-                    e.to_string()
-                };
-                note_invalid(
-                    &mut self.invalid,
-                    &HashMap::new(),
-                    key,
-                    mod_revision,
-                    "value",
-                    &why,
-                );
+                let why = if kept { format!("{e}; keeping the previous instance") } else { e.to_string() };
+                note_invalid(&mut self.invalid, &HashMap::new(), key, mod_revision, "value", &why);
                 None
             }
         }
@@ -106,32 +81,15 @@ impl Known {
         let (service, id) = parse_key(prefix, key).ok()?;
         let key_s = format!("{prefix}{service}/{id}");
         self.invalid.remove(&key_s);
-        self.instances.remove(&key_s).map(|i| Change::Delete {
-            service: i.service,
-            id: i.id,
-        })
+        self.instances.remove(&key_s).map(|i| Change::Delete { service: i.service, id: i.id })
     }
 
     /// One listed key-value, added to `listing` under the same rules as `put`.
-    pub fn listed(
-        &self,
-        listing: &mut Listing,
-        prefix: &str,
-        key: &[u8],
-        value: &[u8],
-        mod_revision: i64,
-    ) {
+    pub fn listed(&self, listing: &mut Listing, prefix: &str, key: &[u8], value: &[u8], mod_revision: i64) {
         let (service, id) = match parse_key(prefix, key) {
             Ok(parts) => parts,
             Err(e) => {
-                note_invalid(
-                    &mut listing.invalid,
-                    &self.invalid,
-                    key,
-                    mod_revision,
-                    "key",
-                    &e.to_string(),
-                );
+                note_invalid(&mut listing.invalid, &self.invalid, key, mod_revision, "key", &e.to_string());
                 return;
             }
         };
@@ -148,14 +106,7 @@ impl Known {
                     }
                     None => e.to_string(),
                 };
-                note_invalid(
-                    &mut listing.invalid,
-                    &self.invalid,
-                    key,
-                    mod_revision,
-                    "value",
-                    &why,
-                );
+                note_invalid(&mut listing.invalid, &self.invalid, key, mod_revision, "value", &why);
             }
         }
     }
@@ -183,8 +134,7 @@ fn note_invalid(
     into.insert(key.clone(), mod_revision);
     if fresh {
         tracing::warn!(key = %key, revision = mod_revision, "etcd {kind} skipped: {why}");
-        metrics::counter!(m::DISCOVERY_INVALID_VALUES, "source" => "etcd", "kind" => kind)
-            .increment(1);
+        metrics::counter!(m::DISCOVERY_INVALID_VALUES, "source" => "etcd", "kind" => kind).increment(1);
     }
 }
 
@@ -201,19 +151,11 @@ mod tests {
     #[test]
     fn valid_puts_and_deletes() {
         let mut k = Known::default();
-        let Some(Change::Put(i)) = put(&mut k, "/services/a/1", "127.0.0.1:80", 2) else {
-            panic!()
-        };
+        let Some(Change::Put(i)) = put(&mut k, "/services/a/1", "127.0.0.1:80", 2) else { panic!() };
         assert_eq!((i.service.as_str(), i.id.as_str()), ("a", "1"));
         // The same value again is not a change.
         assert_eq!(put(&mut k, "/services/a/1", "127.0.0.1:80", 3), None);
-        assert_eq!(
-            k.delete(P, b"/services/a/1"),
-            Some(Change::Delete {
-                service: "a".into(),
-                id: "1".into()
-            })
-        );
+        assert_eq!(k.delete(P, b"/services/a/1"), Some(Change::Delete { service: "a".into(), id: "1".into() }));
         assert_eq!(k.delete(P, b"/services/a/1"), None);
         assert_eq!(k.len(), 0);
     }
@@ -223,19 +165,11 @@ mod tests {
         let mut k = Known::default();
         put(&mut k, "/services/a/1", "127.0.0.1:80", 2).unwrap();
         put(&mut k, "/services/a/2", "127.0.0.1:81", 3).unwrap();
-        for bad in [
-            "{not json",
-            "",
-            "host:0",
-            r#"{"addr":""}"#,
-            r#"{"Op":1,"Addr":"h:1"}"#,
-        ] {
+        for bad in ["{not json", "", "host:0", r#"{"addr":""}"#, r#"{"Op":1,"Addr":"h:1"}"#] {
             assert_eq!(put(&mut k, "/services/a/1", bad, 4), None, "{bad}");
         }
         assert_eq!(k.len(), 2);
-        assert!(k
-            .instances()
-            .any(|i| i.id == "1" && i.addr == "127.0.0.1:80"));
+        assert!(k.instances().any(|i| i.id == "1" && i.addr == "127.0.0.1:80"));
         // A later valid put replaces it; a delete removes only that key.
         assert!(
             matches!(put(&mut k, "/services/a/1", "127.0.0.1:90", 5), Some(Change::Put(i)) if i.addr == "127.0.0.1:90")
@@ -271,29 +205,16 @@ mod tests {
         k.listed(&mut l, P, b"/services/c/1", b"{bad", 9);
         let mut all = k.replace(l);
         all.sort_by(|a, b| a.service.cmp(&b.service));
-        let got: Vec<(&str, &str)> = all
-            .iter()
-            .map(|i| (i.service.as_str(), i.addr.as_str()))
-            .collect();
+        let got: Vec<(&str, &str)> = all.iter().map(|i| (i.service.as_str(), i.addr.as_str())).collect();
         assert_eq!(got, [("a", "127.0.0.1:80"), ("b", "127.0.0.1:81")]);
     }
 
     #[test]
     fn seeded_snapshot_instances_are_replaced_by_a_listing() {
         let mut k = Known::default();
-        let inst = Instance {
-            service: "a".into(),
-            id: "1".into(),
-            addr: "127.0.0.1:1".into(),
-            metadata: Default::default(),
-        };
+        let inst =
+            Instance { service: "a".into(), id: "1".into(), addr: "127.0.0.1:1".into(), metadata: Default::default() };
         k.seed(&[P.to_string()], &[inst]);
-        assert_eq!(
-            k.delete(P, b"/services/a/1"),
-            Some(Change::Delete {
-                service: "a".into(),
-                id: "1".into()
-            })
-        );
+        assert_eq!(k.delete(P, b"/services/a/1"), Some(Change::Delete { service: "a".into(), id: "1".into() }));
     }
 }

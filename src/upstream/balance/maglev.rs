@@ -24,9 +24,8 @@
 //!   would change `M` at n = 3, 6, 11, 21, ... and reshuffle nearly all keys there.
 
 /// Table sizes: primes, so that every skip in `1..M` visits every slot.
-const TABLE_SIZES: [usize; 13] = [
-    251, 509, 1021, 2039, 4093, 8191, 16381, 32749, 65521, 131071, 262139, 524287, 1048573,
-];
+const TABLE_SIZES: [usize; 13] =
+    [251, 509, 1021, 2039, 4093, 8191, 16381, 32749, 65521, 131071, 262139, 524287, 1048573];
 
 /// The smallest table (see the module doc): 256 KiB of `u32`, stable up to 655
 /// instances.
@@ -54,11 +53,7 @@ pub struct Maglev {
 /// `max(100 × n, MIN_TABLE_SIZE)`, capped at the largest.
 fn table_size(n: usize) -> usize {
     let want = n.saturating_mul(SLOTS_PER_INSTANCE).max(MIN_TABLE_SIZE);
-    TABLE_SIZES
-        .iter()
-        .copied()
-        .find(|&m| m >= want)
-        .unwrap_or(TABLE_SIZES[TABLE_SIZES.len() - 1])
+    TABLE_SIZES.iter().copied().find(|&m| m >= want).unwrap_or(TABLE_SIZES[TABLE_SIZES.len() - 1])
 }
 
 impl Maglev {
@@ -69,11 +64,8 @@ impl Maglev {
     /// before every instance has one; the instances last in id order then receive
     /// no keys.
     pub fn new(ids: &[&str]) -> Maglev {
-        let mut order: Vec<(&str, u32)> = ids
-            .iter()
-            .enumerate()
-            .filter_map(|(i, id)| u32::try_from(i).ok().map(|i| (*id, i)))
-            .collect();
+        let mut order: Vec<(&str, u32)> =
+            ids.iter().enumerate().filter_map(|(i, id)| u32::try_from(i).ok().map(|i| (*id, i))).collect();
         if order.is_empty() {
             return Maglev::default();
         }
@@ -120,9 +112,7 @@ impl Maglev {
                 }
             }
         }
-        Maglev {
-            table: table.into_boxed_slice(),
-        }
+        Maglev { table: table.into_boxed_slice() }
     }
 
     /// The index (into the ids given to [`Maglev::new`]) for a key hashed with
@@ -154,17 +144,13 @@ mod tests {
     }
 
     fn key_hashes() -> Vec<u64> {
-        (0..KEYS)
-            .map(|i| hash_key(format!("key-{i}").as_bytes()))
-            .collect()
+        (0..KEYS).map(|i| hash_key(format!("key-{i}").as_bytes())).collect()
     }
 
     /// For every key, the id it maps to.
     fn assign<'a>(ids: &[&'a str], keys: &[u64]) -> Vec<&'a str> {
         let m = Maglev::new(ids);
-        keys.iter()
-            .map(|&k| ids[m.pick(k).expect("non-empty")])
-            .collect()
+        keys.iter().map(|&k| ids[m.pick(k).expect("non-empty")]).collect()
     }
 
     fn moved(a: &[&str], b: &[&str]) -> f64 {
@@ -183,14 +169,8 @@ mod tests {
             }
             assert_eq!(counts.len(), n);
             let even = KEYS as f64 / n as f64;
-            let worst = counts
-                .values()
-                .map(|&c| (c as f64 - even).abs() / even)
-                .fold(0.0, f64::max);
-            eprintln!(
-                "maglev n={n}: max deviation from even {:.2}%",
-                worst * 100.0
-            );
+            let worst = counts.values().map(|&c| (c as f64 - even).abs() / even).fold(0.0, f64::max);
+            eprintln!("maglev n={n}: max deviation from even {:.2}%", worst * 100.0);
             assert!(worst <= 0.10, "n={n}: {counts:?}");
         }
     }
@@ -206,10 +186,7 @@ mod tests {
                 per[i as usize] += 1;
             }
             let (lo, hi) = (per.iter().min(), per.iter().max());
-            assert!(
-                hi.zip(lo).is_some_and(|(h, l)| h - l <= 1),
-                "n={n}: {per:?}"
-            );
+            assert!(hi.zip(lo).is_some_and(|(h, l)| h - l <= 1), "n={n}: {per:?}");
         }
     }
 
@@ -224,25 +201,13 @@ mod tests {
             let a = assign(&before, &keys);
             let b = assign(&after, &keys);
             let frac = moved(&a, &b);
-            eprintln!(
-                "maglev remove 1 of {n}: moved {:.2}% (ideal {:.2}%)",
-                frac * 100.0,
-                100.0 / n as f64
-            );
+            eprintln!("maglev remove 1 of {n}: moved {:.2}% (ideal {:.2}%)", frac * 100.0, 100.0 / n as f64);
             assert!(frac <= 1.0 / n as f64 + 0.10, "n={n}: moved {frac}");
             // Tighter than the brief: at most 10% more than the ideal 1/n.
             assert!(frac <= 1.1 / n as f64, "n={n}: moved {frac}");
             // Besides the removed instance's keys, which must move, little else does.
-            let churn = a
-                .iter()
-                .zip(&b)
-                .filter(|(x, y)| x != y && **x != removed)
-                .count() as f64
-                / KEYS as f64;
-            eprintln!(
-                "maglev remove 1 of {n}: moved between survivors {:.2}%",
-                churn * 100.0
-            );
+            let churn = a.iter().zip(&b).filter(|(x, y)| x != y && **x != removed).count() as f64 / KEYS as f64;
+            eprintln!("maglev remove 1 of {n}: moved between survivors {:.2}%", churn * 100.0);
             assert!(churn < 0.01, "n={n}: churn {churn}");
         }
     }
@@ -258,26 +223,14 @@ mod tests {
             let b = assign(&after, &keys);
             let frac = moved(&a, &b);
             let ideal = 1.0 / (n + 1) as f64;
-            eprintln!(
-                "maglev add 1 to {n}: moved {:.2}% (ideal {:.2}%)",
-                frac * 100.0,
-                ideal * 100.0
-            );
+            eprintln!("maglev add 1 to {n}: moved {:.2}% (ideal {:.2}%)", frac * 100.0, ideal * 100.0);
             assert!(frac <= ideal + 0.10, "n={n}: moved {frac}");
             assert!(frac <= ideal * 1.1, "n={n}: moved {frac}");
             // Nearly every key that moves goes to the newcomer; Maglev trades a
             // little churn among the others for its even spread (the paper's
             // "minimal disruption", not zero).
-            let churn = a
-                .iter()
-                .zip(&b)
-                .filter(|(x, y)| x != y && **y != after[n])
-                .count() as f64
-                / KEYS as f64;
-            eprintln!(
-                "maglev add 1 to {n}: moved between old instances {:.2}%",
-                churn * 100.0
-            );
+            let churn = a.iter().zip(&b).filter(|(x, y)| x != y && **y != after[n]).count() as f64 / KEYS as f64;
+            eprintln!("maglev add 1 to {n}: moved between old instances {:.2}%", churn * 100.0);
             assert!(churn < 0.01, "n={n}: churn {churn}");
         }
     }

@@ -108,10 +108,7 @@ mod tests {
             counts[(hash_key(format!("{i}").as_bytes()) % buckets as u64) as usize] += 1;
         }
         let even = (n / buckets) as f64;
-        let chi2: f64 = counts
-            .iter()
-            .map(|&c| (c as f64 - even).powi(2) / even)
-            .sum();
+        let chi2: f64 = counts.iter().map(|&c| (c as f64 - even).powi(2) / even).sum();
         assert!(chi2 < 110.0, "chi-square {chi2}: {counts:?}");
     }
 

@@ -42,15 +42,10 @@ impl Weighted {
         if weights.is_empty() {
             return Weighted::default();
         }
-        let clamped: Vec<u64> = weights
-            .iter()
-            .map(|&w| u64::from(w.clamp(1, MAX_WEIGHT)))
-            .collect();
+        let clamped: Vec<u64> = weights.iter().map(|&w| u64::from(w.clamp(1, MAX_WEIGHT))).collect();
         let g = clamped.iter().copied().fold(0, gcd);
         let reduced: Vec<u64> = clamped.iter().map(|&w| w / g.max(1)).collect();
-        Weighted {
-            seq: smooth_sequence(&reduced).into_boxed_slice(),
-        }
+        Weighted { seq: smooth_sequence(&reduced).into_boxed_slice() }
     }
 
     /// The next instance index, or `None` when built from no instances.
@@ -105,14 +100,8 @@ fn smooth_sequence(weights: &[u64]) -> Vec<u32> {
         // Indices come from a slice whose length the caller bounds far below u32.
         by_weight.entry(w).or_default().push(i as u32);
     }
-    let mut groups: Vec<Group> = by_weight
-        .into_iter()
-        .map(|(weight, members)| Group {
-            weight,
-            members,
-            picks: 0,
-        })
-        .collect();
+    let mut groups: Vec<Group> =
+        by_weight.into_iter().map(|(weight, members)| Group { weight, members, picks: 0 }).collect();
 
     let mut seq = Vec::with_capacity(usize::try_from(total).unwrap_or(0));
     for t in 1..=total {
