@@ -24,6 +24,7 @@ use switchyard::config::Config;
 use switchyard::server::Gateway;
 use switchyard::upstream::SharedTable;
 
+#[allow(unused_imports)] // not every test binary uses it
 pub use backend::Backend;
 
 pub type HttpClient = Client<HttpConnector, Full<Bytes>>;
