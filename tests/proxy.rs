@@ -36,6 +36,8 @@ service = "up"
     let c = client();
     let (status, body) = get(&c, &gw.url("/refused/x")).await;
     assert_eq!(status, 502, "{body}");
+    // Clients never learn a backend's address.
+    assert!(!body.contains(&refused.port().to_string()), "{body}");
     let (status, body) = get(&c, &gw.url("/empty/x")).await;
     assert_eq!(status, 503, "{body}");
     assert!(body.contains("no live instance"), "{body}");
@@ -182,4 +184,22 @@ async fn admin_endpoints() {
     assert_eq!(doc["services"]["viewed"]["live"], 0);
     assert!(doc["version"].as_u64().unwrap() >= 1);
     assert_eq!(admin_get(gw.admin, "/nope").await.0, 404);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refusing_instance_is_skipped() {
+    let up = Backend::start("up").await;
+    let refused = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
+    let gw = TestGateway::start(&http_config("[[listener.route]]\nservice = \"skip\"\n")).await;
+    write_instances(&gw.instances_path(), &[("skip", "a-refused", refused, &[]), ("skip", "b-up", up.addr, &[])]);
+    gw.wait_live("skip", 2).await;
+    let c = client();
+    for _ in 0..30 {
+        // Round-robin sends every other request to the refusing instance first.
+        assert_eq!(get(&c, &gw.url("/")).await, (200, "up".to_string()));
+    }
+    assert_eq!(up.hits(), 30);
+    let text = admin_get(gw.admin, "/metrics").await.1;
+    assert_eq!(metric(&text, r#"switchyard_upstream_errors_total{service="skip",kind="connect"}"#), 15.0);
+    assert_eq!(metric(&text, r#"switchyard_requests_total{service="skip",class="2xx"}"#), 30.0);
 }

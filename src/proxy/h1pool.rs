@@ -64,12 +64,13 @@ impl H1Pool {
 
     /// Sends `req` (origin-form URI) on a pooled connection, or a new one. A
     /// request that a pooled connection could not send (it closed meanwhile) is
-    /// retried on another, since nothing of it reached the instance.
+    /// retried on another, since nothing of it reached the instance. When no
+    /// connection can be made the request comes back untouched, for another instance.
     pub async fn send(
         &self,
         mut req: Request<Incoming>,
         settings: PoolSettings,
-    ) -> Result<Response<Incoming>, H1Error> {
+    ) -> Result<Response<Incoming>, (H1Error, Option<Request<Incoming>>)> {
         while let Some(mut sender) = self.checkout() {
             match sender.try_send_request(req).await {
                 Ok(res) => {
@@ -78,12 +79,15 @@ impl H1Pool {
                 }
                 Err(mut e) => match e.take_message() {
                     Some(unsent) => req = unsent,
-                    None => return Err(H1Error::Request(e.into_error())),
+                    None => return Err((H1Error::Request(e.into_error()), None)),
                 },
             }
         }
-        let mut sender = self.connect(settings).await?;
-        let res = sender.send_request(req).await.map_err(H1Error::Request)?;
+        let mut sender = match self.connect(settings).await {
+            Ok(sender) => sender,
+            Err(e) => return Err((e, Some(req))),
+        };
+        let res = sender.send_request(req).await.map_err(|e| (H1Error::Request(e), None))?;
         self.checkin(sender, settings);
         Ok(res)
     }

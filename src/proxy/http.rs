@@ -21,6 +21,7 @@ use tokio::io::{AsyncRead, AsyncWrite};
 
 use super::client::{Upstreams, Via};
 use super::grpc;
+use super::h1pool::H1Error;
 use super::headers::{add_forwarded, client_value, strip_hop_by_hop};
 use super::respond::{self, ProxyBody};
 use super::route::{request_host, RequestView, Router, Target};
@@ -29,7 +30,7 @@ use super::upgrade::{self, Upgrades};
 use crate::config::{Config, Route};
 use crate::metrics as m;
 use crate::server::ListenerContext;
-use crate::upstream::{Protocol, SharedTable};
+use crate::upstream::{Endpoint, Protocol, SharedTable};
 
 pub struct HttpProxy {
     router: Router,
@@ -125,6 +126,7 @@ impl HttpProxy {
             (_, p) => p,
         };
         let via = self.upstreams.client(&service.name, protocol);
+        let service_name = service.name.clone();
         drop(table);
 
         let path_and_query = path_and_query.unwrap_or_else(|| PathAndQuery::from_static("/"));
@@ -170,14 +172,14 @@ impl HttpProxy {
         };
         add_forwarded(headers, client_ip, self.proto, forwarded_host);
 
-        let _inflight = endpoint.load.start();
         // (is a connect failure, description) on error.
         let result = match via {
             Via::Instance => {
-                let sent = endpoint.pool.send(req, self.upstreams.h1);
-                tokio::time::timeout(timeout, async { sent.await.map_err(|e| (e.is_connect(), e.to_string())) }).await
+                let sent = self.send_to_instances(req, endpoint.clone(), &service_name);
+                tokio::time::timeout(timeout, sent).await.map(|r| r.map_err(|(e, _)| (e.is_connect(), e.to_string())))
             }
             Via::Shared { client, .. } => {
+                let _inflight = endpoint.load.start();
                 let sent = client.request(req);
                 tokio::time::timeout(timeout, async { sent.await.map_err(|e| (e.is_connect(), format!("{e:?}"))) })
                     .await
@@ -211,9 +213,45 @@ impl HttpProxy {
             Err(_) => UpstreamError::Timeout,
         };
         state.stats.error(failure);
-        let res = respond::upstream_error(failure, &endpoint.addr, is_grpc);
+        let res = respond::upstream_error(failure, &service_name, is_grpc);
         state.stats.response(res.status(), start.elapsed().as_secs_f64());
         res
+    }
+}
+
+impl HttpProxy {
+    /// Sends over the instances' own HTTP/1.1 pools. A request whose connection
+    /// could not be made reached no instance, so it goes to another live one
+    /// (each at most once): an instance that stopped before it was deregistered
+    /// costs a retry, not a failed request.
+    async fn send_to_instances(
+        &self,
+        mut req: Request<Incoming>,
+        mut endpoint: Arc<Endpoint>,
+        service: &str,
+    ) -> Result<Response<Incoming>, (H1Error, Arc<Endpoint>)> {
+        let mut failed: Vec<Arc<str>> = Vec::new();
+        loop {
+            let result = {
+                let _inflight = endpoint.load.start();
+                endpoint.pool.send(req, self.upstreams.h1).await
+            };
+            match result {
+                Ok(res) => return Ok(res),
+                Err((e, Some(unsent))) => {
+                    tracing::debug!(id = %endpoint.id, addr = %endpoint.addr, "upstream connect failed, trying another instance: {e}");
+                    failed.push(endpoint.id.clone());
+                    let table = self.table.load();
+                    let Some(service) = table.service(service) else { return Err((e, endpoint)) };
+                    let next = service.live.iter().find(|e| e.protocol == Protocol::Http1 && !failed.contains(&e.id));
+                    let Some(next) = next else { return Err((e, endpoint)) };
+                    // The last failure is counted by the caller; retried ones here.
+                    service.state.stats.error(UpstreamError::Connect);
+                    (req, endpoint) = (unsent, next.clone());
+                }
+                Err((e, None)) => return Err((e, endpoint)),
+            }
+        }
     }
 }
 
