@@ -145,7 +145,7 @@ grpc_service = "test.Echo"
 service = "dead"
 "#;
     let gw = TestGateway::start(&format!("{BASE}{extra}")).await;
-    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
+    let (_reserved, closed) = support::refusing_addr();
     write_instances(
         &gw.instances_path(),
         &[("echo", "e1", backend.addr, &[("protocol", "h2c")]), ("dead", "d1", closed, &[("protocol", "h2c")])],

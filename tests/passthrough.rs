@@ -4,7 +4,6 @@
 
 mod support;
 
-use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
@@ -144,7 +143,7 @@ async fn garbage_is_closed_and_counted_and_the_gateway_keeps_serving() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_route_without_a_reachable_instance_closes_the_client() {
     let s = setup("sni-down").await;
-    let dead: SocketAddr = support::l4::refusing_addr().await;
+    let (_reserved, dead) = support::refusing_addr();
     write_instances(&s.gw.instances_path(), &[("svc-a", "a1", dead, &[]), ("svc-b", "b1", s.b.addr, &[])]);
     support::wait_until(Duration::from_secs(10), || {
         s.gw.table

@@ -15,7 +15,7 @@ use support::{
 async fn status_mapping() {
     let up = Backend::start("up").await;
     // A port with nothing listening: connections are refused.
-    let refused = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
+    let (_reserved, refused) = support::refusing_addr();
     let gw = TestGateway::start(&http_config(
         r#"
 [[listener.route]]
@@ -189,7 +189,7 @@ async fn admin_endpoints() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_refusing_instance_is_skipped() {
     let up = Backend::start("up").await;
-    let refused = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
+    let (_reserved, refused) = support::refusing_addr();
     let gw = TestGateway::start(&http_config("[[listener.route]]\nservice = \"skip\"\n")).await;
     write_instances(&gw.instances_path(), &[("skip", "a-refused", refused, &[]), ("skip", "b-up", up.addr, &[])]);
     gw.wait_live("skip", 2).await;

@@ -9,7 +9,8 @@ use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-use support::l4::{refusing_addr, round_trip, EchoServer};
+use support::l4::{round_trip, EchoServer};
+use support::refusing_addr;
 use support::{admin_get, metric, write_instances, TestGateway};
 
 /// A gateway with one tcp listener called `name` for service "db".
@@ -156,7 +157,7 @@ async fn hash_on_client_ip_keeps_a_client_on_one_backend() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_backend_that_refuses_connections_is_skipped() {
     let live = [EchoServer::start().await, EchoServer::start().await];
-    let dead = refusing_addr().await;
+    let (_reserved, dead) = refusing_addr();
     let gw = gateway("skip", "", &[("a", live[0].addr), ("b", dead), ("c", live[1].addr)]).await;
     for i in 0..30 {
         let mut s = connect(&gw).await;
@@ -172,7 +173,7 @@ async fn a_backend_that_refuses_connections_is_skipped() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn without_a_reachable_instance_the_client_is_closed() {
-    let dead = refusing_addr().await;
+    let (_reserved, dead) = refusing_addr();
     let gw = gateway("none", "", &[("a", dead)]).await;
     let mut s = connect(&gw).await;
     let mut buf = [0u8; 16];

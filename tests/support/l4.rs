@@ -67,12 +67,6 @@ impl Drop for EchoServer {
     }
 }
 
-/// An address on 127.0.0.1 where nothing listens: connects are refused.
-pub async fn refusing_addr() -> SocketAddr {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    listener.local_addr().unwrap()
-}
-
 /// Sends `msg` and reads the same number of bytes back, within five seconds.
 pub async fn round_trip<S: AsyncRead + AsyncWrite + Unpin>(stream: &mut S, msg: &[u8]) -> Vec<u8> {
     let fut = async {
