@@ -5,6 +5,8 @@
 
 mod support;
 
+use support::FILE_DISCOVERY;
+
 use std::collections::HashMap;
 use std::time::Duration;
 
@@ -196,13 +198,7 @@ async fn grpc_over_tls_with_alpn_h2() {
     let site = ca.issue(dir.path(), "site", &["grpc.test"]);
     let backends = [GrpcBackend::start("b1").await, GrpcBackend::start("b2").await];
     let config = format!(
-        r#"[admin]
-listen = "127.0.0.1:0"
-[discovery]
-source = "file"
-path = "{{instances}}"
-poll_interval = "20ms"
-[[listener]]
+        r#"{FILE_DISCOVERY}[[listener]]
 name = "grpcs"
 protocol = "https"
 listen = "127.0.0.1:0"

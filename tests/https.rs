@@ -5,6 +5,8 @@
 
 mod support;
 
+use support::FILE_DISCOVERY;
+
 use std::time::{Duration, Instant};
 
 use http_body_util::{BodyExt, Full};
@@ -18,13 +20,7 @@ use support::{admin_get, metric, write_instances, Backend, TestGateway};
 /// An https listener named `name` with `certs` (the first is the default), routing everything to "app".
 fn config(name: &str, certs: &[(&Pair, &[&str])]) -> String {
     let mut text = format!(
-        r#"[admin]
-listen = "127.0.0.1:0"
-[discovery]
-source = "file"
-path = "{{instances}}"
-poll_interval = "20ms"
-[[listener]]
+        r#"{FILE_DISCOVERY}[[listener]]
 name = "{name}"
 protocol = "https"
 listen = "127.0.0.1:0"

@@ -4,6 +4,8 @@
 
 mod support;
 
+use support::FILE_DISCOVERY;
+
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
@@ -26,13 +28,7 @@ async fn setup(listener: &str) -> Setup {
     let a = TlsNameServer::start(&ca, "a.example.com").await;
     let b = TlsNameServer::start(&ca, "b.example.org").await;
     let gw = TestGateway::start(&format!(
-        r#"[admin]
-listen = "127.0.0.1:0"
-[discovery]
-source = "file"
-path = "{{instances}}"
-poll_interval = "20ms"
-[timeouts]
+        r#"{FILE_DISCOVERY}[timeouts]
 connect = "1s"
 header_read = "2s"
 shutdown_grace = "1s"

@@ -3,6 +3,8 @@
 
 mod support;
 
+use support::FILE_DISCOVERY;
+
 use std::net::SocketAddr;
 use std::time::Duration;
 
@@ -16,13 +18,7 @@ use support::{admin_get, metric, write_instances, TestGateway};
 /// A gateway with one tcp listener called `name` for service "db".
 fn config(name: &str, balance: &str, extra_timeouts: &str) -> String {
     format!(
-        r#"[admin]
-listen = "127.0.0.1:0"
-[discovery]
-source = "file"
-path = "{{instances}}"
-poll_interval = "20ms"
-[timeouts]
+        r#"{FILE_DISCOVERY}[timeouts]
 connect = "1s"
 shutdown_grace = "1s"
 {extra_timeouts}

@@ -5,6 +5,8 @@
 
 mod support;
 
+use support::FILE_DISCOVERY;
+
 use std::net::SocketAddr;
 use std::time::Duration;
 
@@ -43,13 +45,7 @@ async fn echo_server() -> SocketAddr {
 
 fn config(listener: &str) -> String {
     format!(
-        r#"[admin]
-listen = "127.0.0.1:0"
-[discovery]
-source = "file"
-path = "{{instances}}"
-poll_interval = "20ms"
-[[listener]]
+        r#"{FILE_DISCOVERY}[[listener]]
 name = "{listener}"
 protocol = "http"
 listen = "127.0.0.1:0"

@@ -73,17 +73,21 @@ pub fn write_instances(path: &Path, instances: &[(&str, &str, SocketAddr, &[(&st
     std::fs::rename(&tmp, path).unwrap();
 }
 
+/// The head of every test config: admin on port 0, file discovery from the
+/// gateway's temp dir (`{instances}`), polled every 20 ms.
+pub const FILE_DISCOVERY: &str = r#"[admin]
+listen = "127.0.0.1:0"
+[discovery]
+source = "file"
+path = "{instances}"
+poll_interval = "20ms"
+"#;
+
 /// A config for [`TestGateway::start`]: admin and listener "web" on port 0, file
 /// discovery polling every 20 ms; `extra` is appended (routes for "web", services).
 pub fn http_config(extra: &str) -> String {
     format!(
-        r#"[admin]
-listen = "127.0.0.1:0"
-[discovery]
-source = "file"
-path = "{{instances}}"
-poll_interval = "20ms"
-[timeouts]
+        r#"{FILE_DISCOVERY}[timeouts]
 request = "2s"
 connect = "1s"
 [[listener]]
