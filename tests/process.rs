@@ -83,6 +83,20 @@ service = "s"
     )
 }
 
+/// Reads a body to its end, sampling the gateway's RSS every 8 MiB into `peak`; returns the byte count.
+async fn read_sampling_rss(mut body: hyper::body::Incoming, gw: &GatewayProcess, peak: &mut u64) -> usize {
+    let mut got = 0usize;
+    while let Some(frame) = body.frame().await {
+        if let Ok(data) = frame.unwrap().into_data() {
+            got += data.len();
+            if got % (8 << 20) < data.len() {
+                *peak = (*peak).max(gw.rss_kib());
+            }
+        }
+    }
+    got
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn streams_100mb_each_way_in_bounded_memory() {
     const SIZE: usize = 100 * 1024 * 1024;
@@ -104,17 +118,8 @@ async fn streams_100mb_each_way_in_bounded_memory() {
         .await
         .unwrap();
     assert_eq!(res.status(), 200);
-    let mut body = res.into_body();
-    let (mut got, mut peak) = (0usize, 0u64);
-    while let Some(frame) = body.frame().await {
-        if let Ok(data) = frame.unwrap().into_data() {
-            got += data.len();
-            if got % (8 << 20) < data.len() {
-                peak = peak.max(gw.rss_kib());
-            }
-        }
-    }
-    assert_eq!(got, SIZE);
+    let mut peak = 0u64;
+    assert_eq!(read_sampling_rss(res.into_body(), &gw, &mut peak).await, SIZE);
 
     // Upload: 100 MB streamed to /echo, which streams it back.
     let chunk = Bytes::from(vec![b'u'; 256 * 1024]);
@@ -125,17 +130,7 @@ async fn streams_100mb_each_way_in_bounded_memory() {
     let req = http::Request::post(format!("http://127.0.0.1:{port}/echo")).body(StreamBody::new(stream)).unwrap();
     let res = raw.request(req).await.unwrap();
     assert_eq!(res.status(), 200);
-    let mut body = res.into_body();
-    let mut echoed = 0usize;
-    while let Some(frame) = body.frame().await {
-        if let Ok(data) = frame.unwrap().into_data() {
-            echoed += data.len();
-            if echoed % (8 << 20) < data.len() {
-                peak = peak.max(gw.rss_kib());
-            }
-        }
-    }
-    assert_eq!(echoed, SIZE);
+    assert_eq!(read_sampling_rss(res.into_body(), &gw, &mut peak).await, SIZE);
     peak = peak.max(gw.rss_kib());
     assert!(peak < 64 * 1024, "gateway RSS peaked at {peak} KiB");
 }
