@@ -203,3 +203,33 @@ async fn a_refusing_instance_is_skipped() {
     assert_eq!(metric(&text, r#"switchyard_upstream_errors_total{service="skip",kind="connect"}"#), 15.0);
     assert_eq!(metric(&text, r#"switchyard_requests_total{service="skip",class="2xx"}"#), 30.0);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn garbage_gets_400_and_is_counted() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let b = Backend::start("g").await;
+    let gw = TestGateway::start(&http_config("[[listener.route]]\nservice = \"garbage\"\n")).await;
+    write_instances(&gw.instances_path(), &[("garbage", "1", b.addr, &[])]);
+    gw.wait_live("garbage", 1).await;
+    let series = r#"switchyard_bad_requests_total{listener="web",reason="malformed_request"}"#;
+    let before = metric(&admin_get(gw.admin, "/metrics").await.1, series);
+    for junk in [
+        &b"\x16\x03\x01\x02\x00 not http\r\n\r\n"[..],
+        b"GET / HTTP/9.9\r\n\r\n",
+        b"GET /\x01 HTTP/1.1\r\nhost: x\r\n\r\n",
+    ] {
+        let mut s = tokio::net::TcpStream::connect(gw.addr).await.unwrap();
+        s.write_all(junk).await.unwrap();
+        let mut out = Vec::new();
+        tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut out)).await.unwrap().unwrap();
+        let text = String::from_utf8_lossy(&out);
+        assert!(text.starts_with("HTTP/1.1 400"), "{junk:?} -> {text:?}");
+    }
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while metric(&admin_get(gw.admin, "/metrics").await.1, series) < before + 3.0 {
+        assert!(std::time::Instant::now() < deadline, "malformed requests not counted");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // The gateway still serves.
+    assert_eq!(get(&client(), &gw.url("/")).await, (200, "g".to_string()));
+}

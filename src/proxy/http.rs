@@ -40,6 +40,10 @@ pub struct HttpProxy {
     /// `http` or `https`, for `X-Forwarded-Proto`.
     proto: &'static str,
     refused_absolute: metrics::Counter,
+    /// Client connections that sent something that is not HTTP, or too large a head.
+    malformed: metrics::Counter,
+    /// Client connections that did not send a request head within `timeouts.header_read`.
+    head_timeout: metrics::Counter,
     upgrades: Upgrades,
 }
 
@@ -58,6 +62,8 @@ impl HttpProxy {
             request_timeout: config.timeouts.request,
             proto: if tls { "https" } else { "http" },
             refused_absolute: metrics::counter!(m::BAD_REQUESTS, "listener" => listener.to_string(), "reason" => "absolute_form_foreign_host"),
+            malformed: metrics::counter!(m::BAD_REQUESTS, "listener" => listener.to_string(), "reason" => "malformed_request"),
+            head_timeout: metrics::counter!(m::BAD_REQUESTS, "listener" => listener.to_string(), "reason" => "header_timeout"),
             upgrades: Upgrades::new(listener, ctx.tracker.clone(), ctx.hard_stop.clone()),
         }
     }
@@ -275,6 +281,7 @@ pub fn spawn_connection<IO>(
     IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let client_ip = client_value(peer.ip());
+    let counted = proxy.clone();
     let service = hyper::service::service_fn(move |req| {
         let proxy = proxy.clone();
         let client_ip = client_ip.clone();
@@ -284,6 +291,12 @@ pub fn spawn_connection<IO>(
     let conn = graceful.watch(conn);
     tokio::spawn(async move {
         if let Err(e) = conn.await {
+            // hyper has answered 400/431/408 where it could; the input came from outside, so count it.
+            match e.downcast_ref::<hyper::Error>() {
+                Some(he) if he.is_parse() || he.is_parse_too_large() => counted.malformed.increment(1),
+                Some(he) if he.is_timeout() => counted.head_timeout.increment(1),
+                _ => {}
+            }
             tracing::debug!(%peer, "client connection ended with error: {e}");
         }
         on_close();
