@@ -1,10 +1,10 @@
-//! Pooled upstream clients, shared by every listener and keyed by instance
-//! address inside each pool (plain HTTP/1.1 instances use their own pool in
-//! `h1pool` instead, reached through the endpoint): h2c in plain text; HTTPS and h2 over
-//! TLS trusting the system bundle (instances whose metadata says `https`/`h2`);
-//! and, per service with `upstream_tls`, an HTTPS and an h2 pool with that
-//! service's CA, server name and client certificate. Such a service's instances
-//! always use TLS, whatever their metadata.
+//! How a request reaches its instance. Plain-text instances (HTTP/1.1 and h2c)
+//! use their own pool, `instance_pool`, reached through the picked endpoint. TLS
+//! instances use pooled clients shared by every listener and keyed by instance
+//! address inside each pool: HTTPS and h2 trusting the system bundle (instances
+//! whose metadata says `https`/`h2`), and, per service with `upstream_tls`, an
+//! HTTPS and an h2 pool with that service's CA, server name and client
+//! certificate. Such a service's instances always use TLS, whatever their metadata.
 
 use std::collections::HashMap;
 use std::time::Duration;
@@ -14,7 +14,7 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 
-use super::h1pool::PoolSettings;
+use super::instance_pool::PoolSettings;
 use super::upstream_tls::{TlsSettings, UpstreamConnector, ALPN_H2, ALPN_HTTP1};
 use crate::config::{ClientTls, Config};
 use crate::upstream::Protocol;
@@ -26,8 +26,8 @@ const POOL_IDLE: Duration = Duration::from_secs(90);
 
 /// How a request reaches its instance.
 pub enum Via<'a> {
-    /// Plain HTTP/1.1: the pool that lives with the endpoint (`Endpoint::pool`).
-    Instance,
+    /// Plain HTTP/1.1 or h2c: the pool that lives with the endpoint (`Endpoint::pool`).
+    Instance { h2: bool },
     /// A pool shared by instances, keyed by address inside it.
     Shared { client: &'a HttpClient, tls: bool },
 }
@@ -49,9 +49,8 @@ impl Pair {
 }
 
 pub struct Upstreams {
-    /// Settings of the per-instance HTTP/1.1 pools (`h1pool`).
-    pub h1: PoolSettings,
-    h2c: HttpClient,
+    /// Settings of the per-instance pools (`instance_pool`).
+    pub instance_pools: PoolSettings,
     tls: Pair,
     /// Services with their own `upstream_tls`. Usually empty: the lookup is then skipped.
     services: HashMap<Box<str>, Pair>,
@@ -97,11 +96,10 @@ impl Upstreams {
             .filter_map(|s| Some((s.name.as_str().into(), pair(Some(s.upstream_tls.as_ref()?), true))))
             .collect();
         Upstreams {
-            h1: PoolSettings {
+            instance_pools: PoolSettings {
                 connect_timeout: config.timeouts.connect,
                 max_idle: config.limits.upstream_idle_per_host,
             },
-            h2c: pair(None, false).h2,
             tls: pair(None, true),
             services,
         }
@@ -116,8 +114,8 @@ impl Upstreams {
             }
         }
         match protocol {
-            Protocol::Http1 => Via::Instance,
-            Protocol::H2c => Via::Shared { client: &self.h2c, tls: false },
+            Protocol::Http1 => Via::Instance { h2: false },
+            Protocol::H2c => Via::Instance { h2: true },
             Protocol::Https | Protocol::H2 => Via::Shared { client: self.tls.get(protocol.is_h2()), tls: true },
         }
     }

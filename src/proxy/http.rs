@@ -21,8 +21,8 @@ use tokio::io::{AsyncRead, AsyncWrite};
 
 use super::client::{Upstreams, Via};
 use super::grpc;
-use super::h1pool::H1Error;
 use super::headers::{add_forwarded, client_value, strip_hop_by_hop};
+use super::instance_pool::PoolError;
 use super::respond::{self, ProxyBody};
 use super::route::{request_host, RequestView, Router, Target};
 use super::stats::UpstreamError;
@@ -138,8 +138,9 @@ impl HttpProxy {
         let path_and_query = path_and_query.unwrap_or_else(|| PathAndQuery::from_static("/"));
         let uri = match via {
             // The instance's own HTTP/1.1 connection takes the origin form.
-            Via::Instance => Uri::from(path_and_query),
-            Via::Shared { tls, .. } => {
+            Via::Instance { h2: false } => Uri::from(path_and_query),
+            Via::Instance { h2: true } | Via::Shared { .. } => {
+                let tls = matches!(via, Via::Shared { tls: true, .. });
                 let mut parts = http::uri::Parts::default();
                 parts.scheme = Some(if tls { Scheme::HTTPS } else { Scheme::HTTP });
                 parts.authority = Some(endpoint.authority.clone());
@@ -180,8 +181,8 @@ impl HttpProxy {
 
         // (is a connect failure, description) on error.
         let result = match via {
-            Via::Instance => {
-                let sent = self.send_to_instances(req, endpoint.clone(), &service_name);
+            Via::Instance { h2 } => {
+                let sent = self.send_to_instances(req, endpoint.clone(), &service_name, h2);
                 tokio::time::timeout(timeout, sent).await.map(|r| r.map_err(|(e, _)| (e.is_connect(), e.to_string())))
             }
             Via::Shared { client, .. } => {
@@ -226,21 +227,26 @@ impl HttpProxy {
 }
 
 impl HttpProxy {
-    /// Sends over the instances' own HTTP/1.1 pools. A request whose connection
-    /// could not be made reached no instance, so it goes to another live one
-    /// (each at most once): an instance that stopped before it was deregistered
-    /// costs a retry, not a failed request.
+    /// Sends over the instances' own pools (HTTP/1.1, or h2c when `h2`). A
+    /// request that no connection could carry reached no instance, so it goes to
+    /// another live one of the same protocol (each at most once): an instance that
+    /// stopped before it was deregistered costs a retry, not a failed request.
     async fn send_to_instances(
         &self,
         mut req: Request<Incoming>,
         mut endpoint: Arc<Endpoint>,
         service: &str,
-    ) -> Result<Response<Incoming>, (H1Error, Arc<Endpoint>)> {
+        h2: bool,
+    ) -> Result<Response<Incoming>, (PoolError, Arc<Endpoint>)> {
         let mut failed: Vec<Arc<str>> = Vec::new();
         loop {
             let result = {
                 let _inflight = endpoint.load.start();
-                endpoint.pool.send(req, self.upstreams.h1).await
+                if h2 {
+                    endpoint.pool.send_h2(req, self.upstreams.instance_pools).await
+                } else {
+                    endpoint.pool.send(req, self.upstreams.instance_pools).await
+                }
             };
             match result {
                 Ok(res) => return Ok(res),
@@ -249,7 +255,7 @@ impl HttpProxy {
                     failed.push(endpoint.id.clone());
                     let table = self.table.load();
                     let Some(service) = table.service(service) else { return Err((e, endpoint)) };
-                    let next = service.live.iter().find(|e| e.protocol == Protocol::Http1 && !failed.contains(&e.id));
+                    let next = service.live.iter().find(|e| e.protocol == endpoint.protocol && !failed.contains(&e.id));
                     let Some(next) = next else { return Err((e, endpoint)) };
                     // The last failure is counted by the caller; retried ones here.
                     service.state.stats.error(UpstreamError::Connect);

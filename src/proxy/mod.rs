@@ -3,9 +3,9 @@
 
 pub mod client;
 pub mod grpc;
-pub mod h1pool;
 pub mod headers;
 pub mod http;
+pub mod instance_pool;
 pub mod passthrough;
 pub mod respond;
 pub mod route;

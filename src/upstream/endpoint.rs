@@ -9,7 +9,7 @@ use std::sync::Arc;
 use http::uri::Authority;
 
 use crate::discovery::Instance;
-use crate::proxy::h1pool::H1Pool;
+use crate::proxy::instance_pool::InstancePool;
 
 pub const DEFAULT_WEIGHT: u32 = 1;
 pub const MAX_WEIGHT: u32 = 1000;
@@ -81,7 +81,7 @@ pub struct Endpoint {
     pub metadata: BTreeMap<String, String>,
     pub load: Arc<Load>,
     /// Keep-alive HTTP/1.1 connections to `addr` (plain-text instances).
-    pub pool: Arc<H1Pool>,
+    pub pool: Arc<InstancePool>,
 }
 
 /// A metadata value that was present but meant nothing; the instance is still used.
@@ -97,7 +97,7 @@ impl Endpoint {
     pub fn from_instance(
         instance: &Instance,
         load: Arc<Load>,
-        pool: Arc<H1Pool>,
+        pool: Arc<InstancePool>,
     ) -> Result<(Endpoint, Vec<MetadataWarning>), String> {
         let authority: Authority = instance.addr.parse().map_err(|e| format!("addr {:?}: {e}", instance.addr))?;
         let mut warnings = Vec::new();
@@ -167,7 +167,7 @@ mod tests {
         let (e, w) = Endpoint::from_instance(
             &instance(&[("weight", "7"), ("status", "draining"), ("protocol", "h2c"), ("zone", "a")]),
             Default::default(),
-            Arc::new(H1Pool::new("127.0.0.1:80")),
+            Arc::new(InstancePool::new("127.0.0.1:80")),
         )
         .unwrap();
         assert!(w.is_empty());
@@ -182,7 +182,7 @@ mod tests {
         let (e, w) = Endpoint::from_instance(
             &instance(&[("weight", "0"), ("status", "sleepy"), ("protocol", "smtp")]),
             Default::default(),
-            Arc::new(H1Pool::new("127.0.0.1:80")),
+            Arc::new(InstancePool::new("127.0.0.1:80")),
         )
         .unwrap();
         assert_eq!((e.weight, e.status, e.protocol), (1, Status::Up, Protocol::Http1));
@@ -190,7 +190,7 @@ mod tests {
         let (e, w) = Endpoint::from_instance(
             &instance(&[("weight", "1001")]),
             Default::default(),
-            Arc::new(H1Pool::new("127.0.0.1:80")),
+            Arc::new(InstancePool::new("127.0.0.1:80")),
         )
         .unwrap();
         assert_eq!((e.weight, w.len()), (1, 1));

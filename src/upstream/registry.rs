@@ -9,7 +9,7 @@ use std::sync::Arc;
 use super::endpoint::{Endpoint, Load};
 use super::table::{Service, ServiceState, Table};
 use crate::discovery::{Change, Instance, Update};
-use crate::proxy::h1pool::H1Pool;
+use crate::proxy::instance_pool::InstancePool;
 
 #[derive(Debug, Default)]
 pub struct Registry {
@@ -30,7 +30,7 @@ pub struct Registry {
 #[derive(Debug)]
 struct Carried {
     load: Arc<Load>,
-    pool: Arc<H1Pool>,
+    pool: Arc<InstancePool>,
 }
 
 /// The result of a build: the table, the services that were rebuilt for it
@@ -123,10 +123,10 @@ impl Registry {
         for (id, instance) in instances {
             let c = carried
                 .entry(id.clone())
-                .or_insert_with(|| Carried { load: Arc::default(), pool: Arc::new(H1Pool::new(&instance.addr)) });
+                .or_insert_with(|| Carried { load: Arc::default(), pool: Arc::new(InstancePool::new(&instance.addr)) });
             // A new address for the same id: its old connections go to the wrong place.
             if c.pool.addr() != instance.addr {
-                c.pool = Arc::new(H1Pool::new(&instance.addr));
+                c.pool = Arc::new(InstancePool::new(&instance.addr));
             }
             match Endpoint::from_instance(instance, c.load.clone(), c.pool.clone()) {
                 Ok((endpoint, problems)) => {
