@@ -60,8 +60,14 @@ balance = "rr"
     assert!(String::from_utf8_lossy(&missing.stderr).contains("cannot read /nonexistent.toml"));
 }
 
-fn process_config(port: u16, admin: u16, instances: &std::path::Path, extra: &str) -> String {
-    format!(
+/// The real binary on fixed free ports, routing everything to `backend` (service
+/// "s") from an instances file in the returned temp dir; returns its HTTP port.
+async fn gateway_process(backend: &Backend) -> (GatewayProcess, u16, tempfile::TempDir) {
+    let dir = tempfile::tempdir().unwrap();
+    let instances = dir.path().join("instances.toml");
+    write_instances(&instances, &[("s", "1", backend.addr, &[])]);
+    let (port, admin) = (free_port(), free_port());
+    let config = format!(
         r#"[runtime]
 workers = 2
 [admin]
@@ -71,7 +77,6 @@ path = "{}"
 poll_interval = "50ms"
 [timeouts]
 shutdown_grace = "10s"
-{extra}
 [[listener]]
 name = "web"
 protocol = "http"
@@ -80,7 +85,9 @@ listen = "127.0.0.1:{port}"
 service = "s"
 "#,
         instances.display()
-    )
+    );
+    let gw = GatewayProcess::start(&config, format!("127.0.0.1:{admin}").parse().unwrap()).await;
+    (gw, port, dir)
 }
 
 /// Reads a body to its end, sampling the gateway's RSS every 8 MiB into `peak`; returns the byte count.
@@ -101,15 +108,7 @@ async fn read_sampling_rss(mut body: hyper::body::Incoming, gw: &GatewayProcess,
 async fn streams_100mb_each_way_in_bounded_memory() {
     const SIZE: usize = 100 * 1024 * 1024;
     let b = Backend::start("big").await;
-    let dir = tempfile::tempdir().unwrap();
-    let instances = dir.path().join("instances.toml");
-    write_instances(&instances, &[("s", "1", b.addr, &[])]);
-    let (port, admin) = (free_port(), free_port());
-    let gw = GatewayProcess::start(
-        &process_config(port, admin, &instances, ""),
-        format!("127.0.0.1:{admin}").parse().unwrap(),
-    )
-    .await;
+    let (gw, port, _dir) = gateway_process(&b).await;
     let c = support::client();
 
     // Download: the backend streams 100 MB.
@@ -138,15 +137,7 @@ async fn streams_100mb_each_way_in_bounded_memory() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_lets_a_slow_request_finish() {
     let b = Backend::start("slow").await;
-    let dir = tempfile::tempdir().unwrap();
-    let instances = dir.path().join("instances.toml");
-    write_instances(&instances, &[("s", "1", b.addr, &[])]);
-    let (port, admin) = (free_port(), free_port());
-    let gw = GatewayProcess::start(
-        &process_config(port, admin, &instances, ""),
-        format!("127.0.0.1:{admin}").parse().unwrap(),
-    )
-    .await;
+    let (gw, port, _dir) = gateway_process(&b).await;
     let slow = tokio::spawn(support::get_owned(format!("http://127.0.0.1:{port}/slow/1500")));
     tokio::time::sleep(Duration::from_millis(300)).await;
     let sent = Instant::now();

@@ -28,8 +28,8 @@ const POOL_IDLE: Duration = Duration::from_secs(90);
 pub enum Via<'a> {
     /// Plain HTTP/1.1 or h2c: the pool that lives with the endpoint (`Endpoint::pool`).
     Instance { h2: bool },
-    /// A pool shared by instances, keyed by address inside it.
-    Shared { client: &'a HttpClient, tls: bool },
+    /// A TLS pool shared by instances, keyed by address inside it.
+    Shared(&'a HttpClient),
 }
 
 /// An HTTP/1.1 pool and an HTTP/2 pool with the same transport.
@@ -62,11 +62,8 @@ impl Upstreams {
         connector.set_nodelay(true);
         connector.set_connect_timeout(Some(config.timeouts.connect));
         connector.set_keepalive(Some(Duration::from_secs(60)));
-        let pair = |tls: Option<&ClientTls>, with_tls: bool| {
+        let pair = |tls: Option<&ClientTls>| {
             let settings = |alpn| {
-                if !with_tls {
-                    return None;
-                }
                 match TlsSettings::new(tls, alpn) {
                     Ok(s) => Some(s),
                     Err(e) => {
@@ -93,30 +90,29 @@ impl Upstreams {
         let services = config
             .services
             .iter()
-            .filter_map(|s| Some((s.name.as_str().into(), pair(Some(s.upstream_tls.as_ref()?), true))))
+            .filter_map(|s| Some((s.name.as_str().into(), pair(Some(s.upstream_tls.as_ref()?)))))
             .collect();
         Upstreams {
             instance_pools: PoolSettings {
                 connect_timeout: config.timeouts.connect,
                 max_idle: config.limits.upstream_idle_per_host,
             },
-            tls: pair(None, true),
+            tls: pair(None),
             services,
         }
     }
 
-    /// Where one request goes: the instance's own HTTP/1.1 pool, or a shared
-    /// pool (and whether it speaks TLS).
+    /// Where one request goes: the instance's own pool (plain text), or a shared TLS pool.
     pub fn client(&self, service: &str, protocol: Protocol) -> Via<'_> {
         if !self.services.is_empty() {
             if let Some(pair) = self.services.get(service) {
-                return Via::Shared { client: pair.get(protocol.is_h2()), tls: true };
+                return Via::Shared(pair.get(protocol.is_h2()));
             }
         }
         match protocol {
             Protocol::Http1 => Via::Instance { h2: false },
             Protocol::H2c => Via::Instance { h2: true },
-            Protocol::Https | Protocol::H2 => Via::Shared { client: self.tls.get(protocol.is_h2()), tls: true },
+            Protocol::Https | Protocol::H2 => Via::Shared(self.tls.get(protocol.is_h2())),
         }
     }
 }

@@ -139,8 +139,8 @@ impl HttpProxy {
         let uri = match via {
             // The instance's own HTTP/1.1 connection takes the origin form.
             Via::Instance { h2: false } => Uri::from(path_and_query),
-            Via::Instance { h2: true } | Via::Shared { .. } => {
-                let tls = matches!(via, Via::Shared { tls: true, .. });
+            Via::Instance { h2: true } | Via::Shared(_) => {
+                let tls = matches!(via, Via::Shared(_));
                 let mut parts = http::uri::Parts::default();
                 parts.scheme = Some(if tls { Scheme::HTTPS } else { Scheme::HTTP });
                 parts.authority = Some(endpoint.authority.clone());
@@ -185,7 +185,7 @@ impl HttpProxy {
                 let sent = self.send_to_instances(req, endpoint.clone(), &service_name, h2);
                 tokio::time::timeout(timeout, sent).await.map(|r| r.map_err(|(e, _)| (e.is_connect(), e.to_string())))
             }
-            Via::Shared { client, .. } => {
+            Via::Shared(client) => {
                 let _inflight = endpoint.load.start();
                 let sent = client.request(req);
                 tokio::time::timeout(timeout, async { sent.await.map_err(|e| (e.is_connect(), format!("{e:?}"))) })
