@@ -148,8 +148,7 @@ write_switchyard_conf() { # SCENARIO FILE
   done
   if [[ $scenario == grpc ]]; then route='grpc_service = "bench.Echo"'; else route='path_prefix = "/"'; fi
   {
-    printf '[runtime]\nworkers = %s\n[admin]\nlisten = "127.0.0.1:%s"\n' "$WORKERS" "$SY_ADMIN"
-    printf '[discovery]\nsource = "file"\npath = "%s/instances.toml"\n' "$dir"
+    switchyard_conf_head "$dir/instances.toml" "$SY_ADMIN"
     printf '[[listener]]\nname = "h2"\nprotocol = "http"\nlisten = "127.0.0.1:%s"\n' "$SY_PORT"
     printf '[[listener.route]]\n%s\nservice = "up"\nbalance = "round_robin"\n' "$route"
   } >"$file"

@@ -153,17 +153,9 @@ write_switchyard_conf() {
   dir="$(dirname "$file")"
   # shellcheck disable=SC2046
   write_instances_file "$dir/instances.toml" bench $(backend_addrs)
-  cat >"$file" <<EOF
-[runtime]
-workers = $WORKERS
-
-[admin]
-listen = "127.0.0.1:$SWITCHYARD_ADMIN_PORT"
-
-[discovery]
-source = "file"
-path = "$dir/instances.toml"
-
+  {
+    switchyard_conf_head "$dir/instances.toml" "$SWITCHYARD_ADMIN_PORT"
+    cat <<EOF
 [[listener]]
 name = "web"
 protocol = "http"
@@ -174,6 +166,7 @@ path_prefix = "/"
 service = "bench"
 balance = "round_robin"
 EOF
+  } >"$file"
 }
 
 # ---- one proxy: start, sanity-check, measure, stop -----------------------------------

@@ -24,6 +24,7 @@
 #   start_switchyard NAME CONF PORT ADMIN_PORT
 #                                          switchyard run --config CONF, waits for /readyz
 #   ensure_switchyard                      resolves $SWITCHYARD, builds it if missing
+#   switchyard_conf_head INSTANCES PORT    [runtime]/[admin]/[discovery] of a switchyard config
 #   nginx_temp_paths PREFIX                temp-path directives confined to PREFIX
 #   write_backends_conf FILE PORT...       nginx config: one `return 200 "backend-N\n"`
 #                                          server per port (HTTP/1.1, keep-alive)
@@ -205,6 +206,13 @@ wait_for_http() {
   done
   warn "$url not ready within ${secs}s"
   return 1
+}
+
+# switchyard_conf_head INSTANCES_FILE ADMIN_PORT — the [runtime] (workers = $WORKERS),
+# [admin] and file-[discovery] sections of a switchyard bench config, on stdout.
+switchyard_conf_head() {
+  printf '[runtime]\nworkers = %s\n\n[admin]\nlisten = "127.0.0.1:%s"\n\n[discovery]\nsource = "file"\npath = "%s"\n\n' \
+    "$WORKERS" "$2" "$1"
 }
 
 # nginx_temp_paths PREFIX — Debian's nginx has absolute temp paths under /var/lib/nginx;

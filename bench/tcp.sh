@@ -122,23 +122,16 @@ write_switchyard_conf() {
   local file=$1 dir
   dir="$(dirname "$file")"
   write_instances_file "$dir/instances.toml" iperf "127.0.0.1:$BACKEND_PORT"
-  cat >"$file" <<EOF
-[runtime]
-workers = $WORKERS
-
-[admin]
-listen = "127.0.0.1:$SWITCHYARD_ADMIN_PORT"
-
-[discovery]
-source = "file"
-path = "$dir/instances.toml"
-
+  {
+    switchyard_conf_head "$dir/instances.toml" "$SWITCHYARD_ADMIN_PORT"
+    cat <<EOF
 [[listener]]
 name = "l4"
 protocol = "tcp"
 listen = "127.0.0.1:$SWITCHYARD_PORT"
 service = "iperf"
 EOF
+  } >"$file"
 }
 
 # ---- measuring ---------------------------------------------------------------------
