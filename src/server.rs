@@ -126,9 +126,22 @@ impl Gateway {
         shutdown.cancelled().await;
         tracing::info!(grace = ?config.timeouts.shutdown_grace, "shutting down: no new connections, draining in-flight requests");
         while accept_loops.join_next().await.is_some() {}
-        let graceful = Arc::try_unwrap(graceful).unwrap_or_else(|_| GracefulShutdown::new());
         tracker.close();
-        let drained = async { tokio::join!(graceful.shutdown(), tracker.wait()) };
+        let drained = async {
+            // TLS handshake tasks hold a reference until they see the shutdown; wait for
+            // them instead of draining a fresh GracefulShutdown that watches nothing.
+            let mut graceful = graceful;
+            let graceful = loop {
+                match Arc::try_unwrap(graceful) {
+                    Ok(g) => break g,
+                    Err(shared) => {
+                        graceful = shared;
+                        tokio::time::sleep(Duration::from_millis(5)).await;
+                    }
+                }
+            };
+            tokio::join!(graceful.shutdown(), tracker.wait())
+        };
         if tokio::time::timeout(config.timeouts.shutdown_grace, drained).await.is_err() {
             tracing::warn!("shutdown grace period over; closing remaining connections");
         }
