@@ -104,10 +104,14 @@ impl InstancePool {
         while i > 0 {
             i -= 1;
             let entry = &idle[i];
-            if entry.sender.is_closed() || entry.since.elapsed() > IDLE_TIMEOUT && entry.sender.is_ready() {
+            if entry.sender.is_closed() {
                 idle.swap_remove(i);
             } else if entry.sender.is_ready() {
-                return Some(idle.swap_remove(i).sender);
+                // Only a ready entry's age matters (and costs a clock read): a busy one is in use.
+                let entry = idle.swap_remove(i);
+                if entry.since.elapsed() <= IDLE_TIMEOUT {
+                    return Some(entry.sender);
+                }
             }
         }
         None
