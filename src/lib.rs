@@ -1,14 +1,19 @@
 //! switchyard: a server-side-discovery gateway. Discovery sources report
 //! instances, one writer turns them into immutable upstream tables swapped
-//! through `ArcSwap`, and the proxies read the current table once per request.
+//! through `ArcSwap`, and the listeners read the current table once per request.
+//!
+//! Layers, each importing only those below it:
+//! `server` → `listener` → `http` → `upstream` → `discovery` → `config`.
+
+#![forbid(unsafe_code)]
 
 pub mod admin;
 pub mod config;
 pub mod demo;
 pub mod discovery;
-pub mod etcd_client;
+mod http;
+mod listener;
 pub mod metrics;
-pub mod proxy;
 pub mod register;
 pub mod server;
 pub mod upstream;

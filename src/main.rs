@@ -71,7 +71,10 @@ fn load(path: &std::path::Path) -> anyhow::Result<Config> {
 }
 
 fn check(path: &std::path::Path) -> anyhow::Result<()> {
-    load(path)?;
+    let config = load(path)?;
+    // What `run` would make before binding: certificates, CA files.
+    switchyard::server::check(&config)
+        .map_err(|errors| anyhow::anyhow!("{}: invalid configuration\n{errors}", path.display()))?;
     println!("{}: ok", path.display());
     Ok(())
 }
@@ -112,7 +115,7 @@ fn run(config: Config, demo_backends: Vec<(String, std::net::SocketAddr)>) -> an
         }
         let gateway = Gateway::bind(config).await?;
         tokio::spawn(signal(shutdown.clone()));
-        gateway.serve(shutdown).await?;
+        gateway.serve(shutdown).await;
         tracing::info!("stopped");
         Ok(())
     })

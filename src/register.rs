@@ -18,9 +18,9 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::{ClientTls, DEFAULT_DIAL_TIMEOUT, DEFAULT_ETCD_PREFIX, DEFAULT_ETCD_REQUEST_TIMEOUT};
+use crate::discovery::etcd::connect::{CallError, ConnectError, EtcdConnect};
 use crate::discovery::etcd::Backoff;
 use crate::discovery::instance::check_addr;
-use crate::etcd_client::{CallError, ConnectError, EtcdConnect};
 use crate::upstream::writer::REGISTERED_AT_MS;
 
 pub const DEFAULT_TTL: Duration = Duration::from_secs(10);

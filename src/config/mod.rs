@@ -3,6 +3,7 @@
 //! with its path. Nothing binds a port before a `Config` exists.
 
 mod duration;
+pub mod host;
 mod raw;
 #[cfg(test)]
 mod tests;
@@ -15,6 +16,7 @@ use std::time::Duration;
 use http::HeaderName;
 
 pub use duration::parse_duration;
+pub use host::HostPattern;
 pub use validate::{ConfigError, ConfigErrors};
 
 pub const DEFAULT_ADMIN_LISTEN: &str = "127.0.0.1:9901";
@@ -50,7 +52,7 @@ pub struct Config {
 #[derive(Debug, Clone)]
 pub enum Discovery {
     File(FileDiscovery),
-    Etcd(EtcdDiscovery),
+    Etcd(Box<EtcdDiscovery>),
 }
 
 #[derive(Debug, Clone)]

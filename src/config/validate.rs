@@ -140,9 +140,7 @@ impl Validator {
             .enumerate()
             .filter_map(|(i, s)| {
                 let path = format!("service[{i}]");
-                let Some(name) = self.required(&format!("{path}.name"), s.name) else {
-                    return None;
-                };
+                let name = self.required(&format!("{path}.name"), s.name)?;
                 if !service_names.insert(name.clone()) {
                     self.error(format!("{path}.name"), format!("duplicate service {name:?}"));
                 }
@@ -180,7 +178,7 @@ impl Validator {
             }
             "etcd" => {
                 self.unused("etcd", &[("path", d.path.is_some()), ("poll_interval", d.poll_interval.is_some())]);
-                Discovery::Etcd(self.etcd(d))
+                Discovery::Etcd(Box::new(self.etcd(d)))
             }
             other => {
                 self.error("discovery.source", format!("unknown source {other:?} (expected file, etcd)"));

@@ -8,11 +8,11 @@ use std::sync::Arc;
 
 use http::uri::Authority;
 
+use super::balance::weighted::MAX_WEIGHT;
 use crate::discovery::Instance;
-use crate::proxy::instance_pool::InstancePool;
+use crate::upstream::conn::pool::InstancePool;
 
 pub const DEFAULT_WEIGHT: u32 = 1;
-pub const MAX_WEIGHT: u32 = 1000;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
 #[serde(rename_all = "lowercase")]

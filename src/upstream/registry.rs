@@ -9,7 +9,7 @@ use std::sync::Arc;
 use super::endpoint::{Endpoint, Load};
 use super::table::{Service, ServiceState, Table};
 use crate::discovery::{Change, Instance, Update};
-use crate::proxy::instance_pool::InstancePool;
+use crate::upstream::conn::pool::InstancePool;
 
 #[derive(Debug, Default)]
 pub struct Registry {

@@ -11,7 +11,7 @@ use arc_swap::ArcSwap;
 
 use super::balance::{self, Maglev, Weighted};
 use super::endpoint::Endpoint;
-use crate::proxy::stats::ServiceStats;
+use super::stats::ServiceStats;
 
 pub type SharedTable = Arc<ArcSwap<Table>>;
 

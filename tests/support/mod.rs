@@ -129,7 +129,7 @@ impl TestGateway {
         let shutdown = CancellationToken::new();
         let task = tokio::spawn({
             let shutdown = shutdown.clone();
-            async move { gateway.serve(shutdown).await.expect("serve") }
+            async move { gateway.serve(shutdown).await }
         });
         TestGateway { addr, admin, table, dir, listeners, shutdown, task: Some(task) }
     }

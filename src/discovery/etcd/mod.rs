@@ -12,6 +12,7 @@
 //! starts while etcd is down serves from that file until etcd answers.
 
 mod backoff;
+pub(crate) mod connect;
 pub mod keys;
 mod snapshot;
 mod state;
@@ -32,8 +33,8 @@ use self::keys::{key_after, prefix_end};
 use self::state::{Known, Listing};
 use super::{Source, Update};
 use crate::config::EtcdDiscovery;
-use crate::etcd_client::{CallError, ConnectError, EtcdConnect};
 use crate::metrics as m;
+use connect::{CallError, ConnectError, EtcdConnect};
 
 /// Keys per list request: far below the 4 MiB cap even with 1 KiB values.
 pub const LIST_PAGE: i64 = 2000;

@@ -42,7 +42,8 @@ pub enum UpstreamTlsError {
     ServerName(String),
 }
 
-fn provider() -> Arc<rustls::crypto::CryptoProvider> {
+/// The one crypto provider of the process (ring), for server and client TLS alike.
+pub(crate) fn crypto_provider() -> Arc<rustls::crypto::CryptoProvider> {
     Arc::new(rustls::crypto::ring::default_provider())
 }
 
@@ -80,7 +81,7 @@ fn roots(ca: Option<&Path>) -> Result<RootCertStore, UpstreamTlsError> {
 
 /// The rustls client configuration for one service and one ALPN protocol.
 pub fn client_config(tls: Option<&ClientTls>, alpn: &'static [u8]) -> Result<Arc<ClientConfig>, UpstreamTlsError> {
-    let builder = ClientConfig::builder_with_provider(provider())
+    let builder = ClientConfig::builder_with_provider(crypto_provider())
         .with_safe_default_protocol_versions()
         .map_err(|source| UpstreamTlsError::Rustls { what: "protocol versions", source })?
         .with_root_certificates(roots(tls.and_then(|t| t.ca.as_deref()))?);
@@ -234,15 +235,4 @@ impl Write for UpstreamIo {
             UpstreamIo::Tls(io) => Pin::new(&mut **io).poll_write_vectored(cx, bufs),
         }
     }
-}
-
-/// Checks that every service's `upstream_tls` files load, so a bad path stops
-/// start-up instead of failing each request later.
-pub fn preflight(services: &[crate::config::ServiceConfig]) -> Result<(), (String, UpstreamTlsError)> {
-    for s in services {
-        if let Some(tls) = &s.upstream_tls {
-            TlsSettings::new(Some(tls), ALPN_HTTP1).map_err(|e| (s.name.clone(), e))?;
-        }
-    }
-    Ok(())
 }

@@ -1,7 +1,8 @@
 //! `tls_passthrough` listeners: the ClientHello's SNI chooses the service, and the
 //! TLS session stays end to end between client and backend — the gateway never
 //! holds a key. The hello is read and buffered (see [`super::sni`]), matched
-//! against the routes — an exact name first, then the longest matching `*.suffix` —
+//! against the routes — an exact name first, then `*.parent` (one label, the rule of
+//! [`crate::config::host`]) —
 //! and replayed to the upstream before the relay of [`super::tcp`] takes over.
 //!
 //! A hello with an unrouted name, or no name, is closed and counted in
@@ -16,11 +17,13 @@ use std::time::Duration;
 use metrics::Counter;
 use tokio::net::{TcpListener, TcpStream};
 
+use super::accept::{accept_loop, Accepted, ListenerContext};
 use super::sni::{read_client_hello, SniError};
-use super::tcp::{log_end, spawn_tracked, L4Proxy};
-use crate::config::{Balance, Config, SniRoute};
+use super::tcp::{log_end, L4Proxy};
+use crate::config::host::{trim_root, wildcard_parent};
+use crate::config::{Balance, Config, HostPattern, SniRoute};
 use crate::metrics as m;
-use crate::server::{accept_loop, Accepted, ListenerContext};
+use crate::upstream::SharedTable;
 
 /// Where a name goes: the service and how to pick among its instances.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -29,47 +32,36 @@ pub struct SniTarget {
     pub balance: Balance,
 }
 
-/// The routes of one listener, compiled for lookup.
+/// The routes of one listener, compiled for lookup by the shared host rule
+/// ([`crate::config::host`]): an exact name first, then `*.parent`.
 #[derive(Debug, Default)]
 pub struct SniRouter {
-    exact: HashMap<String, SniTarget>,
-    /// `(".example.com", target)`, longest suffix first: the most specific wildcard wins.
-    wildcard: Vec<(String, SniTarget)>,
+    exact: HashMap<Box<str>, SniTarget>,
+    /// Keyed by the wildcard's parent: `*.example.com` → `example.com`.
+    wildcard: HashMap<Box<str>, SniTarget>,
 }
 
 impl SniRouter {
-    /// Routes are lowercase (validation made them so). When a name appears twice,
-    /// the first route wins, as everywhere else in the config.
+    /// When a name appears twice, the first route wins, as everywhere else in the config.
     pub fn new(routes: &[SniRoute]) -> SniRouter {
         let mut router = SniRouter::default();
         for r in routes {
             let target = SniTarget { service: r.service.clone(), balance: r.balance.clone() };
-            match r.sni.strip_prefix('*') {
-                Some(suffix) if suffix.starts_with('.') => {
-                    if !router.wildcard.iter().any(|(s, _)| s == suffix) {
-                        router.wildcard.push((suffix.to_string(), target));
-                    }
-                }
-                _ => {
-                    router.exact.entry(r.sni.clone()).or_insert(target);
-                }
-            }
+            match HostPattern::parse(&r.sni) {
+                HostPattern::Wildcard(parent) => router.wildcard.entry(parent).or_insert(target),
+                HostPattern::Exact(name) => router.exact.entry(name).or_insert(target),
+            };
         }
-        // Stable: equal lengths keep config order.
-        router.wildcard.sort_by_key(|(suffix, _)| std::cmp::Reverse(suffix.len()));
         router
     }
 
-    /// The target for a lowercase name. `*.example.com` matches `a.example.com`
-    /// and `a.b.example.com`, not `example.com`.
+    /// The target for a server name (any case).
     pub fn route(&self, sni: &str) -> Option<&SniTarget> {
-        if let Some(t) = self.exact.get(sni) {
+        let name = trim_root(sni).to_ascii_lowercase();
+        if let Some(t) = self.exact.get(name.as_str()) {
             return Some(t);
         }
-        self.wildcard
-            .iter()
-            .find(|(suffix, _)| sni.len() > suffix.len() && sni.ends_with(suffix.as_str()))
-            .map(|(_, t)| t)
+        self.wildcard.get(wildcard_parent(&name)?)
     }
 }
 
@@ -102,36 +94,36 @@ impl Refusals {
     }
 }
 
-struct Passthrough {
+/// A `tls_passthrough` listener, built.
+pub(crate) struct Passthrough {
     router: SniRouter,
     proxy: L4Proxy,
     hello_timeout: Duration,
     refusals: Refusals,
 }
 
-/// Serves a `tls_passthrough` listener.
-pub(crate) async fn serve(
-    name: &str,
-    socket: TcpListener,
-    ctx: &ListenerContext,
-    routes: &[SniRoute],
-    config: &Config,
-) {
-    let passthrough = Arc::new(Passthrough {
-        router: SniRouter::new(routes),
-        proxy: L4Proxy::new(name, ctx.table.clone(), &config.timeouts),
-        // A ClientHello is the client's request head.
-        hello_timeout: config.timeouts.header_read,
-        refusals: Refusals::new(name),
-    });
-    accept_loop(name, socket, ctx, |Accepted { stream, peer, slot }| {
-        let passthrough = passthrough.clone();
-        spawn_tracked(ctx, async move {
-            passthrough.connection(stream, peer).await;
-            drop(slot);
-        });
-    })
-    .await
+impl Passthrough {
+    pub fn new(name: &str, table: SharedTable, routes: &[SniRoute], config: &Config) -> Passthrough {
+        Passthrough {
+            router: SniRouter::new(routes),
+            proxy: L4Proxy::new(name, table, &config.timeouts),
+            // A ClientHello is the client's request head.
+            hello_timeout: config.timeouts.header_read,
+            refusals: Refusals::new(name),
+        }
+    }
+
+    pub async fn serve(self, name: &str, socket: TcpListener, ctx: &ListenerContext<'_>) {
+        let passthrough = Arc::new(self);
+        accept_loop(name, socket, ctx, |Accepted { stream, peer, slot }| {
+            let passthrough = passthrough.clone();
+            ctx.spawn_tracked(async move {
+                passthrough.connection(stream, peer).await;
+                drop(slot);
+            });
+        })
+        .await
+    }
 }
 
 impl Passthrough {
@@ -168,7 +160,7 @@ mod tests {
     }
 
     #[test]
-    fn exact_names_win_over_wildcards_and_longer_wildcards_over_shorter() {
+    fn exact_names_win_over_wildcards_which_match_one_label() {
         let router = SniRouter::new(&[
             route("*.example.com", "wild"),
             route("api.example.com", "api"),
@@ -177,7 +169,8 @@ mod tests {
         ]);
         assert_eq!(service(&router, "api.example.com"), Some("api"));
         assert_eq!(service(&router, "www.example.com"), Some("wild"));
-        assert_eq!(service(&router, "a.b.example.com"), Some("wild"));
+        assert_eq!(service(&router, "a.b.example.com"), None);
+        assert_eq!(service(&router, "WWW.Example.com."), Some("wild"));
         assert_eq!(service(&router, "x.eu.example.com"), Some("eu"));
         assert_eq!(service(&router, "example.com"), None);
         assert_eq!(service(&router, ".example.com"), None);

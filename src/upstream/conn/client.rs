@@ -1,5 +1,5 @@
 //! How a request reaches its instance. Plain-text instances (HTTP/1.1 and h2c)
-//! use their own pool, `instance_pool`, reached through the picked endpoint. TLS
+//! use their own pool, `pool`, reached through the picked endpoint. TLS
 //! instances use pooled clients shared by every listener and keyed by instance
 //! address inside each pool: HTTPS and h2 trusting the system bundle (instances
 //! whose metadata says `https`/`h2`), and, per service with `upstream_tls`, an
@@ -14,9 +14,9 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 
-use super::instance_pool::PoolSettings;
-use super::upstream_tls::{TlsSettings, UpstreamConnector, ALPN_H2, ALPN_HTTP1};
-use crate::config::{ClientTls, Config};
+use super::pool::PoolSettings;
+use super::tls::{TlsSettings, UpstreamConnector, UpstreamTlsError, ALPN_H2, ALPN_HTTP1};
+use crate::config::{ClientTls, Config, ConfigError};
 use crate::upstream::Protocol;
 
 pub type HttpClient = Client<UpstreamConnector, Incoming>;
@@ -57,23 +57,14 @@ pub struct Upstreams {
 }
 
 impl Upstreams {
-    pub fn new(config: &Config) -> Upstreams {
+    /// Loads every service's `upstream_tls` files; an error names the service's field.
+    pub fn build(config: &Config) -> Result<Upstreams, ConfigError> {
         let mut connector = HttpConnector::new();
         connector.set_nodelay(true);
         connector.set_connect_timeout(Some(config.timeouts.connect));
         connector.set_keepalive(Some(Duration::from_secs(60)));
-        let pair = |tls: Option<&ClientTls>| {
-            let settings = |alpn| {
-                match TlsSettings::new(tls, alpn) {
-                    Ok(s) => Some(s),
-                    Err(e) => {
-                        // `Gateway::bind` checked these files; they changed since. Fall back to
-                        // the system trust store so the error shows on each connect, not silently.
-                        tracing::error!("upstream TLS: {e}; using the system trust store");
-                        TlsSettings::new(None, alpn).ok()
-                    }
-                }
-            };
+        let pair = |tls: Option<&ClientTls>| -> Result<Pair, UpstreamTlsError> {
+            let settings = |alpn| TlsSettings::new(tls, alpn).map(Some);
             let builder = || {
                 let mut b = Client::builder(TokioExecutor::new());
                 b.pool_idle_timeout(POOL_IDLE)
@@ -82,24 +73,30 @@ impl Upstreams {
                     .timer(TokioTimer::new());
                 b
             };
-            Pair {
-                http1: builder().build(UpstreamConnector::new(connector.clone(), settings(ALPN_HTTP1))),
-                h2: builder().http2_only(true).build(UpstreamConnector::new(connector.clone(), settings(ALPN_H2))),
-            }
+            Ok(Pair {
+                http1: builder().build(UpstreamConnector::new(connector.clone(), settings(ALPN_HTTP1)?)),
+                h2: builder().http2_only(true).build(UpstreamConnector::new(connector.clone(), settings(ALPN_H2)?)),
+            })
         };
-        let services = config
-            .services
-            .iter()
-            .filter_map(|s| Some((s.name.as_str().into(), pair(Some(s.upstream_tls.as_ref()?)))))
-            .collect();
-        Upstreams {
+        let mut services = HashMap::new();
+        for (i, s) in config.services.iter().enumerate() {
+            if let Some(tls) = &s.upstream_tls {
+                let pair = pair(Some(tls))
+                    .map_err(|e| ConfigError { path: format!("service[{i}].upstream_tls"), reason: e.to_string() })?;
+                services.insert(s.name.as_str().into(), pair);
+            }
+        }
+        // The system trust store: a machine without one serves plain-text instances only.
+        let tls =
+            pair(None).map_err(|e| ConfigError { path: String::new(), reason: format!("system TLS roots: {e}") })?;
+        Ok(Upstreams {
             instance_pools: PoolSettings {
                 connect_timeout: config.timeouts.connect,
                 max_idle: config.limits.upstream_idle_per_host,
             },
-            tls: pair(None),
+            tls,
             services,
-        }
+        })
     }
 
     /// Where one request goes: the instance's own pool (plain text), or a shared TLS pool.

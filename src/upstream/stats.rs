@@ -3,34 +3,8 @@
 
 use metrics::{Counter, Gauge, Histogram};
 
+use super::conn::UpstreamError;
 use crate::metrics as m;
-
-/// Why talking to an upstream failed.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum UpstreamError {
-    /// No live instance to send to.
-    NoInstance,
-    /// TCP (or TLS) connect to the instance failed.
-    Connect,
-    /// No response head within the request timeout.
-    Timeout,
-    /// The connection failed after it was established.
-    Protocol,
-}
-
-impl UpstreamError {
-    const ALL: [UpstreamError; 4] =
-        [UpstreamError::NoInstance, UpstreamError::Connect, UpstreamError::Timeout, UpstreamError::Protocol];
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            UpstreamError::NoInstance => "no_instance",
-            UpstreamError::Connect => "connect",
-            UpstreamError::Timeout => "timeout",
-            UpstreamError::Protocol => "protocol",
-        }
-    }
-}
 
 #[derive(Debug)]
 pub struct ServiceStats {

@@ -24,13 +24,12 @@ use metrics::Counter;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::time::Instant;
-use tokio_util::sync::CancellationToken;
 
-use super::route::client_ip_key;
-use super::stats::UpstreamError;
+use super::accept::{accept_loop, Accepted, ListenerContext};
 use crate::config::{Balance, Config, HashKey, Timeouts};
+use crate::http::route::client_ip_key;
 use crate::metrics as m;
-use crate::server::{accept_loop, Accepted, ListenerContext};
+use crate::upstream::conn::UpstreamError;
 use crate::upstream::{Endpoint, Pick, Service, SharedTable};
 
 /// Bytes buffered per direction of a relay. 32 KiB moves bulk data in few
@@ -184,38 +183,33 @@ async fn connect_one(addr: &str, limit: Duration) -> io::Result<TcpStream> {
     Ok(stream)
 }
 
-/// Serves a `tcp` listener: every connection goes to `service`.
-pub(crate) async fn serve(
-    name: &str,
-    socket: TcpListener,
-    ctx: &ListenerContext,
-    service: &str,
-    balance: &Balance,
-    config: &Config,
-) {
-    let proxy = Arc::new(L4Proxy::new(name, ctx.table.clone(), &config.timeouts));
-    let service: Arc<str> = service.into();
-    let balance = Arc::new(balance.clone());
-    accept_loop(name, socket, ctx, |Accepted { mut stream, peer, slot }| {
-        let (proxy, service, balance) = (proxy.clone(), service.clone(), balance.clone());
-        spawn_tracked(ctx, async move {
-            let result = proxy.proxy(&mut stream, peer, &service, &balance, &[]).await;
-            log_end(proxy.listener(), peer, &result);
-            drop(slot);
-        });
-    })
-    .await
+/// A `tcp` listener, built: every connection goes to one service.
+pub(crate) struct L4Listener {
+    proxy: Arc<L4Proxy>,
+    service: Arc<str>,
+    balance: Arc<Balance>,
 }
 
-/// Spawns a connection task that shutdown waits for, and that ends when the grace period is over.
-pub(crate) fn spawn_tracked(ctx: &ListenerContext, task: impl Future<Output = ()> + Send + 'static) {
-    let hard_stop: CancellationToken = ctx.hard_stop.clone();
-    ctx.tracker.spawn(async move {
-        tokio::select! {
-            _ = hard_stop.cancelled() => {}
-            _ = task => {}
+impl L4Listener {
+    pub fn new(name: &str, table: SharedTable, service: &str, balance: &Balance, config: &Config) -> L4Listener {
+        L4Listener {
+            proxy: Arc::new(L4Proxy::new(name, table, &config.timeouts)),
+            service: service.into(),
+            balance: Arc::new(balance.clone()),
         }
-    });
+    }
+
+    pub async fn serve(self, name: &str, socket: TcpListener, ctx: &ListenerContext<'_>) {
+        accept_loop(name, socket, ctx, |Accepted { mut stream, peer, slot }| {
+            let (proxy, service, balance) = (self.proxy.clone(), self.service.clone(), self.balance.clone());
+            ctx.spawn_tracked(async move {
+                let result = proxy.proxy(&mut stream, peer, &service, &balance, &[]).await;
+                log_end(proxy.listener(), peer, &result);
+                drop(slot);
+            });
+        })
+        .await
+    }
 }
 
 /// Logs a finished connection at debug level: failures are per connection and

@@ -1,15 +1,12 @@
-//! TLS termination for `https` listeners (rustls, ring provider, TLS 1.2 and 1.3
-//! only, ALPN `h2` and `http/1.1`). A listener's certificates live in one
-//! immutable [`CertSet`] behind an `ArcSwap`: the SNI resolver reads it on each
-//! handshake without a lock, and a poller swaps in a new set when a certificate or
-//! key file changes. A file that fails to load leaves the previous set serving.
-//! Established connections keep the certificate they were made with, so a reload
-//! drops nothing. Handshake failures are counted by reason and logged at debug
-//! level: scanners and old clients are routine on a public port, not errors.
+//! A TLS listener's certificates: loaded and checked once at build time into one
+//! immutable [`CertSet`] behind an `ArcSwap`. The SNI resolver reads it on each
+//! handshake without a lock, by the host rule of [`crate::config::host`]; a
+//! poller swaps in a new set when a certificate or key file changes, and a file
+//! that fails to load leaves the previous set serving. Established connections
+//! keep the certificate they were made with, so a reload drops nothing.
 
 use std::collections::HashMap;
 use std::io;
-use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
@@ -20,14 +17,12 @@ use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use rustls::server::{ClientHello, ResolvesServerCert};
 use rustls::sign::CertifiedKey;
-use rustls::{PeerIncompatible, ServerConfig};
-use tokio::net::TcpListener;
-use tokio_rustls::TlsAcceptor;
+use rustls::ServerConfig;
 
-use super::http::{server_builder, spawn_connection, HttpProxy};
-use crate::config::{Config, ServerCert};
+use crate::config::host::{trim_root, wildcard_parent};
+use crate::config::{HostPattern, ServerCert};
 use crate::metrics as m;
-use crate::server::{accept_loop, ListenerContext};
+use crate::upstream::conn::tls::crypto_provider;
 
 /// How often certificate files are checked for changes.
 pub const RELOAD_POLL: Duration = Duration::from_secs(1);
@@ -46,15 +41,11 @@ pub enum TlsError {
     Config(rustls::Error),
 }
 
-fn provider() -> Arc<CryptoProvider> {
-    Arc::new(rustls::crypto::ring::default_provider())
-}
-
 /// The certificates of one listener, indexed for SNI.
 #[derive(Debug)]
 pub struct CertSet {
     exact: HashMap<Box<str>, Arc<CertifiedKey>>,
-    /// `*.example.com` is stored as `example.com`; it matches one label only.
+    /// `*.example.com` is stored as `example.com` (see [`crate::config::host`]).
     wildcard: HashMap<Box<str>, Arc<CertifiedKey>>,
     /// The first configured certificate: no SNI, or an SNI no certificate names.
     default: Arc<CertifiedKey>,
@@ -63,20 +54,16 @@ pub struct CertSet {
 impl CertSet {
     /// `name` as rustls passes it: a lowercase DNS name.
     pub fn lookup(&self, name: &str) -> &Arc<CertifiedKey> {
+        let name = trim_root(name);
         if let Some(ck) = self.exact.get(name) {
             return ck;
         }
-        if let Some((_, parent)) = name.split_once('.') {
-            if let Some(ck) = self.wildcard.get(parent) {
-                return ck;
-            }
-        }
-        &self.default
+        wildcard_parent(name).and_then(|parent| self.wildcard.get(parent)).unwrap_or(&self.default)
     }
 
     /// Loads every pair; the first error wins, so a half-written file never replaces a good set.
     pub fn load(certs: &[ServerCert]) -> Result<CertSet, TlsError> {
-        let provider = provider();
+        let provider = crypto_provider();
         let mut exact = HashMap::new();
         let mut wildcard = HashMap::new();
         let mut default = None;
@@ -85,11 +72,10 @@ impl CertSet {
             let ck = Arc::new(ck);
             let names = if c.server_names.is_empty() { found_names } else { c.server_names.clone() };
             for name in names {
-                let name = name.to_ascii_lowercase();
                 // First listed wins for a name claimed twice, as for the default.
-                match name.strip_prefix("*.") {
-                    Some(parent) => wildcard.entry(parent.into()).or_insert_with(|| ck.clone()),
-                    None => exact.entry(name.into_boxed_str()).or_insert_with(|| ck.clone()),
+                match HostPattern::parse(&name) {
+                    HostPattern::Wildcard(parent) => wildcard.entry(parent).or_insert_with(|| ck.clone()),
+                    HostPattern::Exact(name) => exact.entry(name).or_insert_with(|| ck.clone()),
                 };
             }
             default.get_or_insert(ck);
@@ -149,23 +135,13 @@ impl ResolvesServerCert for SniResolver {
 
 /// The listener's rustls configuration around `resolver`.
 pub fn server_config(resolver: Arc<SniResolver>) -> Result<Arc<ServerConfig>, TlsError> {
-    let mut config = ServerConfig::builder_with_provider(provider())
+    let mut config = ServerConfig::builder_with_provider(crypto_provider())
         .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
         .map_err(TlsError::Config)?
         .with_no_client_auth()
         .with_cert_resolver(resolver);
     config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
     Ok(Arc::new(config))
-}
-
-/// Checks that every https listener's certificates load, before any port is bound.
-pub fn preflight(config: &Config) -> Result<(), (String, TlsError)> {
-    for l in &config.listeners {
-        if let crate::config::ListenerKind::Https { certs, .. } = &l.kind {
-            CertSet::load(certs).map_err(|e| (l.name.clone(), e))?;
-        }
-    }
-    Ok(())
 }
 
 /// Watches the certificate files and swaps in a new set when any of them changes.
@@ -220,136 +196,6 @@ async fn read_all(certs: &[ServerCert]) -> Vec<Vec<u8>> {
         all.push(tokio::fs::read(&c.key).await.unwrap_or_default());
     }
     all
-}
-
-/// Why a handshake failed, as counted in `switchyard_tls_handshake_errors_total`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum HandshakeFailure {
-    /// The client offered only versions below TLS 1.2.
-    ProtocolVersion,
-    /// No cipher suite, group or signature scheme in common.
-    Incompatible,
-    /// The client sent something that is not TLS, or broken TLS.
-    Malformed,
-    /// The client aborted with an alert (e.g. it does not trust our certificate).
-    AlertReceived,
-    /// No complete handshake within `timeouts.header_read`.
-    Timeout,
-    /// The connection closed or failed mid-handshake.
-    Io,
-    Other,
-}
-
-impl HandshakeFailure {
-    const ALL: [HandshakeFailure; 7] = [
-        HandshakeFailure::ProtocolVersion,
-        HandshakeFailure::Incompatible,
-        HandshakeFailure::Malformed,
-        HandshakeFailure::AlertReceived,
-        HandshakeFailure::Timeout,
-        HandshakeFailure::Io,
-        HandshakeFailure::Other,
-    ];
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            HandshakeFailure::ProtocolVersion => "protocol_version",
-            HandshakeFailure::Incompatible => "incompatible",
-            HandshakeFailure::Malformed => "malformed",
-            HandshakeFailure::AlertReceived => "alert_received",
-            HandshakeFailure::Timeout => "timeout",
-            HandshakeFailure::Io => "io",
-            HandshakeFailure::Other => "other",
-        }
-    }
-
-    /// Classifies the error tokio-rustls returns (a rustls error wrapped in `io::Error`).
-    pub fn of(e: &io::Error) -> HandshakeFailure {
-        let Some(tls) = e.get_ref().and_then(|inner| inner.downcast_ref::<rustls::Error>()) else {
-            return HandshakeFailure::Io;
-        };
-        match tls {
-            // TLS 1.0/1.1 clients send no `signature_algorithms` (a TLS 1.2 extension), and
-            // rustls checks for it before it compares versions: that is how they usually fail.
-            rustls::Error::PeerIncompatible(
-                PeerIncompatible::Tls12NotOffered
-                | PeerIncompatible::Tls12NotOfferedOrEnabled
-                | PeerIncompatible::SupportedVersionsExtensionRequired
-                | PeerIncompatible::SignatureAlgorithmsExtensionRequired,
-            ) => HandshakeFailure::ProtocolVersion,
-            rustls::Error::PeerIncompatible(_) => HandshakeFailure::Incompatible,
-            rustls::Error::InvalidMessage(_)
-            | rustls::Error::InappropriateMessage { .. }
-            | rustls::Error::InappropriateHandshakeMessage { .. }
-            | rustls::Error::PeerMisbehaved(_) => HandshakeFailure::Malformed,
-            rustls::Error::AlertReceived(_) => HandshakeFailure::AlertReceived,
-            _ => HandshakeFailure::Other,
-        }
-    }
-}
-
-/// Per-listener handshake failure counters, labelled once.
-struct HandshakeErrors([metrics::Counter; 7]);
-
-impl HandshakeErrors {
-    fn new(listener: &str) -> HandshakeErrors {
-        HandshakeErrors(HandshakeFailure::ALL.map(
-            |r| metrics::counter!(m::TLS_HANDSHAKE_ERRORS, "listener" => listener.to_string(), "reason" => r.as_str()),
-        ))
-    }
-
-    fn record(&self, reason: HandshakeFailure, peer: SocketAddr, detail: &dyn std::fmt::Display) {
-        self.0[reason as usize].increment(1);
-        tracing::debug!(%peer, reason = reason.as_str(), "TLS handshake failed: {detail}");
-    }
-}
-
-/// Serves an `https` listener: TLS handshake (off the accept loop), then the
-/// same HTTP proxy as plain listeners, HTTP/1.1 or h2 as ALPN chose.
-pub(crate) async fn serve(
-    name: &str,
-    socket: TcpListener,
-    certs: &[ServerCert],
-    proxy: Arc<HttpProxy>,
-    ctx: &ListenerContext,
-    config: &Config,
-) {
-    let set = match CertSet::load(certs) {
-        Ok(set) => set,
-        Err(e) => {
-            // `Gateway::bind` loaded them already; only a file changed in between gets here.
-            tracing::error!(listener = %name, "not serving: {e}");
-            return;
-        }
-    };
-    let resolver = Arc::new(SniResolver::new(set));
-    let acceptor = match server_config(resolver.clone()) {
-        Ok(c) => TlsAcceptor::from(c),
-        Err(e) => {
-            tracing::error!(listener = %name, "not serving: {e}");
-            return;
-        }
-    };
-    ctx.tracker.spawn(reload_loop(name.to_string(), certs.to_vec(), resolver, ctx.shutdown.clone()));
-    let builder = Arc::new(server_builder(config));
-    let errors = Arc::new(HandshakeErrors::new(name));
-    let handshake_timeout = config.timeouts.header_read;
-    accept_loop(name, socket, ctx, |a| {
-        let (acceptor, builder, errors, proxy) = (acceptor.clone(), builder.clone(), errors.clone(), proxy.clone());
-        let (graceful, shutdown) = (ctx.graceful.clone(), ctx.shutdown.clone());
-        ctx.tracker.spawn(async move {
-            let result = tokio::select! {
-                r = tokio::time::timeout(handshake_timeout, acceptor.accept(a.stream)) => r,
-                _ = shutdown.cancelled() => return,
-            };
-            match result {
-                Ok(Ok(tls)) => spawn_connection(tls, a.peer, proxy, &builder, &graceful, move || drop(a.slot)),
-                Ok(Err(e)) => errors.record(HandshakeFailure::of(&e), a.peer, &e),
-                Err(_) => errors.record(HandshakeFailure::Timeout, a.peer, &"timed out"),
-            }
-        });
-    })
-    .await
 }
 
 /// The DNS names in a certificate's subjectAltName, for certificates configured

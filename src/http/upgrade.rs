@@ -97,7 +97,7 @@ mod tests {
         h.insert(header::CONNECTION, "Upgrade".parse().unwrap());
         h.insert(header::UPGRADE, "websocket".parse().unwrap());
         let proto = requested(&h).unwrap();
-        crate::proxy::headers::strip_hop_by_hop(&mut h);
+        crate::http::headers::strip_hop_by_hop(&mut h);
         assert!(h.is_empty());
         restore(&mut h, proto);
         assert_eq!(h[header::CONNECTION], "upgrade");

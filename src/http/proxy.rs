@@ -4,7 +4,6 @@
 //! trailers) both ways. gRPC requests get gRPC-shaped errors and honour
 //! `grpc-timeout`; `Upgrade` requests are relayed after the 101 (see `upgrade`).
 
-use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -14,22 +13,16 @@ use http::uri::{PathAndQuery, Scheme, Uri};
 use http::{Request, Response, StatusCode, Version};
 use http_body_util::Either;
 use hyper::body::Incoming;
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use hyper_util::server::conn::auto;
-use hyper_util::server::graceful::GracefulShutdown;
-use tokio::io::{AsyncRead, AsyncWrite};
 
-use super::client::{Upstreams, Via};
 use super::grpc;
-use super::headers::{add_forwarded, client_value, strip_hop_by_hop};
-use super::instance_pool::PoolError;
+use super::headers::{add_forwarded, strip_hop_by_hop};
 use super::respond::{self, ProxyBody};
 use super::route::{request_host, RequestView, Router, Target};
-use super::stats::UpstreamError;
 use super::upgrade::{self, Upgrades};
 use crate::config::{Config, Route};
 use crate::metrics as m;
-use crate::server::ListenerContext;
+use crate::upstream::conn::pool::PoolError;
+use crate::upstream::conn::{UpstreamError, Upstreams, Via};
 use crate::upstream::{Endpoint, Protocol, SharedTable};
 
 pub struct HttpProxy {
@@ -40,31 +33,27 @@ pub struct HttpProxy {
     /// `http` or `https`, for `X-Forwarded-Proto`.
     proto: &'static str,
     refused_absolute: metrics::Counter,
-    /// Client connections that sent something that is not HTTP, or too large a head.
-    malformed: metrics::Counter,
-    /// Client connections that did not send a request head within `timeouts.header_read`.
-    head_timeout: metrics::Counter,
     upgrades: Upgrades,
 }
 
 impl HttpProxy {
-    pub(crate) fn new(
+    pub fn new(
         listener: &str,
         routes: &[Route],
         tls: bool,
-        ctx: &ListenerContext,
+        table: SharedTable,
+        upstreams: Arc<Upstreams>,
+        upgrades: Upgrades,
         config: &Config,
     ) -> HttpProxy {
         HttpProxy {
             router: Router::new(routes),
-            table: ctx.table.clone(),
-            upstreams: ctx.upstreams.clone(),
+            table,
+            upstreams,
             request_timeout: config.timeouts.request,
             proto: if tls { "https" } else { "http" },
             refused_absolute: metrics::counter!(m::BAD_REQUESTS, "listener" => listener.to_string(), "reason" => "absolute_form_foreign_host"),
-            malformed: metrics::counter!(m::BAD_REQUESTS, "listener" => listener.to_string(), "reason" => "malformed_request"),
-            head_timeout: metrics::counter!(m::BAD_REQUESTS, "listener" => listener.to_string(), "reason" => "header_timeout"),
-            upgrades: Upgrades::new(listener, ctx.tracker.clone(), ctx.hard_stop.clone()),
+            upgrades,
         }
     }
 
@@ -179,17 +168,15 @@ impl HttpProxy {
         };
         add_forwarded(headers, client_ip, self.proto, forwarded_host);
 
-        // (is a connect failure, description) on error.
         let result = match via {
             Via::Instance { h2 } => {
                 let sent = self.send_to_instances(req, endpoint.clone(), &service_name, h2);
-                tokio::time::timeout(timeout, sent).await.map(|r| r.map_err(|(e, _)| (e.is_connect(), e.to_string())))
+                tokio::time::timeout(timeout, sent).await.map(|r| r.map_err(|(e, _)| SendFailure::from(e)))
             }
             Via::Shared(client) => {
                 let _inflight = endpoint.load.start();
                 let sent = client.request(req);
-                tokio::time::timeout(timeout, async { sent.await.map_err(|e| (e.is_connect(), format!("{e:?}"))) })
-                    .await
+                tokio::time::timeout(timeout, async { sent.await.map_err(SendFailure::from) }).await
             }
         };
         let failure = match result {
@@ -209,13 +196,9 @@ impl HttpProxy {
                 state.stats.response(res.status(), start.elapsed().as_secs_f64());
                 return res.map(Either::Left);
             }
-            Ok(Err((true, e))) => {
-                tracing::debug!(id = %endpoint.id, addr = %endpoint.addr, "upstream connect failed: {e}");
-                UpstreamError::Connect
-            }
-            Ok(Err((false, e))) => {
-                tracing::debug!(id = %endpoint.id, addr = %endpoint.addr, "upstream request failed: {e}");
-                UpstreamError::Protocol
+            Ok(Err(failure)) => {
+                tracing::debug!(id = %endpoint.id, addr = %endpoint.addr, "upstream request failed: {}", failure.detail);
+                failure.kind
             }
             Err(_) => UpstreamError::Timeout,
         };
@@ -267,44 +250,22 @@ impl HttpProxy {
     }
 }
 
-/// The per-listener HTTP server settings.
-pub fn server_builder(config: &Config) -> auto::Builder<TokioExecutor> {
-    let mut b = auto::Builder::new(TokioExecutor::new());
-    b.http1().timer(TokioTimer::new()).header_read_timeout(config.timeouts.header_read).keep_alive(true);
-    b.http2().timer(TokioTimer::new()).max_concurrent_streams(1024);
-    b
+/// A failed send: what kind of failure, and what happened, for the log.
+struct SendFailure {
+    kind: UpstreamError,
+    detail: String,
 }
 
-/// Serves one client connection until it closes or the graceful shutdown ends it.
-pub fn spawn_connection<IO>(
-    io: IO,
-    peer: SocketAddr,
-    proxy: Arc<HttpProxy>,
-    builder: &auto::Builder<TokioExecutor>,
-    graceful: &GracefulShutdown,
-    on_close: impl FnOnce() + Send + 'static,
-) where
-    IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
-{
-    let client_ip = client_value(peer.ip());
-    let counted = proxy.clone();
-    let service = hyper::service::service_fn(move |req| {
-        let proxy = proxy.clone();
-        let client_ip = client_ip.clone();
-        async move { Ok::<_, Infallible>(proxy.handle(req, peer, &client_ip).await) }
-    });
-    let conn = builder.serve_connection_with_upgrades(TokioIo::new(io), service).into_owned();
-    let conn = graceful.watch(conn);
-    tokio::spawn(async move {
-        if let Err(e) = conn.await {
-            // hyper has answered 400/431/408 where it could; the input came from outside, so count it.
-            match e.downcast_ref::<hyper::Error>() {
-                Some(he) if he.is_parse() || he.is_parse_too_large() => counted.malformed.increment(1),
-                Some(he) if he.is_timeout() => counted.head_timeout.increment(1),
-                _ => {}
-            }
-            tracing::debug!(%peer, "client connection ended with error: {e}");
-        }
-        on_close();
-    });
+impl From<PoolError> for SendFailure {
+    fn from(e: PoolError) -> SendFailure {
+        let kind = if e.is_connect() { UpstreamError::Connect } else { UpstreamError::Protocol };
+        SendFailure { kind, detail: e.to_string() }
+    }
+}
+
+impl From<hyper_util::client::legacy::Error> for SendFailure {
+    fn from(e: hyper_util::client::legacy::Error) -> SendFailure {
+        let kind = if e.is_connect() { UpstreamError::Connect } else { UpstreamError::Protocol };
+        SendFailure { kind, detail: format!("{e:?}") }
+    }
 }

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use http::header::{self, HeaderMap, HeaderName};
 
-use super::stats::UpstreamError;
+use crate::upstream::conn::UpstreamError;
 
 pub static GRPC_TIMEOUT: HeaderName = HeaderName::from_static("grpc-timeout");
 pub static GRPC_STATUS: HeaderName = HeaderName::from_static("grpc-status");

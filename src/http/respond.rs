@@ -11,7 +11,7 @@ use http_body_util::{Either, Full};
 use hyper::body::Incoming;
 
 use super::grpc::{self, Code};
-use super::stats::UpstreamError;
+use crate::upstream::conn::UpstreamError;
 
 pub type ProxyBody = Either<Incoming, Full<Bytes>>;
 

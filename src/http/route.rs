@@ -6,7 +6,7 @@ use std::net::IpAddr;
 
 use http::HeaderMap;
 
-use crate::config::{Balance, HashKey, Route};
+use crate::config::{Balance, HashKey, HostPattern, Route};
 use crate::upstream::balance::hash_key;
 use crate::upstream::Pick;
 
@@ -30,6 +30,7 @@ pub struct CompiledRoute {
     pub route: Route,
     /// `/package.Service/` for a gRPC route.
     grpc_prefix: Option<String>,
+    host: Option<HostPattern>,
 }
 
 /// Where a request goes.
@@ -71,7 +72,7 @@ impl<'r, 'q> Target<'r, 'q> {
             Balance::Weighted => Pick::Weighted,
             Balance::LeastRequest => Pick::LeastRequest,
             // A request without the key is spread round-robin rather than piled on one backend.
-            Balance::Hash(key) => request_key(key, req).map_or(Pick::RoundRobin, |k| Pick::Hash(k)),
+            Balance::Hash(key) => request_key(key, req).map_or(Pick::RoundRobin, Pick::Hash),
         }
     }
 }
@@ -118,34 +119,22 @@ fn query_param<'a>(query: &'a str, name: &str) -> Option<&'a str> {
     query.split('&').filter_map(|pair| pair.split_once('=')).find(|(k, _)| *k == name).map(|(_, v)| v)
 }
 
-fn host_matches(pattern: &str, host: &str) -> bool {
-    match pattern.strip_prefix("*.") {
-        // `*.example.com` matches `a.example.com`, not `example.com`.
-        Some(suffix) => {
-            host.len() > suffix.len() + 1
-                && host.as_bytes()[host.len() - suffix.len() - 1] == b'.'
-                && host[host.len() - suffix.len()..].eq_ignore_ascii_case(suffix)
-        }
-        None => pattern.eq_ignore_ascii_case(host),
-    }
-}
-
 impl Router {
     pub fn new(routes: &[Route]) -> Router {
         let routes = routes
             .iter()
-            .map(|r| CompiledRoute { grpc_prefix: r.grpc_service.as_ref().map(|g| format!("/{g}/")), route: r.clone() })
+            .map(|r| CompiledRoute {
+                grpc_prefix: r.grpc_service.as_ref().map(|g| format!("/{g}/")),
+                host: r.host.as_deref().map(HostPattern::parse),
+                route: r.clone(),
+            })
             .collect();
         Router { routes }
     }
 
-    pub fn has_routes(&self) -> bool {
-        !self.routes.is_empty()
-    }
-
     /// Whether some route names this host explicitly (for absolute-form requests).
     pub fn serves_host(&self, host: &str) -> bool {
-        self.routes.iter().any(|r| r.route.host.as_deref().is_some_and(|p| host_matches(p, host)))
+        self.routes.iter().any(|r| r.host.as_ref().is_some_and(|p| p.matches(host)))
     }
 
     pub fn route<'r, 'q>(&'r self, req: &RequestView<'q>) -> Option<Target<'r, 'q>> {
@@ -158,7 +147,7 @@ impl Router {
 
 fn matches(r: &CompiledRoute, req: &RequestView<'_>) -> bool {
     let route = &r.route;
-    route.host.as_deref().is_none_or(|h| host_matches(h, req.host))
+    r.host.as_ref().is_none_or(|h| h.matches(req.host))
         && route.path_prefix.as_deref().is_none_or(|p| req.path.starts_with(p))
         && r.grpc_prefix.as_deref().is_none_or(|p| req.path.starts_with(p))
         && route.header.as_ref().is_none_or(|h| match (&h.value, req.headers.get(&h.name)) {
@@ -220,6 +209,8 @@ mod tests {
         assert_eq!(svc("WALLET.example.com", "/wallet/x", &h).as_deref(), Some("wallet"));
         assert_eq!(svc("wallet.example.com", "/other", &h).as_deref(), Some("any-sub"));
         assert_eq!(svc("example.com", "/x", &h).as_deref(), Some("default"));
+        // One label only (the shared rule in `config::host`).
+        assert_eq!(svc("a.b.example.com", "/x", &h).as_deref(), Some("default"));
         assert_eq!(svc("x", "/helloworld.Greeter/SayHello", &h).as_deref(), Some("greeter"));
         assert_eq!(svc("x", "/helloworld.GreeterX/SayHello", &h).as_deref(), Some("default"));
         let mut canary_h = HeaderMap::new();
