@@ -7,7 +7,7 @@
 
 #![forbid(unsafe_code)]
 
-pub mod admin;
+mod admin;
 pub mod config;
 pub mod demo;
 pub mod discovery;

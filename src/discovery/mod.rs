@@ -2,9 +2,9 @@
 //! upstream table; it sends [`Update`]s on a channel and the table writer
 //! (`upstream::writer`) applies each one as a batch and swaps in a new table.
 
-pub mod etcd;
+pub(crate) mod etcd;
 pub mod file;
-pub mod instance;
+pub(crate) mod instance;
 
 use std::future::Future;
 

@@ -4,13 +4,14 @@
 //! (`balance`), per-service metric handles (`stats`) and the connections to
 //! instances (`conn`).
 
-pub mod balance;
+pub(crate) mod balance;
 pub(crate) mod conn;
-pub mod endpoint;
-pub mod registry;
+pub(crate) mod endpoint;
+pub(crate) mod registry;
 pub(crate) mod stats;
-pub mod table;
-pub mod writer;
+pub(crate) mod table;
+pub(crate) mod writer;
 
-pub use endpoint::{Endpoint, Protocol, Status};
-pub use table::{Pick, Service, SharedTable, Table};
+pub(crate) use endpoint::{Endpoint, Protocol, Status};
+pub(crate) use table::{Pick, Service};
+pub use table::{SharedTable, Table};

@@ -27,7 +27,7 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 pub use backoff::Backoff;
-pub use snapshot::{Snapshot, SnapshotError};
+pub use snapshot::Snapshot;
 
 use self::keys::{key_after, prefix_end};
 use self::state::{Known, Listing};

@@ -126,6 +126,7 @@ impl Maglev {
     }
 
     /// The number of slots, `M`; 0 when built from no ids.
+    #[cfg(test)]
     pub fn table_size(&self) -> usize {
         self.table.len()
     }

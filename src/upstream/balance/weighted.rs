@@ -58,12 +58,9 @@ impl Weighted {
     }
 
     /// The period of the sequence: the sum of the gcd-reduced weights.
+    #[cfg(test)]
     pub fn len(&self) -> usize {
         self.seq.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.seq.is_empty()
     }
 }
 
