@@ -18,15 +18,35 @@ fn names_in(expr: &str) -> BTreeSet<String> {
     out
 }
 
+fn collect_exprs(v: &serde_json::Value, out: &mut Vec<String>) {
+    match v {
+        serde_json::Value::Object(map) => {
+            for (k, v) in map {
+                match (k.as_str(), v) {
+                    ("expr" | "query", serde_json::Value::String(e)) if e.contains("switchyard_") => {
+                        out.push(e.clone())
+                    }
+                    _ => collect_exprs(v, out),
+                }
+            }
+        }
+        serde_json::Value::Array(items) => items.iter().for_each(|i| collect_exprs(i, out)),
+        _ => {}
+    }
+}
+
 #[test]
 fn dashboard_and_metrics_agree() {
     let text = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/grafana/switchyard.json")).unwrap();
     let doc: serde_json::Value = serde_json::from_str(&text).unwrap();
+    // Every `expr` anywhere in the document: panel targets, panels nested in rows,
+    // template variables, annotations.
+    let mut exprs = Vec::new();
+    collect_exprs(&doc, &mut exprs);
+    assert!(exprs.len() >= 10, "only {} queries found in the dashboard", exprs.len());
     let mut used = BTreeSet::new();
-    for panel in doc["panels"].as_array().unwrap() {
-        for target in panel["targets"].as_array().unwrap() {
-            used.extend(names_in(target["expr"].as_str().unwrap()));
-        }
+    for expr in &exprs {
+        used.extend(names_in(expr));
     }
     let exported: BTreeSet<String> = switchyard::metrics::ALL.iter().map(|s| s.to_string()).collect();
     let unknown: Vec<_> = used.difference(&exported).collect();

@@ -34,9 +34,11 @@ fn metric_sum(text: &str, name: &str) -> f64 {
 async fn sync_point(etcd: &mut etcd_client::Client, gw: &TestGateway, n: usize) {
     let key = format!("/services/marker/{n}");
     etcd.put(key, format!("127.0.0.1:{}", 1000 + n), None).await.unwrap();
-    wait_until(Duration::from_secs(10), || {
-        gw.table.load().service("marker").is_some_and(|s| s.endpoints.iter().any(|e| *e.id == *n.to_string()))
-    })
+    wait_until(
+        "gw.table.load().service(\"marker\").is_some_and(|s| s.endpoints.iter().any(|e| *e.id == *n.to_string()))",
+        Duration::from_secs(10),
+        async || gw.table.load().service("marker").is_some_and(|s| s.endpoints.iter().any(|e| *e.id == *n.to_string())),
+    )
     .await;
 }
 
@@ -97,9 +99,11 @@ async fn value_formats_and_invalid_values() {
     assert_eq!(gw.table.load().service("fmt").unwrap().live.len(), 4);
     // A later valid put on the same key replaces it.
     kv.put("/services/fmt/json", instance_json("fmt", "json", b[4].addr, &[]), None).await.unwrap();
-    wait_until(Duration::from_secs(5), || {
-        endpoints(&gw.table, "fmt").contains(&("json".into(), b[4].addr.to_string()))
-    })
+    wait_until(
+        "endpoints(&gw.table, \"fmt\").contains(&(\"json\".into(), b[4].addr.to_string()))",
+        Duration::from_secs(5),
+        async || endpoints(&gw.table, "fmt").contains(&("json".into(), b[4].addr.to_string())),
+    )
     .await;
     // Deleting invalid keys changes nothing; deleting a key removes only its instance.
     for i in 0..invalid.len() {
@@ -167,8 +171,12 @@ async fn compaction_while_cut_off_resyncs_to_etcds_table() {
         ("2".to_string(), b[2].addr.to_string()),
         ("3".to_string(), b[3].addr.to_string()),
     ];
-    wait_until(Duration::from_secs(15), || endpoints(&gw.table, "c") == want && endpoints(&gw.table, "d").len() == 1)
-        .await;
+    wait_until(
+        "endpoints(&gw.table, \"c\") == want && endpoints(&gw.table, \"d\").len() == 1",
+        Duration::from_secs(15),
+        async || endpoints(&gw.table, "c") == want && endpoints(&gw.table, "d").len() == 1,
+    )
+    .await;
     let (_, metrics) = admin_get(gw.admin, "/metrics").await;
     assert!(metrics.contains("switchyard_discovery_watch_restarts_total{reason=\"compacted\"}"), "{metrics}");
     // The watch continues after the resync.
@@ -204,7 +212,7 @@ async fn ten_thousand_instances_in_a_thousand_services() {
     put_many(&mut kv, items).await;
     let t0 = Instant::now();
     let gw = TestGateway::start(&gateway_config(&[etcd.url()], "")).await;
-    wait_until(Duration::from_secs(30), || {
+    wait_until("let t = gw.table.load(); t.services.len() >= 1000 && t.services.values().map(|s| s.endpoints.len()).sum::<usize>() == 10_000", Duration::from_secs(30), async || {
         let t = gw.table.load();
         t.services.len() >= 1000 && t.services.values().map(|s| s.endpoints.len()).sum::<usize>() == 10_000
     })
@@ -270,8 +278,8 @@ async fn hundred_thousand_instances_load() {
         }
     }
     put_many(&mut kv, items).await;
-    let admin = support::free_port();
-    let web = support::free_port();
+    let (admin_port, web_port) = (support::reserve_port(), support::reserve_port());
+    let (admin, web) = (admin_port.port, web_port.port);
     let config = gateway_config(&[etcd.url()], "")
         .replace("listen = \"127.0.0.1:0\"\n\n[discovery]", &format!("listen = \"127.0.0.1:{admin}\"\n\n[discovery]"))
         .replace("listen = \"127.0.0.1:0\"\n", &format!("listen = \"127.0.0.1:{web}\"\n"));
@@ -286,19 +294,13 @@ async fn hundred_thousand_instances_load() {
         .spawn()
         .unwrap();
     let http = client();
-    let deadline = Instant::now() + Duration::from_secs(300);
-    loop {
+    wait_until("ready with 100k instances", Duration::from_secs(300), async || {
         let req = http::Request::get(format!("http://127.0.0.1:{admin}/readyz"))
             .body(http_body_util::Full::default())
             .unwrap();
-        if let Ok(Ok(res)) = tokio::time::timeout(Duration::from_secs(1), http.request(req)).await {
-            if res.status() == 200 {
-                break;
-            }
-        }
-        assert!(Instant::now() < deadline, "not ready");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+        matches!(tokio::time::timeout(Duration::from_secs(1), http.request(req)).await, Ok(Ok(res)) if res.status() == 200)
+    })
+    .await;
     let ready = t0.elapsed();
     let status = std::fs::read_to_string(format!("/proc/{}/status", child.id())).unwrap();
     let rss = status.lines().find_map(|l| l.strip_prefix("VmRSS:")).unwrap_or("?").trim().to_string();

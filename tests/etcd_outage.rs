@@ -110,7 +110,7 @@ async fn gateway_starts_from_snapshot_while_etcd_is_down() {
     first.wait_live("snap", 3).await;
     kv.delete("/services/snap/0", None).await.unwrap();
     first.wait_live("snap", 2).await;
-    wait_until(Duration::from_secs(5), || {
+    wait_until("std::fs::read_to_string(&snap) .is_ok_and(|t| t.contains(&b[1].addr.to_string()) && !t.contains(&b[0].addr.to_string()))", Duration::from_secs(5), async || {
         std::fs::read_to_string(&snap)
             .is_ok_and(|t| t.contains(&b[1].addr.to_string()) && !t.contains(&b[0].addr.to_string()))
     })
@@ -165,8 +165,12 @@ async fn cluster_member_loss_resumes_watch_without_losing_events() {
             }
         }
     });
-    wait_until(Duration::from_secs(10), || gw.table.load().service("cl").is_some_and(|s| s.endpoints.len() >= 50))
-        .await;
+    wait_until(
+        "gw.table.load().service(\"cl\").is_some_and(|s| s.endpoints.len() >= 50)",
+        Duration::from_secs(10),
+        async || gw.table.load().service("cl").is_some_and(|s| s.endpoints.len() >= 50),
+    )
+    .await;
     let (_, before) = admin_get(gw.admin, "/metrics").await;
     let restarts = |m: &str| {
         metric(m, "switchyard_discovery_watch_restarts_total{reason=\"stream_error\"}")
@@ -174,8 +178,12 @@ async fn cluster_member_loss_resumes_watch_without_losing_events() {
     };
     cluster.members[0].kill();
     writer.await.unwrap();
-    wait_until(Duration::from_secs(15), || gw.table.load().service("cl").is_some_and(|s| s.endpoints.len() == total))
-        .await;
+    wait_until(
+        "gw.table.load().service(\"cl\").is_some_and(|s| s.endpoints.len() == total)",
+        Duration::from_secs(15),
+        async || gw.table.load().service("cl").is_some_and(|s| s.endpoints.len() == total),
+    )
+    .await;
     let (_, metrics) = admin_get(gw.admin, "/metrics").await;
     assert!(restarts(&metrics) > restarts(&before), "the watch on the killed member restarted\n{metrics}");
     assert_eq!(

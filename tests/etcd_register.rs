@@ -67,19 +67,22 @@ async fn registrar_gets_traffic_and_kill_9_expires_within_ttl() {
 
     // The sidecar, killed with SIGKILL: nothing revokes its lease.
     let sidecar = Sidecar::start(&etcd.url(), "reg", "b", b.addr, 2, "1");
-    wait_until(Duration::from_secs(10), || live(&gw, "reg") == ["a", "b"]).await;
+    wait_until("live(&gw, \"reg\") == [\"a\", \"b\"]", Duration::from_secs(10), async || {
+        live(&gw, "reg") == ["a", "b"]
+    })
+    .await;
     // Outlive a few keepalive periods first: the lease must be renewed, not just granted.
     tokio::time::sleep(Duration::from_millis(2500)).await;
     assert_eq!(live(&gw, "reg"), ["a", "b"]);
     sidecar.signal("-KILL");
     let t0 = Instant::now();
-    wait_until(Duration::from_secs(10), || live(&gw, "reg") == ["a"]).await;
+    wait_until("live(&gw, \"reg\") == [\"a\"]", Duration::from_secs(10), async || live(&gw, "reg") == ["a"]).await;
     let gone = t0.elapsed();
     eprintln!("MEASURE kill -9 of the registrar (TTL 2s) → instance gone after {gone:?}");
     assert!(gone <= Duration::from_secs(3), "gone after {gone:?}, TTL 2 s + 1 s allowed");
 
     registrar.shutdown().await;
-    wait_until(Duration::from_secs(5), || live(&gw, "reg").is_empty()).await;
+    wait_until("live(&gw, \"reg\").is_empty()", Duration::from_secs(5), async || live(&gw, "reg").is_empty()).await;
     drop(sidecar);
     gw.stop().await;
 }
@@ -91,8 +94,11 @@ async fn graceful_stop_under_load_fails_no_request() {
     let a = Backend::start("a").await;
     let b = Backend::start("b").await;
     let sa = Sidecar::start(&etcd.url(), "web", "a", a.addr, 2, "1");
-    let mut sb = Sidecar::start(&etcd.url(), "web", "b", b.addr, 2, "1");
-    wait_until(Duration::from_secs(10), || live(&gw, "web") == ["a", "b"]).await;
+    let sb = Sidecar::start(&etcd.url(), "web", "b", b.addr, 2, "1");
+    wait_until("live(&gw, \"web\") == [\"a\", \"b\"]", Duration::from_secs(10), async || {
+        live(&gw, "web") == ["a", "b"]
+    })
+    .await;
 
     let stop = Arc::new(AtomicBool::new(false));
     let mut tasks = Vec::new();
@@ -116,22 +122,55 @@ async fn graceful_stop_under_load_fails_no_request() {
             (ok, failures)
         }));
     }
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // Everything etcd sees happen to b's key from here on, timed.
+    let mut kv = etcd.client().await;
+    let (_watcher, mut events) = kv.watch("/services/web/b", None).await.unwrap();
+    let history = tokio::spawn(async move {
+        let mut seen = Vec::new();
+        while let Ok(Some(res)) = events.message().await {
+            for e in res.events() {
+                let value = e.kv().map(|kv| kv.value_str().unwrap_or("").to_string()).unwrap_or_default();
+                let deleted = e.event_type() == etcd_client::EventType::Delete;
+                seen.push((Instant::now(), deleted, value));
+                if deleted {
+                    return seen;
+                }
+            }
+        }
+        seen
+    });
+    wait_until("the clients under way", Duration::from_secs(10), async || a.hits() + b.hits() >= 300).await;
     // A rolling restart of b: SIGTERM its registrar, wait for it to exit, then stop b.
     sb.signal("-TERM");
-    wait_until(Duration::from_secs(3), || live(&gw, "web") == ["a"]).await; // draining: no new requests
-    let t0 = Instant::now();
-    let status = loop {
-        if let Some(s) = sb.0.try_wait().unwrap() {
-            break s;
-        }
-        assert!(t0.elapsed() < Duration::from_secs(10), "switchyard register did not exit");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    };
+    // draining: no new requests
+    wait_until("b no longer live", Duration::from_secs(3), async || live(&gw, "web") == ["a"]).await;
+    let status = tokio::task::spawn_blocking(move || {
+        let status = sb.0.wait().unwrap();
+        (sb, status)
+    });
+    let (_sb, status) = tokio::time::timeout(Duration::from_secs(10), status).await.expect("register exits").unwrap();
     assert!(status.success(), "switchyard register exited with {status}");
-    wait_until(Duration::from_secs(5), || gw.table.load().service("web").is_some_and(|s| s.endpoints.len() == 1)).await;
+    // In etcd: first the same key with status=draining, then, a drain period
+    // (--drain-seconds 1) later, the delete from revoking the lease.
+    let seen = tokio::time::timeout(Duration::from_secs(5), history).await.expect("b's key deleted").unwrap();
+    let [(drained_at, false, draining), (deleted_at, true, _)] = &seen[..] else {
+        panic!("expected a put of status=draining then a delete, saw {seen:?}");
+    };
+    let value: serde_json::Value = serde_json::from_str(draining).unwrap();
+    assert_eq!(value["metadata"]["status"], "draining", "{draining}");
+    assert_eq!(value["addr"], b.addr.to_string(), "{draining}");
+    let drained_for = *deleted_at - *drained_at;
+    assert!(drained_for >= Duration::from_millis(900), "revoked {drained_for:?} after draining, want the 1 s drain");
+    wait_until(
+        "gw.table.load().service(\"web\").is_some_and(|s| s.endpoints.len() == 1)",
+        Duration::from_secs(5),
+        async || gw.table.load().service("web").is_some_and(|s| s.endpoints.len() == 1),
+    )
+    .await;
     b.stop();
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    // The clients keep going for a while after b is gone.
+    let a_hits = a.hits();
+    wait_until("200 more requests after b stopped", Duration::from_secs(10), async || a.hits() >= a_hits + 200).await;
     stop.store(true, Ordering::Relaxed);
     let (mut ok, mut failures) = (0, Vec::new());
     for t in tasks {
@@ -172,15 +211,11 @@ async fn lost_lease_and_etcd_restart_lead_to_reregistration() {
     tokio::time::sleep(Duration::from_millis(500)).await;
     etcd.restart().await;
     let mut kv = etcd.client().await;
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let present = kv.get(registrar.key(), None).await.map(|r| r.kvs().len() == 1).unwrap_or(false);
-        if present && Instant::now() > deadline - Duration::from_secs(7) {
-            break;
-        }
-        assert!(Instant::now() < deadline, "registration not back after the etcd restart");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    let mut present = async || kv.get(registrar.key(), None).await.is_ok_and(|r| r.kvs().len() == 1);
+    wait_until("the registration back after the etcd restart", Duration::from_secs(10), async || present().await).await;
+    // Outlive the 1 s TTL a few times over: the registration is kept alive, not just back once.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert!(present().await, "the registration expired after the etcd restart");
     gw.wait_live("ll", 1).await;
     assert_eq!(try_get_service(&client(), gw.addr, "ll").await, Ok((200, "a".to_string())));
 

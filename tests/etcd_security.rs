@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 use etcd_client::{GetOptions, Permission};
 use support::etcd::{gateway_config, get_service, instance_json, Etcd, EtcdTls};
 use support::tls::Ca;
-use support::{admin_get, client, free_port, wait_until, Backend, TestGateway};
+use support::{admin_get, client, reserve_port, wait_until, Backend, ReservedPort, TestGateway};
 use switchyard::config::ClientTls;
 use switchyard::register::{Registrar, Registration};
 
@@ -47,12 +47,13 @@ struct Process {
     web: SocketAddr,
     log: std::path::PathBuf,
     _dir: tempfile::TempDir,
+    _ports: [ReservedPort; 2],
 }
 
 impl Process {
     fn start(endpoints: &[String], extra: &str) -> Process {
-        let admin = SocketAddr::from(([127, 0, 0, 1], free_port()));
-        let web = SocketAddr::from(([127, 0, 0, 1], free_port()));
+        let ports = [reserve_port(), reserve_port()];
+        let (admin, web) = (ports[0].addr(), ports[1].addr());
         let config = gateway_config(endpoints, extra)
             .replace("listen = \"127.0.0.1:0\"\n\n[discovery]", &format!("listen = \"{admin}\"\n\n[discovery]"))
             .replace("listen = \"127.0.0.1:0\"\n", &format!("listen = \"{web}\"\n"));
@@ -69,7 +70,7 @@ impl Process {
             .stderr(std::fs::File::create(&log).unwrap())
             .spawn()
             .expect("start switchyard");
-        Process { child, admin, web, log, _dir: dir }
+        Process { child, admin, web, log, _dir: dir, _ports: ports }
     }
 
     fn log(&self) -> String {
@@ -78,18 +79,13 @@ impl Process {
 
     /// Waits until the admin server answers `/healthz`.
     async fn wait_admin(&mut self) {
-        let deadline = Instant::now() + Duration::from_secs(10);
-        loop {
+        wait_until("the admin server up", Duration::from_secs(10), async || {
             assert!(self.child.try_wait().unwrap().is_none(), "switchyard exited; log:\n{}", self.log());
-            if tokio::time::timeout(Duration::from_secs(1), tokio::net::TcpStream::connect(self.admin))
+            tokio::time::timeout(Duration::from_secs(1), tokio::net::TcpStream::connect(self.admin))
                 .await
                 .is_ok_and(|c| c.is_ok())
-            {
-                return;
-            }
-            assert!(Instant::now() < deadline, "admin server not up; log:\n{}", self.log());
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        })
+        .await;
     }
 }
 
@@ -215,10 +211,10 @@ async fn tls_with_client_certificates_gateway_and_registrar() {
         Some(etcd_client::ConnectOptions::new().with_connect_timeout(Duration::from_secs(1))),
     )
     .await;
-    if let Ok(mut plain) = plain {
-        let got = tokio::time::timeout(Duration::from_secs(3), plain.get("/services/", None)).await;
-        assert!(!matches!(got, Ok(Ok(_))), "plain http answered on the TLS port");
-    }
+    // The connect is lazy and succeeds; the first call must fail.
+    let mut plain = plain.expect("a lazy connect succeeds");
+    let got = tokio::time::timeout(Duration::from_secs(3), plain.get("/services/", None)).await;
+    assert!(!matches!(got, Ok(Ok(_))), "plain http answered on the TLS port");
 
     let a = Backend::start("a").await;
     let b = Backend::start("b").await;
@@ -252,12 +248,24 @@ async fn tls_with_client_certificates_gateway_and_registrar() {
 
     // Without a client certificate etcd refuses the handshake: never ready, no crash.
     let no_cert = TestGateway::start(&gateway_config(&[etcd.url()], &tls_table(&ca_path, None))).await;
-    tokio::time::sleep(Duration::from_millis(1500)).await;
+    // etcd itself logs the refused handshake: it is alive, and the missing certificate is why.
+    wait_until("etcd refusing a client without a certificate", Duration::from_secs(10), async || {
+        std::fs::read_to_string(etcd.log_path()).unwrap_or_default().contains("didn't provide a certificate")
+    })
+    .await;
     assert_eq!(admin_get(no_cert.admin, "/readyz").await.0, 503);
     assert!(no_cert.table.load().service("tls").is_none());
+    // Meanwhile etcd serves a client that has a certificate: not ready because refused, not because etcd is down.
+    assert_eq!(kv.get("/services/tls/a", None).await.expect("etcd alive").kvs().len(), 1);
+    assert_eq!(admin_get(gw.admin, "/readyz").await.0, 200);
     no_cert.stop().await;
 
     registrar.shutdown().await;
-    wait_until(Duration::from_secs(5), || gw.table.load().service("tls").is_some_and(|s| s.live.len() == 1)).await;
+    wait_until(
+        "gw.table.load().service(\"tls\").is_some_and(|s| s.live.len() == 1)",
+        Duration::from_secs(5),
+        async || gw.table.load().service("tls").is_some_and(|s| s.live.len() == 1),
+    )
+    .await;
     gw.stop().await;
 }

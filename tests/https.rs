@@ -98,11 +98,10 @@ async fn alpn_h2_and_http1_reach_the_backend() {
 
 /// Polls new handshakes until the server presents `want`.
 async fn wait_for_cert(addr: std::net::SocketAddr, sni: &str, want: &rustls::pki_types::CertificateDer<'static>) {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while presented(addr, Some(sni)).await != *want {
-        assert!(Instant::now() < deadline, "the new certificate was not served within 10 s");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    support::wait_until("the new certificate served", Duration::from_secs(10), async || {
+        presented(addr, Some(sni)).await == *want
+    })
+    .await;
 }
 
 async fn reloads(gw: &TestGateway, listener: &str, result: &str) -> f64 {
@@ -145,11 +144,10 @@ async fn certificate_reload_keeps_connections_and_survives_a_bad_file() {
     // (Counted from here: a reload may also have failed while cert and key were half replaced.)
     let errors_before = reloads(&gw, "reload", "error").await;
     tls::write_atomic(&second.cert, b"-----BEGIN CERTIFICATE-----\nnot base64 at all\n-----END CERTIFICATE-----\n");
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while reloads(&gw, "reload", "error").await <= errors_before {
-        assert!(Instant::now() < deadline, "the bad file was not noticed");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    support::wait_until("the bad certificate file counted", Duration::from_secs(10), async || {
+        reloads(&gw, "reload", "error").await > errors_before
+    })
+    .await;
     assert_eq!(presented(gw.addr, Some("site.test")).await, second.der);
     let stream = tls::connect(gw.addr, tls::client_config(&ca, &[b"h2"]), "site.test").await.unwrap();
     assert_eq!(tls::request_over(stream, "site.test", "/").await, (200, "app-1".to_string()));
@@ -203,15 +201,10 @@ async fn tls10_and_tls11_clients_are_refused_and_counted() {
         // A fatal alert record (level 2), then the connection closes.
         assert_eq!(reply.first(), Some(&0x15), "an alert record, got {reply:?}");
         assert_eq!(reply.get(5..7), Some(&[2u8, alert][..]), "alert {alert}, got {reply:?}");
-        let deadline = Instant::now() + Duration::from_secs(5);
-        loop {
-            let (_, text) = admin_get(gw.admin, "/metrics").await;
-            if metric(&text, series) >= attempt as f64 {
-                break;
-            }
-            assert!(Instant::now() < deadline, "handshake failure not counted: {series}");
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        support::wait_until(&format!("handshake failure counted: {series}"), Duration::from_secs(5), async || {
+            metric(&admin_get(gw.admin, "/metrics").await.1, series) >= attempt as f64
+        })
+        .await;
     }
     // The listener still serves modern clients.
     let _backend = with_backend(&gw).await;

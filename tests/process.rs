@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use http_body_util::{BodyExt, StreamBody};
 use hyper::body::Frame;
-use support::{free_port, write_instances, Backend, GatewayProcess};
+use support::{reserve_port, wait_until, write_instances, Backend, GatewayProcess, ReservedPort};
 
 fn switchyard() -> Command {
     Command::new(env!("CARGO_BIN_EXE_switchyard"))
@@ -60,13 +60,15 @@ balance = "rr"
     assert!(String::from_utf8_lossy(&missing.stderr).contains("cannot read /nonexistent.toml"));
 }
 
-/// The real binary on fixed free ports, routing everything to `backend` (service
-/// "s") from an instances file in the returned temp dir; returns its HTTP port.
-async fn gateway_process(backend: &Backend) -> (GatewayProcess, u16, tempfile::TempDir) {
+/// The real binary on reserved ports, routing everything to `backend` (service
+/// "s") from an instances file in the returned temp dir; returns its HTTP port
+/// (held until the returned reservations drop).
+async fn gateway_process(backend: &Backend) -> (GatewayProcess, u16, (tempfile::TempDir, [ReservedPort; 2])) {
     let dir = tempfile::tempdir().unwrap();
     let instances = dir.path().join("instances.toml");
     write_instances(&instances, &[("s", "1", backend.addr, &[])]);
-    let (port, admin) = (free_port(), free_port());
+    let ports = [reserve_port(), reserve_port()];
+    let (port, admin) = (ports[0].port, ports[1].port);
     let config = format!(
         r#"[runtime]
 workers = 2
@@ -87,7 +89,7 @@ service = "s"
         instances.display()
     );
     let gw = GatewayProcess::start(&config, format!("127.0.0.1:{admin}").parse().unwrap()).await;
-    (gw, port, dir)
+    (gw, port, (dir, ports))
 }
 
 /// Reads a body to its end, sampling the gateway's RSS every 8 MiB into `peak`; returns the byte count.
@@ -143,15 +145,10 @@ async fn sigterm_lets_a_slow_request_finish() {
     let sent = Instant::now();
     gw.signal("TERM");
     // New connections are refused soon after the signal...
-    let mut refused = false;
-    for _ in 0..100 {
-        if std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-            refused = true;
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    assert!(refused, "listener still accepting after SIGTERM");
+    wait_until("the listener closed after SIGTERM", Duration::from_secs(1), async || {
+        std::net::TcpStream::connect(("127.0.0.1", port)).is_err()
+    })
+    .await;
     // ...while the in-flight request completes.
     assert_eq!(slow.await.unwrap(), (200, "slow".to_string()));
     let status = tokio::task::spawn_blocking(move || {

@@ -172,7 +172,8 @@ async fn admin_endpoints() {
     // Before the first table: alive but not ready.
     assert_eq!(admin_get(gw.admin, "/healthz").await.0, 200);
     write_instances(&gw.instances_path(), &[("viewed", "v1", b.addr, &[("weight", "4"), ("status", "draining")])]);
-    support::wait_until(Duration::from_secs(5), || gw.table.load().version >= 1).await;
+    support::wait_until("gw.table.load().version >= 1", Duration::from_secs(5), async || gw.table.load().version >= 1)
+        .await;
     assert_eq!(admin_get(gw.admin, "/readyz").await.0, 200);
     let (status, json) = admin_get(gw.admin, "/upstreams").await;
     assert_eq!(status, 200);
@@ -225,11 +226,10 @@ async fn garbage_gets_400_and_is_counted() {
         let text = String::from_utf8_lossy(&out);
         assert!(text.starts_with("HTTP/1.1 400"), "{junk:?} -> {text:?}");
     }
-    let deadline = std::time::Instant::now() + Duration::from_secs(5);
-    while metric(&admin_get(gw.admin, "/metrics").await.1, series) < before + 3.0 {
-        assert!(std::time::Instant::now() < deadline, "malformed requests not counted");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    support::wait_until("3 malformed requests counted", Duration::from_secs(5), async || {
+        metric(&admin_get(gw.admin, "/metrics").await.1, series) >= before + 3.0
+    })
+    .await;
     // The gateway still serves.
     assert_eq!(get(&client(), &gw.url("/")).await, (200, "g".to_string()));
 }

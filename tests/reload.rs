@@ -42,13 +42,19 @@ async fn edits_under_load_fail_no_request() {
         }));
     }
     // Shift traffic from {b1,b2} to {b2,b3} to {b3} while the clients run.
-    support::wait_until(Duration::from_secs(10), || done.load(Ordering::Relaxed) >= 200).await;
+    support::wait_until("done.load(Ordering::Relaxed) >= 200", Duration::from_secs(10), async || {
+        done.load(Ordering::Relaxed) >= 200
+    })
+    .await;
     write_instances(&path, &[("s", "2", b[1].addr, &[]), ("s", "3", b[2].addr, &[])]);
-    support::wait_until(Duration::from_secs(10), || b[2].hits() >= 100).await;
+    support::wait_until("b[2].hits() >= 100", Duration::from_secs(10), async || b[2].hits() >= 100).await;
     let during = done.load(Ordering::Relaxed);
     write_instances(&path, &[("s", "3", b[2].addr, &[])]);
     gw.wait_live("s", 1).await;
-    support::wait_until(Duration::from_secs(10), || done.load(Ordering::Relaxed) >= during + 200).await;
+    support::wait_until("done.load(Ordering::Relaxed) >= during + 200", Duration::from_secs(10), async || {
+        done.load(Ordering::Relaxed) >= during + 200
+    })
+    .await;
     stop.store(true, Ordering::Relaxed);
     for c in clients {
         c.await.unwrap();
@@ -77,19 +83,20 @@ async fn broken_edit_keeps_the_table_and_is_counted() {
     );
     let version = gw.table.load().version;
 
-    std::fs::write(&path, "[[instance]]\nservice = \"s\"\nid = \"1\"\naddr = \"127.0.0.1:0\"\n").unwrap();
-    let deadline = std::time::Instant::now() + Duration::from_secs(5);
-    loop {
+    // Written as editors and config tools do (temp file + rename), so the poller
+    // sees the whole broken file at once, never a half-written one.
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, "[[instance]]\nservice = \"s\"\nid = \"1\"\naddr = \"127.0.0.1:0\"\n").unwrap();
+    std::fs::rename(&tmp, &path).unwrap();
+    // Other gateways in this binary count parse errors on the same series: wait for ours.
+    support::wait_until("the parse error counted", Duration::from_secs(5), async || {
         let now = metric(
             &admin_get(gw.admin, "/metrics").await.1,
             r#"switchyard_discovery_errors_total{source="file",kind="parse"}"#,
         );
-        if now == errors_before + 1.0 {
-            break;
-        }
-        assert!(std::time::Instant::now() < deadline, "parse error not counted");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+        now >= errors_before + 1.0
+    })
+    .await;
     assert_eq!(gw.table.load().version, version, "a broken file must not swap the table");
     assert_eq!(get(&client(), &gw.url("/")).await, (200, "b1".to_string()));
 

@@ -85,16 +85,12 @@ async fn echoes_ten_megabytes_each_way_across_a_half_close() {
     // Counted both ways, on this listener's own series (labels in registration order). The last
     // count lands just after the last write, so allow it a moment.
     let series = |d: &str| format!(r#"switchyard_tcp_bytes_total{{listener="echo10",direction="{d}"}}"#);
-    let mut counted = (0.0, 0.0);
-    for _ in 0..100 {
+    let counted = async || {
         let text = metrics(&gw).await;
-        counted = (metric(&text, &series("to_upstream")), metric(&text, &series("to_client")));
-        if counted == (SIZE as f64, SIZE as f64) {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    assert_eq!(counted, (SIZE as f64, SIZE as f64), "{}", metrics(&gw).await);
+        (metric(&text, &series("to_upstream")), metric(&text, &series("to_client")))
+    };
+    let all = (SIZE as f64, SIZE as f64);
+    support::wait_until("every byte counted both ways", Duration::from_secs(2), async || counted().await == all).await;
     gw.stop().await;
 }
 

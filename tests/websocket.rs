@@ -104,11 +104,10 @@ async fn websocket_messages_flow_both_ways_and_are_counted() {
         // Drain until the server's close arrives and the stream ends.
         while let Ok(Some(Ok(_))) = tokio::time::timeout(Duration::from_secs(5), ws.next()).await {}
     }
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    while gauge(&gw, "wsgw").await != 0.0 {
-        assert!(std::time::Instant::now() < deadline, "gauge did not return to 0");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    support::wait_until("the upgraded-connections gauge back to 0", Duration::from_secs(10), async || {
+        gauge(&gw, "wsgw").await == 0.0
+    })
+    .await;
     gw.stop().await;
 }
 

@@ -18,12 +18,24 @@ fn errors(text: &str) -> Vec<String> {
 
 #[test]
 fn minimal_config_gets_defaults() {
+    // The values the README documents ("Defaults: ..."), written out here rather
+    // than read from the DEFAULT_* constants, so that changing a constant without
+    // the docs fails.
     let c = Config::parse(MINIMAL).unwrap();
-    assert_eq!(c.admin_listen.to_string(), DEFAULT_ADMIN_LISTEN);
-    assert!(c.workers >= 1);
-    assert_eq!(c.timeouts.connect, DEFAULT_CONNECT_TIMEOUT);
+    assert_eq!(c.admin_listen.to_string(), "127.0.0.1:9901");
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+    assert_eq!(c.workers, cpus);
+    assert_eq!(c.timeouts.connect, Duration::from_secs(2));
+    assert_eq!(c.timeouts.request, Duration::from_secs(30));
+    assert_eq!(c.timeouts.header_read, Duration::from_secs(10));
+    assert_eq!(c.timeouts.shutdown_grace, Duration::from_secs(30));
+    assert_eq!(c.limits.max_connections, 65_536);
+    assert_eq!(c.limits.upstream_idle_per_host, 256);
     match &c.discovery {
-        Discovery::File(f) => assert_eq!(f.path, PathBuf::from(DEFAULT_INSTANCES_PATH)),
+        Discovery::File(f) => {
+            assert_eq!(f.path, PathBuf::from("config/instances.toml"));
+            assert_eq!(f.poll_interval, Duration::from_millis(500));
+        }
         other => panic!("{other:?}"),
     }
     assert!(matches!(&c.listeners[0].kind, ListenerKind::Http { routes } if routes.is_empty()));

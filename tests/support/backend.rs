@@ -1,7 +1,8 @@
 //! A small HTTP/1.1 + h2c backend for tests. Paths:
 //! `/slow/MS` answers after MS milliseconds; `/bytes/N` streams N bytes;
 //! `/echo` streams the request body back; `/headers` lists the request headers
-//! and version; anything else answers with the backend's name.
+//! and version; `/hop-by-hop` answers with hop-by-hop response headers (for the
+//! gateway to strip); anything else answers with the backend's name.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -109,6 +110,16 @@ async fn answer(name: Bytes, req: Request<Incoming>) -> Result<Response<Body>, I
             text.push_str(&format!("{k}: {}\n", v.to_str().unwrap_or("?")));
         }
         Response::new(full(text))
+    } else if path == "/hop-by-hop" {
+        Response::builder()
+            .header("connection", "x-named-by-connection")
+            .header("x-named-by-connection", "1")
+            .header("keep-alive", "timeout=5")
+            .header("proxy-authenticate", "Basic")
+            .header("upgrade", "h2c")
+            .header("x-end-to-end", "kept")
+            .body(full(name))
+            .unwrap()
     } else {
         Response::new(full(name))
     };

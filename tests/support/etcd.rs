@@ -1,5 +1,5 @@
 //! Real etcd processes for tests: a single node or a three-member cluster on
-//! free 127.0.0.1 ports in temp dirs, with the fast timings from ETCD.md (so a
+//! reserved 127.0.0.1 ports (see [`reserve_port`]) in temp dirs, with the fast timings from ETCD.md (so a
 //! 1 s lease TTL is honoured), SIGKILL teardown and restart on the same data
 //! dir; and a TCP relay the test can cut and restore between a client and etcd.
 //! A missing `etcd` binary is a loud panic, never a skip.
@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
-use super::free_port;
+use super::{reserve_port, wait_until, ReservedPort};
 
 pub const ETCD_BIN: &str = "/usr/bin/etcd";
 
@@ -30,6 +30,11 @@ pub struct Etcd {
     child: Option<Child>,
     /// Serve clients over TLS (https) and require a client certificate.
     tls: Option<EtcdTls>,
+    /// Held for the member's whole life, so a restart finds its ports free.
+    _ports: [ReservedPort; 2],
+    /// (cluster id, member id) first seen healthy: a restart on the same data
+    /// dir must come back as the same member of the same cluster.
+    identity: Option<(u64, u64)>,
 }
 
 /// PEM files for an etcd that serves its clients over TLS and requires a
@@ -57,7 +62,7 @@ impl EtcdTls {
 impl Etcd {
     /// A single-node etcd, healthy when this returns.
     pub async fn start() -> Etcd {
-        let mut e = Etcd::member("s", free_port(), free_port());
+        let mut e = Etcd::member("s");
         e.initial_cluster = format!("s=http://127.0.0.1:{}", e.peer_port);
         e.spawn();
         e.wait_healthy(Duration::from_secs(15)).await;
@@ -67,7 +72,7 @@ impl Etcd {
     /// A single-node etcd that serves clients only on `https://127.0.0.1:P`
     /// with `--client-cert-auth`; healthy (a TLS status call answers) when this returns.
     pub async fn start_tls(tls: EtcdTls) -> Etcd {
-        let mut e = Etcd::member("s", free_port(), free_port());
+        let mut e = Etcd::member("s");
         e.initial_cluster = format!("s=http://127.0.0.1:{}", e.peer_port);
         e.tls = Some(tls);
         e.spawn();
@@ -75,22 +80,25 @@ impl Etcd {
         e
     }
 
-    fn member(name: &str, client_port: u16, peer_port: u16) -> Etcd {
+    fn member(name: &str) -> Etcd {
         assert!(
             std::path::Path::new(ETCD_BIN).exists(),
             "{ETCD_BIN} not found: install Debian's etcd-server (the etcd tests never skip)"
         );
         let dir = tempfile::tempdir().unwrap();
+        let ports = [reserve_port(), reserve_port()];
         Etcd {
             name: name.to_string(),
-            client_port,
-            peer_port,
+            client_port: ports[0].port,
+            peer_port: ports[1].port,
             initial_cluster: String::new(),
             token: format!("t-{}", fastrand::u64(..)),
             data: dir.path().join("data"),
             _dir: dir,
             child: None,
             tls: None,
+            _ports: ports,
+            identity: None,
         }
     }
 
@@ -139,26 +147,52 @@ impl Etcd {
         self._dir.path().join("etcd.log")
     }
 
-    /// Polls `/health` until it reports true (with TLS: until a status call
-    /// over TLS with the client certificate answers).
-    pub async fn wait_healthy(&self, limit: Duration) {
-        let deadline = Instant::now() + limit;
-        loop {
-            let healthy = match &self.tls {
-                None => health(self.addr()).await,
-                Some(tls) => tls_health(&self.url(), tls).await,
-            };
-            if healthy {
-                return;
+    /// Waits until this member is healthy and is really this member: the
+    /// etcd answering on the client port has our name and peer URL (so it is
+    /// not another test's etcd), and after a restart the same cluster and
+    /// member ids as before (so it reopened our data dir).
+    pub async fn wait_healthy(&mut self, limit: Duration) {
+        let what = format!("etcd {} healthy (log: {})", self.name, self.log_path().display());
+        let mut seen = None;
+        wait_until(&what, limit, async || {
+            // Over plain HTTP, `/health` also requires a leader and a working store.
+            if self.tls.is_none() && !health(self.addr()).await {
+                return false;
             }
-            assert!(
-                Instant::now() < deadline,
-                "etcd {} not healthy within {limit:?}; log: {}",
-                self.name,
-                self.log_path().display()
-            );
-            tokio::time::sleep(Duration::from_millis(25)).await;
+            seen = self.identify().await;
+            seen.is_some()
+        })
+        .await;
+        let (cluster, member, name, peers) = seen.unwrap();
+        let peer = format!("http://127.0.0.1:{}", self.peer_port);
+        assert_eq!(name, self.name, "another etcd answers on port {}", self.client_port);
+        assert!(peers.contains(&peer), "etcd on port {} has peer URLs {peers:?}, not {peer}", self.client_port);
+        match self.identity {
+            None => self.identity = Some((cluster, member)),
+            Some(first) => assert_eq!(first, (cluster, member), "etcd {} came back as another member", self.name),
         }
+    }
+
+    /// (cluster id, member id, member name, member peer URLs) of the etcd
+    /// on the client port, once it has a leader.
+    async fn identify(&self) -> Option<(u64, u64, String, Vec<String>)> {
+        let attempt = async {
+            let mut opts = etcd_client::ConnectOptions::new().with_connect_timeout(Duration::from_millis(500));
+            if let Some(tls) = &self.tls {
+                opts = opts.with_tls(tls.client_options());
+            }
+            let mut c = etcd_client::Client::connect([self.url()], Some(opts)).await.ok()?;
+            let status = c.status().await.ok()?;
+            if status.leader() == 0 {
+                return None;
+            }
+            let header = status.header()?;
+            let (cluster, id) = (header.cluster_id(), header.member_id());
+            let members = c.member_list().await.ok()?;
+            let me = members.members().iter().find(|m| m.id() == id)?;
+            Some((cluster, id, me.name().to_string(), me.peer_urls().to_vec()))
+        };
+        tokio::time::timeout(Duration::from_secs(1), attempt).await.ok().flatten()
     }
 
     /// SIGKILL, and wait until the process is gone (its ports are free again).
@@ -212,8 +246,7 @@ pub struct Cluster {
 
 impl Cluster {
     pub async fn start() -> Cluster {
-        let mut members: Vec<Etcd> =
-            (1..=3).map(|i| Etcd::member(&format!("m{i}"), free_port(), free_port())).collect();
+        let mut members: Vec<Etcd> = (1..=3).map(|i| Etcd::member(&format!("m{i}"))).collect();
         let initial = members
             .iter()
             .map(|m| format!("{}=http://127.0.0.1:{}", m.name, m.peer_port))
@@ -225,7 +258,7 @@ impl Cluster {
             m.token = token.clone();
             m.spawn();
         }
-        for m in &members {
+        for m in &mut members {
             m.wait_healthy(Duration::from_secs(20)).await;
         }
         Cluster { members }
@@ -251,17 +284,6 @@ async fn health(addr: SocketAddr) -> bool {
         Some(String::from_utf8_lossy(&buf).contains("\"health\":\"true\""))
     };
     tokio::time::timeout(Duration::from_secs(1), attempt).await.ok().flatten().unwrap_or(false)
-}
-
-async fn tls_health(url: &str, tls: &EtcdTls) -> bool {
-    let attempt = async {
-        let opts = etcd_client::ConnectOptions::new()
-            .with_connect_timeout(Duration::from_millis(500))
-            .with_tls(tls.client_options());
-        let mut c = etcd_client::Client::connect([url], Some(opts)).await.ok()?;
-        c.status().await.ok()
-    };
-    tokio::time::timeout(Duration::from_secs(1), attempt).await.ok().flatten().is_some()
 }
 
 /// A TCP relay to `target` that the test can cut (every open connection is

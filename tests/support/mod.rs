@@ -149,12 +149,15 @@ impl TestGateway {
 
     /// Waits until the live table's version is at least `version`.
     pub async fn wait_version(&self, version: u64) {
-        wait_until(Duration::from_secs(10), || self.table.load().version >= version).await;
+        wait_until(&format!("table version {version}"), Duration::from_secs(10), async || {
+            self.table.load().version >= version
+        })
+        .await;
     }
 
     /// Waits until `service` has exactly `live` live endpoints.
     pub async fn wait_live(&self, service: &str, live: usize) {
-        wait_until(Duration::from_secs(10), || {
+        wait_until(&format!("{live} live instances of {service:?}"), Duration::from_secs(10), async || {
             self.table.load().service(service).is_some_and(|s| s.live.len() == live)
         })
         .await;
@@ -174,10 +177,16 @@ impl Drop for TestGateway {
     }
 }
 
-pub async fn wait_until(limit: Duration, mut ok: impl FnMut() -> bool) {
-    let deadline = Instant::now() + limit;
-    while !ok() {
-        assert!(Instant::now() < deadline, "condition not reached within {limit:?}");
+/// Polls `ok` every 10 ms until it holds; panics naming `what` after `limit`.
+/// Returns how long it took, for tests that bound a documented delay.
+pub async fn wait_until(what: &str, limit: Duration, mut ok: impl AsyncFnMut() -> bool) -> Duration {
+    let start = Instant::now();
+    loop {
+        // Checked before the deadline, so a condition that holds just in time still counts.
+        if ok().await {
+            return start.elapsed();
+        }
+        assert!(start.elapsed() < limit, "not reached within {limit:?}: {what}");
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
 }
@@ -206,9 +215,32 @@ pub fn refusing_addr() -> (tokio::net::TcpSocket, SocketAddr) {
     (socket, addr)
 }
 
-/// A free port on 127.0.0.1 (bound and released; fine for tests that start a child process).
-pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+/// A port on 127.0.0.1 held for one test until dropped, for a child process
+/// that must listen on a port given in advance (etcd, the gateway binary).
+///
+/// A port bound and released at once can be taken by anyone before the child
+/// binds it, and again while the child restarts. This one stays bound, with
+/// `SO_REUSEADDR` and never listened on: Linux then never hands it out to a
+/// `bind(0)` nor as a connect's source port, while a server that binds it
+/// explicitly with `SO_REUSEADDR` (etcd, being Go; switchyard, through tokio)
+/// may listen on it — again after a restart, since the reservation still holds it.
+pub struct ReservedPort {
+    pub port: u16,
+    _socket: tokio::net::TcpSocket,
+}
+
+impl ReservedPort {
+    pub fn addr(&self) -> SocketAddr {
+        SocketAddr::from(([127, 0, 0, 1], self.port))
+    }
+}
+
+pub fn reserve_port() -> ReservedPort {
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.set_reuseaddr(true).unwrap();
+    socket.bind("127.0.0.1:0".parse().unwrap()).unwrap();
+    let port = socket.local_addr().unwrap().port();
+    ReservedPort { port, _socket: socket }
 }
 
 /// The gateway binary as a child process; killed on drop.
@@ -219,7 +251,7 @@ pub struct GatewayProcess {
 
 impl GatewayProcess {
     /// Starts `switchyard run` with a config written into a temp dir; the config must use
-    /// fixed ports (see [`free_port`]). Waits for `/readyz` on `admin`.
+    /// fixed ports (see [`reserve_port`]). Waits for `/readyz` on `admin`.
     pub async fn start(config: &str, admin: SocketAddr) -> GatewayProcess {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("switchyard.toml");
@@ -232,18 +264,12 @@ impl GatewayProcess {
             .spawn()
             .expect("start switchyard");
         let process = GatewayProcess { child, dir };
-        let deadline = Instant::now() + Duration::from_secs(10);
         let c = client();
-        loop {
+        wait_until("switchyard ready", Duration::from_secs(10), async || {
             let req = http::Request::get(format!("http://{admin}/readyz")).body(Full::default()).unwrap();
-            if let Ok(Ok(res)) = tokio::time::timeout(Duration::from_secs(1), c.request(req)).await {
-                if res.status() == 200 {
-                    break;
-                }
-            }
-            assert!(Instant::now() < deadline, "switchyard did not become ready");
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+            matches!(tokio::time::timeout(Duration::from_secs(1), c.request(req)).await, Ok(Ok(res)) if res.status() == 200)
+        })
+        .await;
         process
     }
 

@@ -211,10 +211,26 @@ mod tests {
 
     #[test]
     fn seeded_snapshot_instances_are_replaced_by_a_listing() {
+        let inst = |id: &str, addr: &str| Instance {
+            service: "a".into(),
+            id: id.into(),
+            addr: addr.into(),
+            metadata: Default::default(),
+        };
         let mut k = Known::default();
-        let inst =
-            Instance { service: "a".into(), id: "1".into(), addr: "127.0.0.1:1".into(), metadata: Default::default() };
-        k.seed(&[P.to_string()], &[inst]);
-        assert_eq!(k.delete(P, b"/services/a/1"), Some(Change::Delete { service: "a".into(), id: "1".into() }));
+        k.seed(&[P.to_string()], &[inst("1", "127.0.0.1:1"), inst("2", "127.0.0.1:2"), inst("3", "127.0.0.1:3")]);
+        assert_eq!(k.len(), 3);
+        // The first listing after the snapshot: 1 moved, 2 is unreadable, 3 is gone, 4 is new.
+        let mut l = Listing::default();
+        k.listed(&mut l, P, b"/services/a/1", b"127.0.0.1:11", 5);
+        k.listed(&mut l, P, b"/services/a/2", b"{garbage", 6);
+        k.listed(&mut l, P, b"/services/a/4", b"127.0.0.1:4", 7);
+        let mut all: Vec<(String, String)> = k.replace(l).into_iter().map(|i| (i.id, i.addr)).collect();
+        all.sort();
+        let want = [("1", "127.0.0.1:11"), ("2", "127.0.0.1:2"), ("4", "127.0.0.1:4")];
+        assert_eq!(all, want.map(|(i, a)| (i.to_string(), a.to_string())));
+        // The seeded key format is the watched one: a later delete of the snapshot's key applies.
+        assert_eq!(k.delete(P, b"/services/a/2"), Some(Change::Delete { service: "a".into(), id: "2".into() }));
+        assert_eq!(k.delete(P, b"/services/a/3"), None, "3 left with the listing");
     }
 }

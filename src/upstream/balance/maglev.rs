@@ -172,7 +172,8 @@ mod tests {
             let even = KEYS as f64 / n as f64;
             let worst = counts.values().map(|&c| (c as f64 - even).abs() / even).fold(0.0, f64::max);
             eprintln!("maglev n={n}: max deviation from even {:.2}%", worst * 100.0);
-            assert!(worst <= 0.10, "n={n}: {counts:?}");
+            // The README promises a spread "within 1.7% of even"; 2% leaves a little margin.
+            assert!(worst <= 0.02, "n={n}: {:.2}% off even: {counts:?}", worst * 100.0);
         }
     }
 

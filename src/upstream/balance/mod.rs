@@ -78,12 +78,35 @@ mod tests {
     const PINNED_KEY0: u64 = 0x1813_7ad0_31db_6589;
     const PINNED_IP: u64 = 0xc879_e56d_dc6c_5c88;
 
+    /// FNV-1a 64 then murmur3's fmix64, written out from their specifications
+    /// with the published constants, independently of the code under test.
+    fn reference(bytes: &[u8]) -> u64 {
+        let mut h: u64 = 14_695_981_039_346_656_037;
+        for &b in bytes {
+            h = (h ^ u64::from(b)).wrapping_mul(1_099_511_628_211);
+        }
+        h ^= h >> 33;
+        h = h.wrapping_mul(0xff51_afd7_ed55_8ccd);
+        h ^= h >> 33;
+        h = h.wrapping_mul(0xc4ce_b9fe_1a85_ec53);
+        h ^ (h >> 33)
+    }
+
     #[test]
-    fn hash_key_is_repeatable_within_a_run() {
+    fn hash_key_is_fnv1a_then_fmix64() {
+        // FNV-1a's published test vectors, through the finalizer: proves `reference`
+        // (and with it `hash_key`) starts from the real FNV-1a, not a look-alike.
+        let fnv = |s: &[u8]| {
+            s.iter().fold(14_695_981_039_346_656_037u64, |h, &b| (h ^ u64::from(b)).wrapping_mul(1_099_511_628_211))
+        };
+        assert_eq!(fnv(b"a"), 0xaf63_dc4c_8601_ec8c);
+        assert_eq!(fnv(b"foobar"), 0x8594_4171_f739_67e8);
+        // Every key, not only the three pinned ones, hashes as the documented algorithm does.
         for i in 0..1000 {
             let k = format!("user-{i}");
-            assert_eq!(hash_key(k.as_bytes()), hash_key(k.as_bytes()));
+            assert_eq!(hash_key(k.as_bytes()), reference(k.as_bytes()), "{k}");
         }
+        assert_eq!(hash_key(&[0xff; 300]), reference(&[0xff; 300]));
     }
 
     #[test]

@@ -59,8 +59,11 @@ mod tests {
     }
 
     #[test]
-    fn survives_a_change_of_set_size() {
-        // The same cursor keeps going when the table shrinks or grows.
+    fn one_cursor_continues_across_set_sizes() {
+        // The picker side of "the cursor survives a table swap": given the same
+        // cursor, a new size continues from where it was instead of restarting at 0.
+        // That the service really keeps its cursor across a swap is tested end to
+        // end in tests/balancing.rs (`round_robin_continues_across_a_table_swap`).
         let cursor = AtomicUsize::new(0);
         assert_eq!(pick(&cursor, 4), Some(0));
         assert_eq!(pick(&cursor, 4), Some(1));
