@@ -42,7 +42,7 @@ enum Command {
     /// The gateway on its embedded default config, with built-in echo backends.
     Demo,
     /// Register an instance in etcd and keep it alive until SIGINT/SIGTERM (a provider sidecar).
-    Register(switchyard::register::RegisterArgs),
+    Register(Box<switchyard::register::RegisterArgs>),
 }
 
 fn main() -> ExitCode {
@@ -55,7 +55,7 @@ fn main() -> ExitCode {
         Command::Check { config } => check(&config),
         Command::Run { config } => load(&config).and_then(|c| run(c, Vec::new())),
         Command::Demo => demo(),
-        Command::Register(args) => register(args),
+        Command::Register(args) => register(*args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

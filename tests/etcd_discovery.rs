@@ -142,8 +142,8 @@ async fn compaction_while_cut_off_resyncs_to_etcds_table() {
     let mut kv = etcd.client().await;
     let b: Vec<Backend> =
         futures_util::future::join_all((0..6).map(|i| Backend::start(["b0", "b1", "b2", "b3", "b4", "b5"][i]))).await;
-    for i in 0..3 {
-        kv.put(format!("/services/c/{i}"), b[i].addr.to_string(), None).await.unwrap();
+    for (i, backend) in b.iter().take(3).enumerate() {
+        kv.put(format!("/services/c/{i}"), backend.addr.to_string(), None).await.unwrap();
     }
     let gw = TestGateway::start(&gateway_config(&[relay.url()], "")).await;
     gw.wait_live("c", 3).await;

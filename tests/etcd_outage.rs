@@ -100,8 +100,8 @@ async fn gateway_starts_from_snapshot_while_etcd_is_down() {
     let mut kv = etcd.client().await;
     let b: Vec<Backend> =
         futures_util::future::join_all((0..3).map(|i| async move { Backend::start(&format!("b{i}")).await })).await;
-    for i in 0..3 {
-        kv.put(format!("/services/snap/{i}"), b[i].addr.to_string(), None).await.unwrap();
+    for (i, backend) in b.iter().enumerate() {
+        kv.put(format!("/services/snap/{i}"), backend.addr.to_string(), None).await.unwrap();
     }
     let dir = tempfile::tempdir().unwrap();
     let snap = dir.path().join("snapshot.json");

@@ -124,7 +124,7 @@ async fn graceful_stop_under_load_fails_no_request() {
     }
     // Everything etcd sees happen to b's key from here on, timed.
     let mut kv = etcd.client().await;
-    let (_watcher, mut events) = kv.watch("/services/web/b", None).await.unwrap();
+    let mut events = kv.watch("/services/web/b", None).await.unwrap();
     let history = tokio::spawn(async move {
         let mut seen = Vec::new();
         while let Ok(Some(res)) = events.message().await {
@@ -145,6 +145,7 @@ async fn graceful_stop_under_load_fails_no_request() {
     // draining: no new requests
     wait_until("b no longer live", Duration::from_secs(3), async || live(&gw, "web") == ["a"]).await;
     let status = tokio::task::spawn_blocking(move || {
+        let mut sb = sb;
         let status = sb.0.wait().unwrap();
         (sb, status)
     });

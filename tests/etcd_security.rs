@@ -10,7 +10,7 @@ use std::collections::BTreeSet;
 use std::net::SocketAddr;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use etcd_client::{GetOptions, Permission};
 use support::etcd::{gateway_config, get_service, instance_json, Etcd, EtcdTls};

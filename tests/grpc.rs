@@ -39,7 +39,7 @@ service = "echo"
 async fn gateway_with(backends: &[&GrpcBackend], extra: &str) -> TestGateway {
     let gw = TestGateway::start(&format!("{BASE}{extra}")).await;
     let ids: Vec<String> = (1..=backends.len()).map(|i| format!("e{i}")).collect();
-    let instances: Vec<(&str, &str, std::net::SocketAddr, &[(&str, &str)])> =
+    let instances: Vec<support::InstanceLine<'_>> =
         backends.iter().zip(&ids).map(|(b, id)| ("echo", id.as_str(), b.addr, &[("protocol", "h2c")][..])).collect();
     write_instances(&gw.instances_path(), &instances);
     gw.wait_live("echo", backends.len()).await;

@@ -7,7 +7,7 @@ mod support;
 
 use support::FILE_DISCOVERY;
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use http_body_util::{BodyExt, Full};
 use hyper_util::rt::TokioIo;

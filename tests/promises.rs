@@ -99,7 +99,7 @@ async fn hop_by_hop_headers_are_removed_from_responses() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn round_robin_continues_across_a_table_swap() {
-    let b = vec![Backend::start("b1").await, Backend::start("b2").await, Backend::start("b3").await];
+    let b = [Backend::start("b1").await, Backend::start("b2").await, Backend::start("b3").await];
     let gw = TestGateway::start(&http_config("[[listener.route]]\nservice = \"rr\"\n")).await;
     let three = [("rr", "1", b[0].addr, &[][..]), ("rr", "2", b[1].addr, &[][..]), ("rr", "3", b[2].addr, &[][..])];
     write_instances(&gw.instances_path(), &three[..2]);
@@ -116,10 +116,7 @@ async fn round_robin_continues_across_a_table_swap() {
     assert_eq!(get(&c, &gw.url("/")).await.1, "b3");
 }
 
-async fn spread(
-    gw: &TestGateway,
-    reqs: impl Iterator<Item = http::Request<http_body_util::Full<bytes::Bytes>>>,
-) -> Vec<String> {
+async fn spread(reqs: impl Iterator<Item = http::Request<http_body_util::Full<bytes::Bytes>>>) -> Vec<String> {
     let c = client();
     let mut out = Vec::new();
     for req in reqs {
@@ -132,7 +129,7 @@ async fn spread(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hash_on_path_query_and_client_ip() {
-    let b = vec![Backend::start("b1").await, Backend::start("b2").await, Backend::start("b3").await];
+    let b = [Backend::start("b1").await, Backend::start("b2").await, Backend::start("b3").await];
     let gw = TestGateway::start(&http_config(
         r#"[[listener.route]]
 path_prefix = "/p/"
@@ -165,25 +162,25 @@ hash_key = "client_ip"
     let get_req = |url: String| http::Request::get(url).body(Default::default()).unwrap();
     // Path: the same path sticks, different paths spread.
     let paths: Vec<String> = (0..60).map(|i| gw.url(&format!("/p/item-{i}"))).collect();
-    let once = spread(&gw, paths.iter().cloned().map(get_req)).await;
-    let again = spread(&gw, paths.iter().cloned().map(get_req)).await;
+    let once = spread(paths.iter().cloned().map(get_req)).await;
+    let again = spread(paths.iter().cloned().map(get_req)).await;
     assert_eq!(once, again, "hash on path is not sticky");
     assert_eq!(once.iter().collect::<HashSet<_>>().len(), 3, "hash on path does not spread: {once:?}");
     // Query: only the named parameter counts.
     let users: Vec<String> = (0..60).map(|i| gw.url(&format!("/q/x?user=u{i}&noise={}", 1000 - i))).collect();
-    let once = spread(&gw, users.iter().cloned().map(get_req)).await;
+    let once = spread(users.iter().cloned().map(get_req)).await;
     let other_noise: Vec<String> = (0..60).map(|i| gw.url(&format!("/q/y?noise={i}&user=u{i}"))).collect();
-    let again = spread(&gw, other_noise.into_iter().map(get_req)).await;
+    let again = spread(other_noise.into_iter().map(get_req)).await;
     assert_eq!(once, again, "hash on query:user depends on more than the user parameter");
     assert_eq!(once.iter().collect::<HashSet<_>>().len(), 3, "hash on query does not spread: {once:?}");
     // Client IP: every request from 127.0.0.1, whatever its path or connection, lands on one backend.
-    let ips = spread(&gw, (0..30).map(|i| get_req(gw.url(&format!("/ip/{i}"))))).await;
+    let ips = spread((0..30).map(|i| get_req(gw.url(&format!("/ip/{i}"))))).await;
     assert_eq!(ips.iter().collect::<HashSet<_>>().len(), 1, "one client IP, several backends: {ips:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn least_request_avoids_the_busy_instance() {
-    let b = vec![Backend::start("b1").await, Backend::start("b2").await];
+    let b = [Backend::start("b1").await, Backend::start("b2").await];
     let gw =
         TestGateway::start(&http_config("[[listener.route]]\nservice = \"lr\"\nbalance = \"least_request\"\n")).await;
     write_instances(&gw.instances_path(), &[("lr", "1", b[0].addr, &[]), ("lr", "2", b[1].addr, &[])]);
@@ -193,7 +190,7 @@ async fn least_request_avoids_the_busy_instance() {
     let slow: Vec<_> = (0..8).map(|_| tokio::spawn(support::get_owned(gw.url("/slow/1500")))).collect();
     wait_until("8 slow requests in flight", Duration::from_secs(5), async || b[0].hits() + b[1].hits() >= 8).await;
     let (busy, idle) = if b[0].hits() > b[1].hits() { ("b1", "b2") } else { ("b2", "b1") };
-    let quick = spread(&gw, (0..20).map(|_| http::Request::get(gw.url("/")).body(Default::default()).unwrap())).await;
+    let quick = spread((0..20).map(|_| http::Request::get(gw.url("/")).body(Default::default()).unwrap())).await;
     let counts: HashMap<&str, usize> = quick.iter().fold(HashMap::new(), |mut m, s| {
         *m.entry(s.as_str()).or_default() += 1;
         m

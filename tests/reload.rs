@@ -11,7 +11,7 @@ use support::{admin_get, client, get, http_config, metric, write_instances, Back
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn edits_under_load_fail_no_request() {
-    let b = vec![Backend::start("b1").await, Backend::start("b2").await, Backend::start("b3").await];
+    let b = [Backend::start("b1").await, Backend::start("b2").await, Backend::start("b3").await];
     let gw = TestGateway::start(&http_config("[[listener.route]]\nservice = \"s\"\n")).await;
     let path = gw.instances_path();
     write_instances(&path, &[("s", "1", b[0].addr, &[]), ("s", "2", b[1].addr, &[])]);

@@ -57,8 +57,11 @@ pub async fn request(client: &HttpClient, req: http::Request<Full<Bytes>>) -> (u
     (status, String::from_utf8_lossy(&body).into_owned())
 }
 
+/// One line of an instances file: service, id, address, metadata.
+pub type InstanceLine<'a> = (&'a str, &'a str, SocketAddr, &'a [(&'a str, &'a str)]);
+
 /// Writes an instances file for the file source.
-pub fn write_instances(path: &Path, instances: &[(&str, &str, SocketAddr, &[(&str, &str)])]) {
+pub fn write_instances(path: &Path, instances: &[InstanceLine<'_>]) {
     let mut text = String::new();
     for (service, id, addr, meta) in instances {
         text.push_str(&format!("[[instance]]\nservice = \"{service}\"\nid = \"{id}\"\naddr = \"{addr}\"\n"));

@@ -62,6 +62,11 @@ impl Weighted {
     pub fn len(&self) -> usize {
         self.seq.len()
     }
+
+    #[cfg(test)]
+    pub fn is_empty(&self) -> bool {
+        self.seq.is_empty()
+    }
 }
 
 fn gcd(a: u64, b: u64) -> u64 {
