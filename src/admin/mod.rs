@@ -98,7 +98,7 @@ fn reply(status: StatusCode, content_type: &'static str, body: Bytes) -> Respons
     res
 }
 
-/// `{"version", "revision", "services": {name: {"live", "admitted", "instances": [{id, addr, state,
+/// `{"version", "revision", "services": {name: {"live", "admitted", "active", "retrying", "pending", "instances": [{id, addr, state,
 /// registered, health, reason, until, times_ejected, consecutive_failures, slow_start, weight,
 /// zone, protocol, inflight, connections, metadata}]}}}`
 ///
@@ -152,7 +152,14 @@ pub fn upstreams_json(table: &Table) -> String {
             let admitted = service.live.iter().filter(|e| e.admits(now, &service.policy) == Admission::Admit).count();
             (
                 name.to_string(),
-                serde_json::json!({ "live": service.live.len(), "admitted": admitted, "instances": instances }),
+                serde_json::json!({
+                    "live": service.live.len(),
+                    "admitted": admitted,
+                    "active": service.state.active.load(Ordering::Relaxed),
+                    "retrying": service.state.retrying.load(Ordering::Relaxed),
+                    "pending": service.state.pending.load(Ordering::Relaxed),
+                    "instances": instances,
+                }),
             )
         })
         .collect();
