@@ -469,3 +469,92 @@ async fn a_burst_never_opens_more_than_max_connections_and_excess_waiters_get_50
     assert_eq!(metric(&text, r#"switchyard_upstream_overflow_total{service="s11",limit="pending"}"#), 5.0);
     gw.stop().await;
 }
+
+/// `switchyard register` as a sidecar process; killed on drop.
+struct Sidecar(std::process::Child);
+
+impl Sidecar {
+    fn start(etcd: &str, service: &str, id: &str, addr: SocketAddr) -> Sidecar {
+        let child = std::process::Command::new(env!("CARGO_BIN_EXE_switchyard"))
+            .args(["register", "--etcd", etcd, "--service", service, "--id", id, "--addr", &addr.to_string()])
+            .args(["--ttl", "2", "--drain-seconds", "1"])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("start switchyard register");
+        Sidecar(child)
+    }
+
+    /// SIGTERM, then waits (bounded) for the exit: draining, drain period, revoke.
+    async fn stop(mut self) {
+        let pid = self.0.id().to_string();
+        assert!(std::process::Command::new("kill").args(["-TERM", &pid]).status().unwrap().success());
+        let waited = tokio::task::spawn_blocking(move || {
+            let status = self.0.wait();
+            (self, status)
+        });
+        let (_me, status) =
+            tokio::time::timeout(Duration::from_secs(10), waited).await.expect("register exits").unwrap();
+        assert!(status.unwrap().success());
+    }
+}
+
+impl Drop for Sidecar {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rolling_restart_through_register_fails_no_request() {
+    use support::etcd::{gateway_config, Etcd};
+    let etcd = Etcd::start().await;
+    let gw = TestGateway::start(&gateway_config(&[etcd.url()], "")).await;
+    let ids = ["r1", "r2", "r3"];
+    let mut backends = Vec::new();
+    let mut sidecars = Vec::new();
+    for id in ids {
+        let b = Backend::start(id).await;
+        sidecars.push(Some(Sidecar::start(&etcd.url(), "s11", id, b.addr)));
+        backends.push(b);
+    }
+    let live = || {
+        let t = gw.table.load();
+        let mut v: Vec<String> =
+            t.service("s11").map(|s| s.live.iter().map(|e| e.id.to_string()).collect()).unwrap_or_default();
+        v.sort();
+        v
+    };
+    wait_until("3 registered", Duration::from_secs(10), async || live().len() == 3).await;
+    let url = gw.url("/");
+    let run = tokio::spawn(async move { load(&url, CLIENTS, LOAD_FOR, 1_000_000, Some(("host", "s11".into()))).await });
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let restart_started = Instant::now();
+    for (i, id) in ids.iter().enumerate() {
+        // Draining, then stop, then start: the sidecar marks it draining, waits, revokes.
+        sidecars[i].take().unwrap().stop().await;
+        wait_until("deregistered", Duration::from_secs(5), async || !live().contains(&id.to_string())).await;
+        let addr = backends[i].addr;
+        backends[i].stop();
+        let listener = loop {
+            match tokio::net::TcpListener::bind(addr).await {
+                Ok(l) => break l,
+                Err(_) => tokio::time::sleep(Duration::from_millis(20)).await,
+            }
+        };
+        backends[i] = Backend::serve(id, listener);
+        sidecars[i] = Some(Sidecar::start(&etcd.url(), "s11", id, addr));
+        wait_until("re-registered", Duration::from_secs(10), async || live().contains(&id.to_string())).await;
+    }
+    let restart_took = restart_started.elapsed();
+    let report = run.await.unwrap();
+    let failed = report.failed();
+    assert!(failed.is_empty(), "{} failed: {:?}", failed.len(), &failed[..failed.len().min(3)]);
+    println!(
+        "rolling restart: {} requests over {restart_took:?} of restarts, 0 failed; {}",
+        report.samples.len(),
+        report.summary()
+    );
+    gw.stop().await;
+}
