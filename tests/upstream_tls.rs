@@ -160,5 +160,5 @@ async fn missing_ca_file_stops_start_up() {
     let config = switchyard::config::Config::parse(&text).unwrap();
     let err = switchyard::server::Gateway::bind(config).await.err().expect("bind refuses a missing CA");
     let text = err.to_string();
-    assert!(text.contains("secure") && text.contains("/nonexistent/ca.pem"), "{text}");
+    assert!(text.contains("service[0].upstream_tls") && text.contains("/nonexistent/ca.pem"), "{text}");
 }

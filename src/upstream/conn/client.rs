@@ -16,8 +16,8 @@ use hyper_util::rt::{TokioExecutor, TokioTimer};
 
 use super::pool::PoolSettings;
 use super::tls::{TlsSettings, UpstreamConnector, UpstreamTlsError, ALPN_H2, ALPN_HTTP1};
+use super::Protocol;
 use crate::config::{ClientTls, Config, ConfigError};
-use crate::upstream::Protocol;
 
 pub type HttpClient = Client<UpstreamConnector, Incoming>;
 
