@@ -149,7 +149,6 @@ async fn compaction_while_cut_off_resyncs_to_etcds_table() {
     gw.wait_live("c", 3).await;
 
     relay.cut();
-    tokio::time::sleep(Duration::from_millis(200)).await;
     kv.delete("/services/c/0", None).await.unwrap();
     kv.put("/services/c/1", b[4].addr.to_string(), None).await.unwrap();
     kv.put("/services/c/3", b[3].addr.to_string(), None).await.unwrap();

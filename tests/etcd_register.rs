@@ -209,6 +209,7 @@ async fn lost_lease_and_etcd_restart_lead_to_reregistration() {
 
     // etcd restarted (same data): the registration survives or comes back.
     etcd.kill();
+    // An outage the registrar's keepalive must notice (half its 1 s TTL), not an instant restart.
     tokio::time::sleep(Duration::from_millis(500)).await;
     etcd.restart().await;
     let mut kv = etcd.client().await;
