@@ -6,9 +6,11 @@
 
 pub(crate) mod grpc;
 pub(crate) mod headers;
+pub(crate) mod plan;
 mod proxy;
 pub(crate) mod respond;
 pub(crate) mod route;
+pub(crate) mod send;
 pub(crate) mod upgrade;
 
 pub(crate) use proxy::HttpProxy;
