@@ -14,6 +14,7 @@ use http::{Request, Response, StatusCode, Version};
 use http_body_util::Either;
 use hyper::body::Incoming;
 
+use super::admit::Admission;
 use super::grpc;
 use super::headers::{add_forwarded, strip_hop_by_hop};
 use super::respond::{self, ProxyBody};
@@ -34,6 +35,8 @@ pub struct HttpProxy {
     proto: &'static str,
     refused_absolute: metrics::Counter,
     upgrades: Upgrades,
+    /// Loop, tunnel and canonical-request checks before routing (issue 9).
+    admit: Admission,
 }
 
 impl HttpProxy {
@@ -46,8 +49,12 @@ impl HttpProxy {
         upgrades: Upgrades,
         config: &Config,
     ) -> HttpProxy {
+        let router = Router::new(routes);
+        let normalize_path = config.listeners.iter().find(|l| l.name == listener).is_none_or(|l| l.normalize_path);
+        let admit = Admission::new(listener, &router, normalize_path);
         HttpProxy {
-            router: Router::new(routes),
+            admit,
+            router,
             table,
             upstreams,
             request_timeout: config.timeouts.request,
@@ -66,6 +73,11 @@ impl HttpProxy {
     ) -> Response<ProxyBody> {
         let start = Instant::now();
         let is_grpc = grpc::is_grpc(req.headers());
+        if let Err(refused) = self.admit.check(&mut req, is_grpc) {
+            return refused;
+        }
+        let client_version = req.version();
+        let on_relay = req.extensions_mut().remove::<upgrade::RelayHook>();
         let host = request_host(req.uri(), req.headers());
         let absolute_form = req.version() < Version::HTTP_2 && req.uri().scheme().is_some();
         let view = RequestView {
@@ -75,7 +87,11 @@ impl HttpProxy {
             headers: req.headers(),
             client_ip: client.ip(),
         };
-        let Some(target) = self.router.route(&view) else {
+        let target = self.router.route(&view);
+        if let Some(refused) = self.admit.connect(req.method(), target.as_ref(), is_grpc) {
+            return refused;
+        }
+        let Some(target) = target else {
             return respond::no_route(is_grpc);
         };
         let table = self.table.load();
@@ -167,6 +183,7 @@ impl HttpProxy {
             headers.get(header::HOST).cloned()
         };
         add_forwarded(headers, client_ip, self.proto, forwarded_host);
+        self.admit.add_via(headers, client_version);
 
         let result = match via {
             Via::Instance { h2 } => {
@@ -184,7 +201,7 @@ impl HttpProxy {
                 let upgraded = match on_client_upgrade {
                     Some(on_client) if res.status() == StatusCode::SWITCHING_PROTOCOLS => {
                         let protocol = res.headers().get(header::UPGRADE).cloned();
-                        self.upgrades.relay(on_client, hyper::upgrade::on(&mut res));
+                        self.upgrades.relay(on_client, hyper::upgrade::on(&mut res), on_relay);
                         protocol
                     }
                     _ => None,
@@ -193,8 +210,13 @@ impl HttpProxy {
                 if let Some(protocol) = upgraded {
                     upgrade::restore(res.headers_mut(), protocol);
                 }
+                self.own_response(&mut res, client_version);
                 state.stats.response(res.status(), start.elapsed().as_secs_f64());
                 return res.map(Either::Left);
+            }
+            Ok(Err(failure)) if failure.client_body => {
+                tracing::debug!(%client, "request body from the client failed: {}", failure.detail);
+                return self.admit.malformed_body(is_grpc);
             }
             Ok(Err(failure)) => {
                 tracing::debug!(id = %endpoint.id, addr = %endpoint.addr, "upstream request failed: {}", failure.detail);
@@ -254,18 +276,53 @@ impl HttpProxy {
 struct SendFailure {
     kind: UpstreamError,
     detail: String,
+    /// The client's request body failed (malformed, cut short): a client fault, answered 400.
+    client_body: bool,
 }
 
 impl From<PoolError> for SendFailure {
     fn from(e: PoolError) -> SendFailure {
         let kind = if e.is_connect() { UpstreamError::Connect } else { UpstreamError::Protocol };
-        SendFailure { kind, detail: e.to_string() }
+        let client_body = match &e {
+            PoolError::Request(he) => client_body_failed(he),
+            _ => false,
+        };
+        SendFailure { kind, detail: e.to_string(), client_body }
     }
 }
 
 impl From<hyper_util::client::legacy::Error> for SendFailure {
     fn from(e: hyper_util::client::legacy::Error) -> SendFailure {
         let kind = if e.is_connect() { UpstreamError::Connect } else { UpstreamError::Protocol };
-        SendFailure { kind, detail: format!("{e:?}") }
+        SendFailure { kind, detail: format!("{e:?}"), client_body: client_body_failed(&e) }
+    }
+}
+
+/// Whether an upstream send failed because the request body did: hyper's client
+/// reports a failing body as a user error whose source is the body's own error —
+/// here the `hyper::Error` of the client connection's `Incoming`. Failures of the
+/// upstream connection have I/O or protocol errors as their source instead.
+fn client_body_failed(e: &(dyn std::error::Error + 'static)) -> bool {
+    let mut cur = Some(e);
+    while let Some(err) = cur {
+        if let Some(he) = err.downcast_ref::<hyper::Error>() {
+            if he.is_user() {
+                return std::error::Error::source(he).is_some_and(|s| s.downcast_ref::<hyper::Error>().is_some());
+            }
+        }
+        cur = err.source();
+    }
+    false
+}
+
+impl HttpProxy {
+    /// A backend's response as the gateway's own: the client's protocol version
+    /// (an HTTP/1.0 backend's status line is not passed on; RFC 9110 §6.2) and a `Via`.
+    fn own_response<B>(&self, res: &mut Response<B>, client_version: Version) {
+        let version = res.version();
+        self.admit.add_via(res.headers_mut(), version);
+        if client_version < Version::HTTP_2 {
+            *res.version_mut() = Version::HTTP_11;
+        }
     }
 }
