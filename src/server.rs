@@ -19,7 +19,7 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::admin::Admin;
+use crate::admin::{Admin, AdminLimits};
 use crate::config::{Balance, Config, ConfigErrors, Discovery, ListenerKind};
 use crate::discovery::etcd::EtcdSource;
 use crate::discovery::file::FileSource;
@@ -147,7 +147,8 @@ impl Gateway {
         }
         let registry = Registry::new(hashed_services(&config));
         tasks.spawn(writer::run(registry, rx, table.clone(), ready.clone(), stop.clone()));
-        let admin_server = Arc::new(Admin { metrics, table: table.clone(), ready });
+        let admin_server =
+            Arc::new(Admin { metrics, table: table.clone(), ready, limits: AdminLimits::new(&config) });
         tasks.spawn(admin_server.serve(admin, stop.clone()));
 
         let graceful = GracefulShutdown::new();
