@@ -147,8 +147,7 @@ impl Gateway {
         }
         let registry = Registry::new(hashed_services(&config));
         tasks.spawn(writer::run(registry, rx, table.clone(), ready.clone(), stop.clone()));
-        let admin_server =
-            Arc::new(Admin { metrics, table: table.clone(), ready, limits: AdminLimits::new(&config) });
+        let admin_server = Arc::new(Admin { metrics, table: table.clone(), ready, limits: AdminLimits::new(&config) });
         tasks.spawn(admin_server.serve(admin, stop.clone()));
 
         let graceful = GracefulShutdown::new();

@@ -195,7 +195,8 @@ async fn first_byte_after(addr: std::net::SocketAddr) -> Duration {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn head_size_and_header_count_are_bounded() {
-    let b = RawBackend::start(Reply::Fixed(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\nconnection: close\r\n\r\nok")).await;
+    let b =
+        RawBackend::start(Reply::Fixed(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\nconnection: close\r\n\r\nok")).await;
     let gw = gateway("", "").await;
     write_instances(&gw.instances_path(), &[("s", "1", b.addr, &[])]);
     gw.wait_live("s", 1).await;
@@ -258,10 +259,8 @@ async fn one_h2_client_cannot_make_more_upstream_connections_than_its_stream_lim
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_admin_listener_has_a_head_timeout_and_a_connection_cap() {
-    let config = http_config("[[listener.route]]\nservice = \"s\"\n").replace(
-        "[timeouts]\n",
-        "[limits]\nadmin_max_connections = 2\n[timeouts]\nheader_read = \"1s\"\n",
-    );
+    let config = http_config("[[listener.route]]\nservice = \"s\"\n")
+        .replace("[timeouts]\n", "[limits]\nadmin_max_connections = 2\n[timeouts]\nheader_read = \"1s\"\n");
     let gw = TestGateway::start(&config).await;
     let mut a = TcpStream::connect(gw.admin).await.unwrap();
     let mut b = TcpStream::connect(gw.admin).await.unwrap();

@@ -160,11 +160,8 @@ impl OwnAddresses {
         let (host, port) = addr.rsplit_once(':')?;
         let port: u16 = port.parse().ok()?;
         let host = host.trim_start_matches('[').trim_end_matches(']');
-        let ip: Option<IpAddr> = if host.eq_ignore_ascii_case("localhost") {
-            Some(IpAddr::from([127, 0, 0, 1]))
-        } else {
-            host.parse().ok()
-        };
+        let ip: Option<IpAddr> =
+            if host.eq_ignore_ascii_case("localhost") { Some(IpAddr::from([127, 0, 0, 1])) } else { host.parse().ok() };
         let ip = ip?;
         if ip.is_unspecified() {
             return Some(Refusal::Unspecified);
@@ -339,8 +336,18 @@ mod tests {
         assert_eq!(own.refuses("backend.internal:8080"), None);
         let update = Update::Apply {
             changes: vec![
-                Change::Put(Instance { service: "s".into(), id: "a".into(), addr: "127.0.0.1:8080".into(), metadata: BTreeMap::new() }),
-                Change::Put(Instance { service: "s".into(), id: "b".into(), addr: "127.0.0.1:1".into(), metadata: BTreeMap::new() }),
+                Change::Put(Instance {
+                    service: "s".into(),
+                    id: "a".into(),
+                    addr: "127.0.0.1:8080".into(),
+                    metadata: BTreeMap::new(),
+                }),
+                Change::Put(Instance {
+                    service: "s".into(),
+                    id: "b".into(),
+                    addr: "127.0.0.1:1".into(),
+                    metadata: BTreeMap::new(),
+                }),
                 Change::Delete { service: "s".into(), id: "c".into() },
             ],
             revision: 7,

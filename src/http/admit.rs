@@ -64,12 +64,16 @@ impl Admission {
         }
     }
 
-    /// The checks and rewrites before routing; `Err` is the answer to send instead.
-    pub fn check<B>(&self, req: &mut Request<B>, is_grpc: bool) -> Result<(), Response<ProxyBody>> {
+    /// The checks and rewrites before routing; `Some` is the answer to send instead.
+    pub fn check<B>(&self, req: &mut Request<B>, is_grpc: bool) -> Option<Response<ProxyBody>> {
         if self.looped(req.headers()) {
             self.loops.increment(1);
             self.refused[4].increment(1);
-            return Err(respond::refused(StatusCode::LOOP_DETECTED, "request loop: it already passed this gateway\n", is_grpc));
+            return Some(respond::refused(
+                StatusCode::LOOP_DETECTED,
+                "request loop: it already passed this gateway\n",
+                is_grpc,
+            ));
         }
         strip_h2c_upgrade(req.headers_mut());
         if let Err(e) = self.canonicalise(req) {
@@ -80,20 +84,26 @@ impl Admission {
                 CanonError::InvalidHost => "invalid Host\n",
                 CanonError::PathAboveRoot => "path climbs above the root\n",
             };
-            return Err(respond::refused(StatusCode::BAD_REQUEST, reason, is_grpc));
+            return Some(respond::refused(StatusCode::BAD_REQUEST, reason, is_grpc));
         }
         self.protect_from_connection(req.headers_mut());
-        Ok(())
+        None
     }
 
     /// `CONNECT` is refused unless the route it matched allows it.
-    pub fn connect(&self, method: &Method, target: Option<&Target<'_, '_>>, is_grpc: bool) -> Option<Response<ProxyBody>> {
+    pub fn connect(
+        &self,
+        method: &Method,
+        target: Option<&Target<'_, '_>>,
+        is_grpc: bool,
+    ) -> Option<Response<ProxyBody>> {
         if method != Method::CONNECT || target.is_some_and(|t| t.allows_connect()) {
             return None;
         }
         self.refused[5].increment(1);
         let mut res = respond::refused(StatusCode::METHOD_NOT_ALLOWED, "CONNECT is not allowed here\n", is_grpc);
-        res.headers_mut().insert(header::ALLOW, HeaderValue::from_static("GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS"));
+        res.headers_mut()
+            .insert(header::ALLOW, HeaderValue::from_static("GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS"));
         Some(res)
     }
 
@@ -125,7 +135,8 @@ impl Admission {
     fn canonicalise<B>(&self, req: &mut Request<B>) -> Result<(), CanonError> {
         let needs_host = req.version() >= Version::HTTP_11;
         let authority = req.uri().authority().map(|a| a.as_str());
-        let host = canonical_host(authority, req.headers().get_all(header::HOST).iter().map(|v| v.as_bytes()), needs_host)?;
+        let host =
+            canonical_host(authority, req.headers().get_all(header::HOST).iter().map(|v| v.as_bytes()), needs_host)?;
         // The forwarded Host is the host that was routed on.
         if let (Some(a), Some(host)) = (authority, host) {
             if req.headers().get(header::HOST).is_none_or(|h| h.as_bytes() != a.as_bytes()) {
@@ -159,7 +170,7 @@ impl Admission {
     fn protect_from_connection(&self, headers: &mut HeaderMap) {
         let Some(value) = headers.get(header::CONNECTION) else { return };
         let names_protected = |v: &HeaderValue| {
-            v.to_str().map_or(false, |v| {
+            v.to_str().is_ok_and(|v| {
                 v.split(',').any(|t| self.protected.iter().any(|p| t.trim().eq_ignore_ascii_case(p.as_str())))
             })
         };
@@ -188,9 +199,10 @@ impl Admission {
 /// §3.2, removed in RFC 9113): relayed, it would become a tunnel past routing.
 /// The request is served as plain HTTP/1.1 instead, as the RFC allows.
 fn strip_h2c_upgrade(headers: &mut HeaderMap) {
-    let h2c = headers.get_all(header::UPGRADE).iter().any(|v| {
-        v.to_str().is_ok_and(|v| v.split(',').any(|t| t.trim().eq_ignore_ascii_case("h2c")))
-    });
+    let h2c = headers
+        .get_all(header::UPGRADE)
+        .iter()
+        .any(|v| v.to_str().is_ok_and(|v| v.split(',').any(|t| t.trim().eq_ignore_ascii_case("h2c"))));
     if h2c {
         headers.remove(header::UPGRADE);
         headers.remove(&HTTP2_SETTINGS);
@@ -232,25 +244,25 @@ mod tests {
         let mine = h[header::VIA].to_str().unwrap().to_string();
         assert!(mine.starts_with("1.1 switchyard-"));
         let mut r = req(&[("host", "a"), ("via", &format!("1.0 fred, {mine} (x)"))], "/", Version::HTTP_11);
-        assert_eq!(a.check(&mut r, false).unwrap_err().status(), StatusCode::LOOP_DETECTED);
+        assert_eq!(a.check(&mut r, false).unwrap().status(), StatusCode::LOOP_DETECTED);
         let mut r = req(&[("host", "a"), ("via", "1.1 switchyard-00000000")], "/", Version::HTTP_11);
-        assert!(a.check(&mut r, false).is_ok());
+        assert!(a.check(&mut r, false).is_none());
     }
 
     #[test]
     fn host_is_made_to_match_the_target_and_paths_are_normalised() {
         let a = admission();
         let mut r = req(&[("host", "evil.example")], "http://good.example/a/../b?q=1", Version::HTTP_11);
-        a.check(&mut r, false).unwrap();
+        assert!(a.check(&mut r, false).is_none());
         assert_eq!(r.headers()[header::HOST], "good.example");
         assert_eq!(r.uri().path(), "/b");
         assert_eq!(r.uri().query(), Some("q=1"));
         let mut r = req(&[], "/", Version::HTTP_11);
-        assert_eq!(a.check(&mut r, false).unwrap_err().status(), StatusCode::BAD_REQUEST);
+        assert_eq!(a.check(&mut r, false).unwrap().status(), StatusCode::BAD_REQUEST);
         let mut r = req(&[], "/", Version::HTTP_10);
-        assert!(a.check(&mut r, false).is_ok());
+        assert!(a.check(&mut r, false).is_none());
         let mut r = req(&[("host", "a")], "/%2e%2e/etc", Version::HTTP_11);
-        assert_eq!(a.check(&mut r, false).unwrap_err().status(), StatusCode::BAD_REQUEST);
+        assert_eq!(a.check(&mut r, false).unwrap().status(), StatusCode::BAD_REQUEST);
     }
 
     #[test]
@@ -261,12 +273,12 @@ mod tests {
             "/",
             Version::HTTP_11,
         );
-        a.check(&mut r, false).unwrap();
+        assert!(a.check(&mut r, false).is_none());
         assert_eq!(r.headers()[header::CONNECTION], "x-other");
         assert!(!r.headers().contains_key(header::UPGRADE));
         assert!(!r.headers().contains_key("http2-settings"));
         let mut r = req(&[("host", "a"), ("connection", "host")], "/", Version::HTTP_11);
-        a.check(&mut r, false).unwrap();
+        assert!(a.check(&mut r, false).is_none());
         assert!(!r.headers().contains_key(header::CONNECTION));
     }
 }

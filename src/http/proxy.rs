@@ -73,7 +73,7 @@ impl HttpProxy {
     ) -> Response<ProxyBody> {
         let start = Instant::now();
         let is_grpc = grpc::is_grpc(req.headers());
-        if let Err(refused) = self.admit.check(&mut req, is_grpc) {
+        if let Some(refused) = self.admit.check(&mut req, is_grpc) {
             return refused;
         }
         let client_version = req.version();

@@ -57,11 +57,7 @@ impl HttpServer {
             .keep_alive(true);
         let streams = u32::try_from(limits.h2_max_concurrent_streams).unwrap_or(u32::MAX);
         let header_list = u32::try_from(limits.max_request_head).unwrap_or(u32::MAX);
-        builder
-            .http2()
-            .timer(TokioTimer::new())
-            .max_concurrent_streams(streams)
-            .max_header_list_size(header_list);
+        builder.http2().timer(TokioTimer::new()).max_concurrent_streams(streams).max_header_list_size(header_list);
         let errors = ConnectionErrors {
             malformed: metrics::counter!(m::BAD_REQUESTS, "listener" => listener.to_string(), "reason" => "malformed_request"),
         };

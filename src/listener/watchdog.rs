@@ -75,9 +75,9 @@ impl Deadlines {
             idle: t.client_idle,
             send: t.send,
             tunnel: t.tunnel_idle,
-            closed: Stage::ALL.map(|s| {
-                metrics::counter!(m::CLIENT_TIMEOUTS, "listener" => listener.to_string(), "stage" => s.as_str())
-            }),
+            closed: Stage::ALL.map(
+                |s| metrics::counter!(m::CLIENT_TIMEOUTS, "listener" => listener.to_string(), "stage" => s.as_str()),
+            ),
             bad_head: metrics::counter!(m::BAD_REQUESTS, "listener" => listener.to_string(), "reason" => "header_timeout"),
         }
     }

@@ -38,8 +38,12 @@ impl RawBackend {
         let received = Arc::new(Mutex::new(Vec::new()));
         let connections = Arc::new(AtomicUsize::new(0));
         let shutdown = CancellationToken::new();
-        let backend =
-            RawBackend { addr, received: received.clone(), connections: connections.clone(), shutdown: shutdown.clone() };
+        let backend = RawBackend {
+            addr,
+            received: received.clone(),
+            connections: connections.clone(),
+            shutdown: shutdown.clone(),
+        };
         tokio::spawn(async move {
             loop {
                 let (mut stream, _) = tokio::select! {
@@ -159,7 +163,8 @@ pub async fn read_until_close(s: &mut TcpStream, limit: Duration) -> (String, bo
     }
 }
 
-/// Reads one response head and its Content-Length body from a kept-alive connection.
+/// Reads one response head and its Content-Length body from a kept-alive
+/// connection (or what came before the peer closed).
 pub async fn read_response(s: &mut TcpStream) -> String {
     let bytes = tokio::time::timeout(Duration::from_secs(10), read_message(s)).await.expect("a response");
     String::from_utf8_lossy(&bytes).into_owned()
