@@ -17,9 +17,9 @@ use hyper_util::rt::{TokioExecutor, TokioTimer};
 
 use super::pool::{PoolError, PoolSettings, SendLimits};
 use super::tls::{TlsSettings, UpstreamConnector, UpstreamTlsError, ALPN_H2, ALPN_HTTP1};
-use super::UpstreamBody;
+use super::{Protocol, UpstreamBody};
 use crate::config::{ClientTls, Config, ConfigError};
-use crate::upstream::{Endpoint, Protocol};
+use crate::upstream::Endpoint;
 
 pub type HttpClient = Client<UpstreamConnector, UpstreamBody>;
 
@@ -35,6 +35,8 @@ pub struct SendError {
     /// connection as the request went out.
     pub closed: bool,
     pub detail: String,
+    /// The client's request body failed (malformed, cut short): a client fault.
+    pub client_body: bool,
     /// The request, when the transport could give it back unsent.
     pub unsent: Option<Request<UpstreamBody>>,
 }
@@ -73,8 +75,12 @@ pub struct Upstreams {
 }
 
 impl Upstreams {
-    /// Loads every service's `upstream_tls` files; an error names the service's field.
-    pub fn build(config: &Config) -> Result<Upstreams, ConfigError> {
+    /// Loads every service's `upstream_tls` files. Each such failure names the
+    /// service's field and leaves the service out, so that the caller can go on
+    /// building (and report) everything else before it refuses to start; only the
+    /// shared TLS clients failing stops the build here.
+    pub fn build(config: &Config) -> Result<(Upstreams, Vec<ConfigError>), ConfigError> {
+        let mut errors = Vec::new();
         let mut connector = HttpConnector::new();
         connector.set_nodelay(true);
         connector.set_connect_timeout(Some(config.timeouts.connect));
@@ -97,15 +103,17 @@ impl Upstreams {
         let mut services = HashMap::new();
         for (i, s) in config.services.iter().enumerate() {
             if let Some(tls) = &s.upstream_tls {
-                let pair = pair(Some(tls))
-                    .map_err(|e| ConfigError { path: format!("service[{i}].upstream_tls"), reason: e.to_string() })?;
-                services.insert(s.name.as_str().into(), pair);
+                match pair(Some(tls)) {
+                    Ok(pair) => drop(services.insert(s.name.as_str().into(), pair)),
+                    Err(e) => {
+                        errors.push(ConfigError { path: format!("service[{i}].upstream_tls"), reason: e.to_string() })
+                    }
+                }
             }
         }
-        // The system trust store: a machine without one serves plain-text instances only.
-        let tls =
-            pair(None).map_err(|e| ConfigError { path: String::new(), reason: format!("system TLS roots: {e}") })?;
-        Ok(Upstreams {
+        // The system trust store is optional (see `tls::roots`): no file can fail this.
+        let tls = pair(None).map_err(|e| ConfigError { path: String::new(), reason: format!("upstream TLS: {e}") })?;
+        let upstreams = Upstreams {
             instance_pools: PoolSettings {
                 connect_timeout: config.timeouts.connect,
                 max_idle: config.limits.upstream_idle_per_host,
@@ -113,7 +121,8 @@ impl Upstreams {
             },
             tls,
             services,
-        })
+        };
+        Ok((upstreams, errors))
     }
 
     /// Where one request goes: the instance's own pool (plain text), or a shared TLS pool.
@@ -146,6 +155,7 @@ impl Upstreams {
             connect: e.is_connect() || matches!(e, PoolError::Pending),
             overloaded: matches!(e, PoolError::Pending),
             closed: matches!(&e, PoolError::Request(h) if peer_closed(h)),
+            client_body: matches!(&e, PoolError::Request(he) if client_body_failed(he)),
             detail: e.to_string(),
             unsent,
         };
@@ -160,6 +170,7 @@ impl Upstreams {
                 closed: std::error::Error::source(&e)
                     .and_then(|s| s.downcast_ref::<hyper::Error>())
                     .is_some_and(peer_closed),
+                client_body: client_body_failed(&e),
                 detail: format!("{e:?}"),
                 unsent: None,
             }),
@@ -180,6 +191,23 @@ fn peer_closed(e: &hyper::Error) -> bool {
             return matches!(io.kind(), ConnectionReset | BrokenPipe | ConnectionAborted | UnexpectedEof);
         }
         source = s.source();
+    }
+    false
+}
+
+/// Whether an upstream send failed because the request body did: hyper's client
+/// reports a failing body as a user error whose source is the body's own error —
+/// here the `hyper::Error` of the client connection's `Incoming`. Failures of the
+/// upstream connection have I/O or protocol errors as their source instead.
+fn client_body_failed(e: &(dyn std::error::Error + 'static)) -> bool {
+    let mut cur = Some(e);
+    while let Some(err) = cur {
+        if let Some(he) = err.downcast_ref::<hyper::Error>() {
+            if he.is_user() {
+                return std::error::Error::source(he).is_some_and(|s| s.downcast_ref::<hyper::Error>().is_some());
+            }
+        }
+        cur = err.source();
     }
     false
 }
