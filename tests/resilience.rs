@@ -99,7 +99,9 @@ async fn a_black_hole_is_ejected_and_then_costs_nothing() {
     let hole = BlackHole::start().await;
     let gw = TestGateway::start(&route(
         "s2",
-        "retry = { attempts = 2, on = [\"reset\", \"504\"], per_try_timeout = \"300ms\" }\n",
+        // As in the 503 scenario: a third of the requests in flight time out together.
+        "retry = { attempts = 2, on = [\"reset\", \"504\"], per_try_timeout = \"300ms\" }\n\
+         [[service]]\nname = \"s2\"\nretry_budget = { min_concurrency = 10 }\n",
     ))
     .await;
     write_instances(&gw.instances_path(), &[("s2", "a", a.addr, &[]), ("s2", "b", b.addr, &[])]);
