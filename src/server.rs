@@ -141,7 +141,9 @@ impl Gateway {
                 tasks.spawn(EtcdSource::new((**e).clone()).run(tx, stop.clone()));
             }
         }
-        let registry = Registry::new(hashed_services(&config));
+        let policies = config.services.iter().map(|s| (s.name.clone(), Arc::new(s.policy.clone()))).collect();
+        let registry = Registry::new(hashed_services(&config)).with_policies(policies);
+        crate::upstream::health::checker::spawn_all(&config, &table, &mut tasks, &stop);
         tasks.spawn(writer::run(registry, rx, table.clone(), ready.clone(), stop.clone()));
         let admin_server = Arc::new(Admin { metrics, table: table.clone(), ready, limits: AdminLimits::new(&config) });
         tasks.spawn(admin_server.serve(admin, stop.clone()));

@@ -4,6 +4,7 @@
 
 mod duration;
 pub mod host;
+mod policy;
 mod raw;
 #[cfg(test)]
 mod tests;
@@ -17,6 +18,7 @@ use http::HeaderName;
 
 pub use duration::parse_duration;
 pub use host::HostPattern;
+pub use policy::*;
 pub use validate::{ConfigError, ConfigErrors};
 
 pub const DEFAULT_ADMIN_LISTEN: &str = "127.0.0.1:9901";
@@ -33,6 +35,10 @@ pub const DEFAULT_TCP_IDLE: Duration = Duration::from_secs(300);
 pub const DEFAULT_SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
 pub const DEFAULT_MAX_CONNECTIONS: usize = 65_536;
 pub const DEFAULT_UPSTREAM_IDLE_PER_HOST: usize = 256;
+/// How long an unused upstream connection is kept (nginx's upstream `keepalive_timeout`
+/// is 60 s, HAProxy's `timeout server` default none; 90 s outlives common 60 s backend
+/// keep-alives less often than it is reused).
+pub const DEFAULT_UPSTREAM_IDLE: Duration = Duration::from_secs(90);
 /// nginx `send_timeout` (60 s).
 pub const DEFAULT_SEND_TIMEOUT: Duration = Duration::from_secs(60);
 /// Like `tcp_idle`: an upgraded connection is a byte relay.
@@ -105,6 +111,8 @@ pub struct Timeouts {
     pub tcp_idle: Duration,
     /// How long in-flight requests may run after SIGTERM.
     pub shutdown_grace: Duration,
+    /// How long an unused pooled upstream connection is kept.
+    pub upstream_idle: Duration,
     /// A client connection with no request in flight (HTTP/1.1 keep-alive, HTTP/2),
     /// or with requests in flight but no bytes either way.
     pub client_idle: Duration,
@@ -168,6 +176,10 @@ pub struct Route {
     pub grpc_service: Option<String>,
     pub service: String,
     pub balance: Balance,
+    /// This route's request deadline; `None`: `timeouts.request`.
+    pub timeout: Option<Duration>,
+    /// What may be retried after a request was sent; `None`: [`RetryPolicy::default`].
+    pub retry: Option<RetryPolicy>,
     /// `CONNECT` requests are answered 405 unless the route that matches them allows them.
     pub allow_connect: bool,
 }
@@ -199,6 +211,8 @@ pub struct ServerCert {
 pub struct ServiceConfig {
     pub name: String,
     pub upstream_tls: Option<ClientTls>,
+    /// Outlier ejection, health checks, limits, slow start and the retry budget.
+    pub policy: ServicePolicy,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]

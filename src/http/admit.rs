@@ -224,6 +224,8 @@ mod tests {
             service: "s".into(),
             balance: Balance::Hash(HashKey::Header(HeaderName::from_static("x-user"))),
             allow_connect: false,
+            timeout: None,
+            retry: None,
         };
         Admission::new("t", &Router::new(&[route]), true)
     }

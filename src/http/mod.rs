@@ -10,9 +10,11 @@ mod admit;
 pub(crate) mod canonical;
 pub(crate) mod grpc;
 pub(crate) mod headers;
+pub(crate) mod plan;
 mod proxy;
 pub(crate) mod respond;
 pub(crate) mod route;
+pub(crate) mod send;
 pub(crate) mod upgrade;
 
 pub(crate) use proxy::HttpProxy;
