@@ -78,9 +78,13 @@ async fn naming_endpoints_layout_end_to_end() {
     )
     .await
     .unwrap();
-    kv.put(format!("foo/bar/my-service/{}", b.addr), format!(r#"{{"Op":0,"Addr":"{}","Metadata":null}}"#, b.addr), None)
-        .await
-        .unwrap();
+    kv.put(
+        format!("foo/bar/my-service/{}", b.addr),
+        format!(r#"{{"Op":0,"Addr":"{}","Metadata":null}}"#, b.addr),
+        None,
+    )
+    .await
+    .unwrap();
     // A key outside the prefix (leading '/') is not watched.
     kv.put(format!("/foo/bar/my-service/{}", b.addr), b.addr.to_string(), None).await.unwrap();
     gw.wait_live("my-service", 2).await;

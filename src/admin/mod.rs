@@ -16,6 +16,7 @@ use metrics_exporter_prometheus::PrometheusHandle;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
+use crate::metrics as m;
 use crate::upstream::{SharedTable, Table};
 
 pub struct Admin {
@@ -26,6 +27,7 @@ pub struct Admin {
 
 impl Admin {
     pub async fn serve(self: Arc<Self>, listener: TcpListener, shutdown: CancellationToken) {
+        metrics::gauge!(m::BUILD_INFO, "version" => env!("CARGO_PKG_VERSION")).set(1.0);
         let upkeep = {
             let handle = self.metrics.clone();
             let shutdown = shutdown.clone();
@@ -74,7 +76,9 @@ impl Admin {
             return reply(StatusCode::METHOD_NOT_ALLOWED, "text/plain", "GET only\n".into());
         }
         match req.uri().path() {
-            "/metrics" => reply(StatusCode::OK, "text/plain; version=0.0.4", self.metrics.render().into()),
+            "/metrics" => {
+                reply(StatusCode::OK, "text/plain; version=0.0.4", crate::metrics::render(&self.metrics).into())
+            }
             "/healthz" => reply(StatusCode::OK, "text/plain", "ok\n".into()),
             "/readyz" if self.ready.load(Ordering::Acquire) => reply(StatusCode::OK, "text/plain", "ready\n".into()),
             "/readyz" => {

@@ -23,6 +23,7 @@ use crate::config::{Config, Route};
 use crate::metrics as m;
 use crate::upstream::conn::pool::PoolError;
 use crate::upstream::conn::{UpstreamError, Upstreams, Via};
+use crate::upstream::stats::{RequestLabels, ServiceStats};
 use crate::upstream::{Endpoint, Protocol, SharedTable};
 
 pub struct HttpProxy {
@@ -34,6 +35,10 @@ pub struct HttpProxy {
     proto: &'static str,
     refused_absolute: metrics::Counter,
     upgrades: Upgrades,
+    /// The `listener` label of every request this proxy answers.
+    listener: Arc<str>,
+    /// Where requests without a route are counted (`service=""`).
+    unrouted: Arc<ServiceStats>,
 }
 
 impl HttpProxy {
@@ -54,6 +59,8 @@ impl HttpProxy {
             proto: if tls { "https" } else { "http" },
             refused_absolute: metrics::counter!(m::BAD_REQUESTS, "listener" => listener.to_string(), "reason" => "absolute_form_foreign_host"),
             upgrades,
+            listener: listener.into(),
+            unrouted: ServiceStats::of(""),
         }
     }
 
@@ -66,6 +73,7 @@ impl HttpProxy {
     ) -> Response<ProxyBody> {
         let start = Instant::now();
         let is_grpc = grpc::is_grpc(req.headers());
+        let labels = RequestLabels::new(&self.listener, req.method(), req.version(), is_grpc);
         let host = request_host(req.uri(), req.headers());
         let absolute_form = req.version() < Version::HTTP_2 && req.uri().scheme().is_some();
         let view = RequestView {
@@ -76,30 +84,35 @@ impl HttpProxy {
             client_ip: client.ip(),
         };
         let Some(target) = self.router.route(&view) else {
-            return respond::no_route(is_grpc);
+            return answered(&self.unrouted, &labels, start, respond::no_route(is_grpc));
         };
         let table = self.table.load();
         let service = match (table.service(target.service()), &target) {
             (Some(s), _) => s,
-            (None, Target::Host(_)) => return respond::no_route(is_grpc),
+            (None, Target::Host(_)) => return answered(&self.unrouted, &labels, start, respond::no_route(is_grpc)),
             (None, Target::Route(_)) => {
-                return respond::upstream_error(UpstreamError::NoInstance, target.service(), is_grpc)
+                // A routed service that never had an instance: counted under its name.
+                let stats = ServiceStats::of(target.service());
+                stats.error(UpstreamError::NoInstance);
+                let res = respond::upstream_error(UpstreamError::NoInstance, target.service(), is_grpc);
+                return answered(&stats, &labels, start, res);
             }
         };
         // Absolute-form names the host to reach; only hosts this listener serves are accepted,
         // so the gateway never acts as an open forward proxy.
         if absolute_form && !(self.router.serves_host(host) || matches!(target, Target::Host(_))) {
             self.refused_absolute.increment(1);
-            return respond::refused(
+            let res = respond::refused(
                 StatusCode::FORBIDDEN,
                 "absolute-form request for a host this gateway does not serve\n",
                 is_grpc,
             );
+            return answered(&service.state.stats, &labels, start, res);
         }
         let Some(endpoint) = service.pick(target.pick(&view)).cloned() else {
             service.state.stats.error(UpstreamError::NoInstance);
-            service.state.stats.response(StatusCode::SERVICE_UNAVAILABLE, start.elapsed().as_secs_f64());
-            return respond::upstream_error(UpstreamError::NoInstance, &service.name, is_grpc);
+            let res = respond::upstream_error(UpstreamError::NoInstance, &service.name, is_grpc);
+            return answered(&service.state.stats, &labels, start, res);
         };
         let state = service.state.clone();
         let path_and_query = match target.upstream_path(view.path) {
@@ -136,7 +149,10 @@ impl HttpProxy {
                 parts.path_and_query = Some(path_and_query);
                 match Uri::from_parts(parts) {
                     Ok(uri) => uri,
-                    Err(_) => return respond::refused(StatusCode::BAD_REQUEST, "malformed request target\n", is_grpc),
+                    Err(_) => {
+                        let res = respond::refused(StatusCode::BAD_REQUEST, "malformed request target\n", is_grpc);
+                        return answered(&state.stats, &labels, start, res);
+                    }
                 }
             }
         };
@@ -168,6 +184,7 @@ impl HttpProxy {
         };
         add_forwarded(headers, client_ip, self.proto, forwarded_host);
 
+        let sent_at = Instant::now();
         let result = match via {
             Via::Instance { h2 } => {
                 let sent = self.send_to_instances(req, endpoint.clone(), &service_name, h2);
@@ -193,7 +210,8 @@ impl HttpProxy {
                 if let Some(protocol) = upgraded {
                     upgrade::restore(res.headers_mut(), protocol);
                 }
-                state.stats.response(res.status(), start.elapsed().as_secs_f64());
+                state.stats.upstream_time(sent_at.elapsed().as_secs_f64());
+                state.stats.response(&labels, res.status(), start.elapsed().as_secs_f64());
                 return res.map(Either::Left);
             }
             Ok(Err(failure)) => {
@@ -204,9 +222,19 @@ impl HttpProxy {
         };
         state.stats.error(failure);
         let res = respond::upstream_error(failure, &service_name, is_grpc);
-        state.stats.response(res.status(), start.elapsed().as_secs_f64());
-        res
+        answered(&state.stats, &labels, start, res)
     }
+}
+
+/// Counts an answer the gateway makes itself, then returns it.
+fn answered(
+    stats: &ServiceStats,
+    labels: &RequestLabels,
+    start: Instant,
+    res: Response<ProxyBody>,
+) -> Response<ProxyBody> {
+    stats.response(labels, res.status(), start.elapsed().as_secs_f64());
+    res
 }
 
 impl HttpProxy {

@@ -35,12 +35,12 @@ impl Table {
 pub struct ServiceState {
     pub round_robin: AtomicUsize,
     pub weighted: AtomicUsize,
-    pub stats: ServiceStats,
+    pub stats: Arc<ServiceStats>,
 }
 
 impl ServiceState {
     pub fn new(name: &str) -> Self {
-        ServiceState { round_robin: AtomicUsize::new(0), weighted: AtomicUsize::new(0), stats: ServiceStats::new(name) }
+        ServiceState { round_robin: AtomicUsize::new(0), weighted: AtomicUsize::new(0), stats: ServiceStats::of(name) }
     }
 }
 

@@ -96,11 +96,18 @@ fn observe_lag(stamps: &[u64]) {
     }
 }
 
-/// Table metrics; instance gauges only for the services this swap rebuilt.
+/// Table metrics; instance gauges only for the services this swap rebuilt; the
+/// series of a service that lost its last instance are dropped.
 fn record(table: &Table, rebuilt: &[Arc<Service>]) {
     metrics::counter!(m::TABLE_SWAPS).increment(1);
     metrics::gauge!(m::TABLE_VERSION).set(table.version as f64);
     for service in rebuilt {
+        if service.endpoints.is_empty() {
+            // The service is gone from discovery (it stays in the table to answer
+            // 503): its series go too, so dashboards and cardinality follow etcd.
+            service.state.stats.forget();
+            continue;
+        }
         let count = |s: Status| service.endpoints.iter().filter(|e| e.status == s).count();
         service.state.stats.instances(count(Status::Up), count(Status::Draining), count(Status::Down));
     }
