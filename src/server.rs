@@ -52,13 +52,9 @@ fn build(
     tracker: &TaskTracker,
     hard_stop: &CancellationToken,
 ) -> Result<Vec<Built>, ConfigErrors> {
-    let mut errors = Vec::new();
-    let upstreams = match Upstreams::build(config) {
-        Ok(u) => Some(Arc::new(u)),
-        Err(e) => {
-            errors.push(e);
-            None
-        }
+    let (upstreams, mut errors) = match Upstreams::build(config) {
+        Ok((upstreams, errors)) => (Some(Arc::new(upstreams)), errors),
+        Err(e) => (None, vec![e]),
     };
     let mut built = Vec::with_capacity(config.listeners.len());
     if let Some(upstreams) = &upstreams {

@@ -68,21 +68,27 @@ async fn etcd_killed_under_load_keeps_serving_and_catches_up() {
 
     let stop = Arc::new(AtomicBool::new(false));
     let load = load(gw.addr, "s", 1000, stop.clone());
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    wait_until("traffic under way", Duration::from_secs(10), async || b[0].hits() + b[1].hits() >= 100).await;
     etcd.kill();
-    tokio::time::sleep(Duration::from_millis(1500)).await;
-    let (_, metrics) = admin_get(gw.admin, "/metrics").await;
-    assert_eq!(
-        metric(&metrics, "switchyard_discovery_connected{source=\"etcd\"}"),
-        0.0,
-        "connected gauge while etcd is down"
-    );
+    // The tests of this binary run one at a time (SERIAL), so the process-wide gauge is this gateway's.
+    wait_until("the connected gauge drops while etcd is down", Duration::from_secs(10), async || {
+        metric(&admin_get(gw.admin, "/metrics").await.1, "switchyard_discovery_connected{source=\"etcd\"}") == 0.0
+    })
+    .await;
+    let before = b[0].hits() + b[1].hits();
+    wait_until("traffic goes on while etcd is down", Duration::from_secs(10), async || {
+        b[0].hits() + b[1].hits() >= before + 100
+    })
+    .await;
     assert_eq!(gw.table.load().service("s").unwrap().live.len(), 2, "table untouched while etcd is down");
     etcd.restart().await;
     let mut kv = etcd.client().await;
     kv.put("/services/s/2", b[2].addr.to_string(), None).await.unwrap();
     gw.wait_live("s", 3).await;
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    wait_until("the instance added after etcd returned gets traffic", Duration::from_secs(10), async || {
+        b[2].hits() > 0
+    })
+    .await;
     stop.store(true, Ordering::Relaxed);
     let (ok, failures) = load.await.unwrap();
     assert!(failures.is_empty(), "{} failed requests, e.g. {:?}", failures.len(), &failures[..failures.len().min(5)]);

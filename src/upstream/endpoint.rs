@@ -9,8 +9,9 @@ use std::sync::Arc;
 use http::uri::Authority;
 
 use super::balance::weighted::MAX_WEIGHT;
+use super::conn::pool::InstancePool;
+use super::conn::Protocol;
 use crate::discovery::Instance;
-use crate::upstream::conn::pool::InstancePool;
 
 pub const DEFAULT_WEIGHT: u32 = 1;
 
@@ -23,25 +24,6 @@ pub enum Status {
     Draining,
     /// Excluded.
     Down,
-}
-
-/// How the gateway talks to this instance (metadata `protocol`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Protocol {
-    Http1,
-    H2c,
-    Https,
-    H2,
-}
-
-impl Protocol {
-    pub fn is_tls(self) -> bool {
-        matches!(self, Protocol::Https | Protocol::H2)
-    }
-    pub fn is_h2(self) -> bool {
-        matches!(self, Protocol::H2c | Protocol::H2)
-    }
 }
 
 #[derive(Debug, Default)]

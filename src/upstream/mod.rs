@@ -12,6 +12,7 @@ pub(crate) mod stats;
 pub(crate) mod table;
 pub(crate) mod writer;
 
-pub(crate) use endpoint::{Endpoint, Protocol, Status};
+pub(crate) use conn::Protocol;
+pub(crate) use endpoint::Endpoint;
 pub(crate) use table::{Pick, Service};
 pub use table::{SharedTable, Table};

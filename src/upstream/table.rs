@@ -70,7 +70,8 @@ pub struct Service {
 
 impl Service {
     pub fn new(name: Arc<str>, endpoints: Vec<Arc<Endpoint>>, state: Arc<ServiceState>, hashed: bool) -> Service {
-        let live: Vec<Arc<Endpoint>> = endpoints.iter().filter(|e| e.status == super::Status::Up).cloned().collect();
+        let live: Vec<Arc<Endpoint>> =
+            endpoints.iter().filter(|e| e.status == super::endpoint::Status::Up).cloned().collect();
         let uneven = live.windows(2).any(|w| w[0].weight != w[1].weight);
         let weighted = uneven.then(|| Weighted::new(&live.iter().map(|e| e.weight).collect::<Vec<_>>()));
         let maglev = hashed.then(|| Maglev::new(&live.iter().map(|e| &*e.id).collect::<Vec<_>>()));

@@ -16,8 +16,8 @@ use hyper_util::rt::{TokioExecutor, TokioTimer};
 
 use super::pool::PoolSettings;
 use super::tls::{TlsSettings, UpstreamConnector, UpstreamTlsError, ALPN_H2, ALPN_HTTP1};
+use super::Protocol;
 use crate::config::{ClientTls, Config, ConfigError};
-use crate::upstream::Protocol;
 
 pub type HttpClient = Client<UpstreamConnector, Incoming>;
 
@@ -57,8 +57,12 @@ pub struct Upstreams {
 }
 
 impl Upstreams {
-    /// Loads every service's `upstream_tls` files; an error names the service's field.
-    pub fn build(config: &Config) -> Result<Upstreams, ConfigError> {
+    /// Loads every service's `upstream_tls` files. Each such failure names the
+    /// service's field and leaves the service out, so that the caller can go on
+    /// building (and report) everything else before it refuses to start; only the
+    /// shared TLS clients failing stops the build here.
+    pub fn build(config: &Config) -> Result<(Upstreams, Vec<ConfigError>), ConfigError> {
+        let mut errors = Vec::new();
         let mut connector = HttpConnector::new();
         connector.set_nodelay(true);
         connector.set_connect_timeout(Some(config.timeouts.connect));
@@ -81,22 +85,25 @@ impl Upstreams {
         let mut services = HashMap::new();
         for (i, s) in config.services.iter().enumerate() {
             if let Some(tls) = &s.upstream_tls {
-                let pair = pair(Some(tls))
-                    .map_err(|e| ConfigError { path: format!("service[{i}].upstream_tls"), reason: e.to_string() })?;
-                services.insert(s.name.as_str().into(), pair);
+                match pair(Some(tls)) {
+                    Ok(pair) => drop(services.insert(s.name.as_str().into(), pair)),
+                    Err(e) => {
+                        errors.push(ConfigError { path: format!("service[{i}].upstream_tls"), reason: e.to_string() })
+                    }
+                }
             }
         }
-        // The system trust store: a machine without one serves plain-text instances only.
-        let tls =
-            pair(None).map_err(|e| ConfigError { path: String::new(), reason: format!("system TLS roots: {e}") })?;
-        Ok(Upstreams {
+        // The system trust store is optional (see `tls::roots`): no file can fail this.
+        let tls = pair(None).map_err(|e| ConfigError { path: String::new(), reason: format!("upstream TLS: {e}") })?;
+        let upstreams = Upstreams {
             instance_pools: PoolSettings {
                 connect_timeout: config.timeouts.connect,
                 max_idle: config.limits.upstream_idle_per_host,
             },
             tls,
             services,
-        })
+        };
+        Ok((upstreams, errors))
     }
 
     /// Where one request goes: the instance's own pool (plain text), or a shared TLS pool.

@@ -8,6 +8,25 @@ pub(crate) mod tls;
 
 pub(crate) use client::{Upstreams, Via};
 
+/// How the gateway talks to this instance (metadata `protocol`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Protocol {
+    Http1,
+    H2c,
+    Https,
+    H2,
+}
+
+impl Protocol {
+    pub fn is_tls(self) -> bool {
+        matches!(self, Protocol::Https | Protocol::H2)
+    }
+    pub fn is_h2(self) -> bool {
+        matches!(self, Protocol::H2c | Protocol::H2)
+    }
+}
+
 /// Why talking to an upstream failed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum UpstreamError {
