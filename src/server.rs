@@ -133,7 +133,8 @@ impl Gateway {
         }
         let registry = Registry::new(hashed_services(&config));
         tasks.spawn(writer::run(registry, rx, table.clone(), ready.clone(), stop.clone()));
-        let admin_server = Arc::new(Admin { metrics, table: table.clone(), ready });
+        let status = crate::admin::status::StatusPage::new(&config);
+        let admin_server = Arc::new(Admin { metrics, table: table.clone(), ready, status });
         tasks.spawn(admin_server.serve(admin, stop.clone()));
 
         let graceful = GracefulShutdown::new();

@@ -1,6 +1,9 @@
 //! The admin server, on its own listener: `/metrics` (Prometheus text),
-//! `/healthz` (alive), `/readyz` (200 once the first table is live) and
-//! `/upstreams` (JSON view of the live table).
+//! `/healthz` (alive), `/readyz` (200 once the first table is live),
+//! `/upstreams` (JSON view of the live table), and the status page at `/`
+//! (with `/status.json`: listeners, routes, recent discovery events).
+
+pub mod status;
 
 use std::convert::Infallible;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -23,6 +26,7 @@ pub struct Admin {
     pub metrics: PrometheusHandle,
     pub table: SharedTable,
     pub ready: Arc<AtomicBool>,
+    pub status: status::StatusPage,
 }
 
 impl Admin {
@@ -85,10 +89,12 @@ impl Admin {
                 reply(StatusCode::SERVICE_UNAVAILABLE, "text/plain", "waiting for the first upstream table\n".into())
             }
             "/upstreams" => reply(StatusCode::OK, "application/json", upstreams_json(&self.table.load()).into()),
+            "/" => reply(StatusCode::OK, "text/html; charset=utf-8", Bytes::from_static(status::HTML.as_bytes())),
+            "/status.json" => reply(StatusCode::OK, "application/json", self.status.json().into()),
             _ => reply(
                 StatusCode::NOT_FOUND,
                 "text/plain",
-                "not found (try /metrics, /healthz, /readyz, /upstreams)\n".into(),
+                "not found (try /, /metrics, /healthz, /readyz, /upstreams, /status.json)\n".into(),
             ),
         }
     }

@@ -11,7 +11,7 @@ use tokio_util::sync::CancellationToken;
 use super::endpoint::Status;
 use super::registry::{Built, Registry};
 use super::table::{Service, SharedTable, Table};
-use crate::discovery::Update;
+use crate::discovery::{events, Update};
 use crate::metrics as m;
 
 /// Applies updates until shutdown or until every sender is gone.
@@ -31,12 +31,15 @@ pub async fn run(
             },
         };
         let mut stamps = registration_stamps(&update);
+        let mut recent = events::of_update(&update, now_ms());
         let mut changed = registry.apply(update);
         // Coalesce what is already queued into the same swap.
         while let Ok(more) = updates.try_recv() {
             stamps.extend(registration_stamps(&more));
+            recent.extend(events::of_update(&more, now_ms()));
             changed |= registry.apply(more);
         }
+        events::record(recent);
         if changed || !ready.load(Ordering::Relaxed) {
             // Building is CPU work (a weighted sequence over large weights takes
             // milliseconds to seconds); keep it off the request threads.
@@ -89,11 +92,14 @@ fn observe_lag(stamps: &[u64]) {
     if stamps.is_empty() {
         return;
     }
-    let now =
-        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0);
+    let now = now_ms();
     for &at in stamps {
         metrics::histogram!(m::DISCOVERY_LAG).record(now.saturating_sub(at) as f64 / 1000.0);
     }
+}
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
 }
 
 /// Table metrics; instance gauges only for the services this swap rebuilt; the
