@@ -14,7 +14,7 @@ FROM docker.io/library/rust:1.95-bookworm AS build
 RUN apt-get update -qq \
     && apt-get install -y -qq --no-install-recommends protobuf-compiler libprotobuf-dev \
     && rm -rf /var/lib/apt/lists/*
-# Stripped, without debug info: 9.7 MB instead of 62 MB.
+# Stripped, without debug info (issue 10 measured 9.7 MB against 62 MB with them).
 ENV CARGO_PROFILE_RELEASE_DEBUG=0 CARGO_PROFILE_RELEASE_STRIP=symbols
 WORKDIR /src
 # Dependency-caching layer: build the dependencies against empty sources, so a

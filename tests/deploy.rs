@@ -315,13 +315,13 @@ async fn two_gateways_on_one_etcd_converge_on_the_same_revision() {
         let doc: serde_json::Value = serde_json::from_str(&admin_get(gw.admin, "/upstreams").await.1).unwrap();
         (doc["revision"].as_u64().unwrap(), doc["services"]["conv"].to_string())
     };
-    let writes: Vec<Box<dyn Fn() -> (String, Option<String>)>> = vec![
-        Box::new(|| ("/services/conv/a".into(), Some(instance_json("conv", "a", a.addr, &[])))),
-        Box::new(|| ("/services/conv/b".into(), Some(instance_json("conv", "b", b.addr, &[("weight", "2")])))),
-        Box::new(|| ("/services/conv/a".into(), None)),
+    // (key, value): a put, or a delete when the value is None.
+    let writes: Vec<(&str, Option<String>)> = vec![
+        ("/services/conv/a", Some(instance_json("conv", "a", a.addr, &[]))),
+        ("/services/conv/b", Some(instance_json("conv", "b", b.addr, &[("weight", "2")]))),
+        ("/services/conv/a", None),
     ];
-    for write in writes {
-        let (key, value) = write();
+    for (key, value) in writes {
         let revision = match value {
             Some(v) => kv.put(key, v, None).await.unwrap().header().unwrap().revision(),
             None => kv.delete(key, None).await.unwrap().header().unwrap().revision(),
