@@ -118,3 +118,59 @@ fn record(table: &Table, rebuilt: &[Arc<Service>]) {
         service.state.stats.instances(count(Status::Up), count(Status::Draining), count(Status::Down));
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashSet;
+
+    use super::*;
+    use crate::discovery::Instance;
+    use crate::upstream::stats::RequestLabels;
+
+    fn instances(services: usize, per_service: usize) -> Vec<Instance> {
+        (0..services)
+            .flat_map(|s| {
+                (0..per_service).map(move |i| Instance {
+                    service: format!("scale-{s}"),
+                    id: format!("i{i}"),
+                    addr: format!("10.{}.{}.{}:80", s / 250, s % 250, i + 1),
+                    metadata: Default::default(),
+                })
+            })
+            .collect()
+    }
+
+    fn series_of(prefix: &str) -> Vec<String> {
+        let mut out = String::new();
+        crate::metrics::families::render(m::SERVICE_FAMILIES, &mut out);
+        out.lines().filter(|l| l.contains(prefix)).map(String::from).collect()
+    }
+
+    /// Issue 11: 10,000 services × 10 instances register one series per service
+    /// up front (the `up` gauge), not dozens; traffic adds a service's own series
+    /// and a service that leaves discovery takes all of its series with it.
+    #[test]
+    fn ten_thousand_services_cost_one_series_each_until_traffic() {
+        let mut registry = Registry::new(HashSet::new());
+        registry.apply(Update::Replace { instances: instances(10_000, 10), revision: 1 });
+        let built = registry.build();
+        record(&built.table, &built.rebuilt);
+        let series = series_of("service=\"scale-");
+        assert_eq!(series.len(), 10_000, "{:?}", &series[..3]);
+        assert!(series.iter().all(|l| l.starts_with("switchyard_upstream_instances{") && l.ends_with("} 10")));
+
+        let labels = RequestLabels::new(&Arc::from("web"), &http::Method::GET, http::Version::HTTP_11, false);
+        built.table.service("scale-7").unwrap().state.stats.response(&labels, http::StatusCode::OK, 0.002);
+        let seven = series_of("service=\"scale-7\"");
+        // up gauge + 1 request series + 2 histograms × (16 buckets + sum + count) + 4 error kinds.
+        assert_eq!(seven.len(), 1 + 1 + 2 * 18 + 4, "{seven:#?}");
+
+        // scale-7 leaves discovery: every series labelled with it goes.
+        let remaining: Vec<Instance> = instances(10_000, 10).into_iter().filter(|i| i.service != "scale-7").collect();
+        registry.apply(Update::Replace { instances: remaining, revision: 2 });
+        let built = registry.build();
+        record(&built.table, &built.rebuilt);
+        assert!(series_of("service=\"scale-7\"").is_empty());
+        assert_eq!(series_of("service=\"scale-").len(), 9_999);
+    }
+}
