@@ -116,7 +116,7 @@ async fn gateway_starts_from_snapshot_while_etcd_is_down() {
     first.wait_live("snap", 3).await;
     kv.delete("/services/snap/0", None).await.unwrap();
     first.wait_live("snap", 2).await;
-    wait_until("std::fs::read_to_string(&snap) .is_ok_and(|t| t.contains(&b[1].addr.to_string()) && !t.contains(&b[0].addr.to_string()))", Duration::from_secs(5), async || {
+    wait_until("the snapshot file rewritten", Duration::from_secs(5), async || {
         std::fs::read_to_string(&snap)
             .is_ok_and(|t| t.contains(&b[1].addr.to_string()) && !t.contains(&b[0].addr.to_string()))
     })
@@ -171,11 +171,9 @@ async fn cluster_member_loss_resumes_watch_without_losing_events() {
             }
         }
     });
-    wait_until(
-        "gw.table.load().service(\"cl\").is_some_and(|s| s.endpoints.len() >= 50)",
-        Duration::from_secs(10),
-        async || gw.table.load().service("cl").is_some_and(|s| s.endpoints.len() >= 50),
-    )
+    wait_until("50 instances of cl in the table", Duration::from_secs(10), async || {
+        gw.table.load().service("cl").is_some_and(|s| s.endpoints.len() >= 50)
+    })
     .await;
     let (_, before) = admin_get(gw.admin, "/metrics").await;
     let restarts = |m: &str| {
@@ -184,11 +182,9 @@ async fn cluster_member_loss_resumes_watch_without_losing_events() {
     };
     cluster.members[0].kill();
     writer.await.unwrap();
-    wait_until(
-        "gw.table.load().service(\"cl\").is_some_and(|s| s.endpoints.len() == total)",
-        Duration::from_secs(15),
-        async || gw.table.load().service("cl").is_some_and(|s| s.endpoints.len() == total),
-    )
+    wait_until("every instance of cl in the table", Duration::from_secs(15), async || {
+        gw.table.load().service("cl").is_some_and(|s| s.endpoints.len() == total)
+    })
     .await;
     let (_, metrics) = admin_get(gw.admin, "/metrics").await;
     assert!(restarts(&metrics) > restarts(&before), "the watch on the killed member restarted\n{metrics}");

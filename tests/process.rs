@@ -170,7 +170,7 @@ async fn sigterm_lets_a_slow_request_finish() {
     let b = Backend::start("slow").await;
     let (gw, port, _dir) = gateway_process(&b).await;
     let slow = tokio::spawn(support::get_owned(format!("http://127.0.0.1:{port}/slow/1500")));
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    wait_until("the slow request reached the backend", Duration::from_secs(5), async || b.hits() >= 1).await;
     let sent = Instant::now();
     gw.signal("TERM");
     // New connections are refused soon after the signal...

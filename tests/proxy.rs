@@ -189,8 +189,7 @@ async fn admin_endpoints() {
     // Before the first table: alive but not ready.
     assert_eq!(admin_get(gw.admin, "/healthz").await.0, 200);
     write_instances(&gw.instances_path(), &[("viewed", "v1", b.addr, &[("weight", "4"), ("status", "draining")])]);
-    support::wait_until("gw.table.load().version >= 1", Duration::from_secs(5), async || gw.table.load().version >= 1)
-        .await;
+    support::wait_until("the first table", Duration::from_secs(5), async || gw.table.load().version >= 1).await;
     assert_eq!(admin_get(gw.admin, "/readyz").await.0, 200);
     let (status, json) = admin_get(gw.admin, "/upstreams").await;
     assert_eq!(status, 200);

@@ -74,11 +74,9 @@ async fn http1_and_h2_over_tls_to_a_backend_with_its_own_ca() {
 
     // Metadata protocol = h2: HTTP/2 over TLS (ALPN h2).
     write_instances(&gw.instances_path(), &[("secure", "s2", backend.addr, &[("protocol", "h2")])]);
-    support::wait_until(
-        "gw.table.load().service(\"secure\").is_some_and(|s| s.live.first().is_some_and(|e| &*e.id == \"s2\"))",
-        std::time::Duration::from_secs(10),
-        async || gw.table.load().service("secure").is_some_and(|s| s.live.first().is_some_and(|e| &*e.id == "s2")),
-    )
+    support::wait_until("instance s2 live", std::time::Duration::from_secs(10), async || {
+        gw.table.load().service("secure").is_some_and(|s| s.live.first().is_some_and(|e| &*e.id == "s2"))
+    })
     .await;
     let (status, body) = get(&client, &gw.url("/a/headers")).await;
     assert_eq!(status, 200, "{body}");
@@ -104,11 +102,9 @@ async fn metadata_https_without_service_ca_uses_system_trust() {
     assert_eq!(upstream_errors(&gw, "connect").await, 1.0);
     // Plain HTTP to a TLS port fails too; the gateway does not guess.
     write_instances(&gw.instances_path(), &[("secure", "s2", backend.addr, &[])]);
-    support::wait_until(
-        "gw.table.load().service(\"secure\").is_some_and(|s| s.live.first().is_some_and(|e| &*e.id == \"s2\"))",
-        std::time::Duration::from_secs(10),
-        async || gw.table.load().service("secure").is_some_and(|s| s.live.first().is_some_and(|e| &*e.id == "s2")),
-    )
+    support::wait_until("instance s2 live", std::time::Duration::from_secs(10), async || {
+        gw.table.load().service("secure").is_some_and(|s| s.live.first().is_some_and(|e| &*e.id == "s2"))
+    })
     .await;
     assert_eq!(get(&client, &gw.url("/a/")).await.0, 502);
     // ...while plain text to a TLS port connects and then fails.
