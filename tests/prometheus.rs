@@ -5,7 +5,9 @@
 //! passthrough, errors, discovery changes, an etcd outage, a certificate
 //! reload) runs for about 20 s; then every expression of every panel of
 //! `grafana/switchyard.json` must return data that moved, every template
-//! variable must have values, and `promtool check metrics` must be clean.
+//! variable must have values, the alert rules of `deploy/alerts.yml` must
+//! evaluate cleanly (and fire for the service without instances), and
+//! `promtool check metrics` must be clean.
 
 mod support;
 
@@ -44,7 +46,8 @@ impl Prometheus {
         std::fs::write(
             &config,
             format!(
-                "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\nscrape_configs:\n  - job_name: switchyard\n    static_configs:\n      - targets: ['{target}']\n"
+                "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\nrule_files:\n  - {rules}\nscrape_configs:\n  - job_name: switchyard\n    static_configs:\n      - targets: ['{target}']\n",
+                rules = concat!(env!("CARGO_MANIFEST_DIR"), "/deploy/alerts.yml"),
             ),
         )
         .unwrap();
@@ -415,6 +418,23 @@ service = "svc-tls"
         }
     }
     assert!(failures.is_empty(), "{} of {} expressions failed:\n{}", failures.len(), exprs.len(), failures.join("\n"));
+
+    // The alert rules of deploy/alerts.yml evaluate without error on this data, and
+    // the 503s for "ghost" (routed, never an instance) make SwitchyardNoLiveInstance active.
+    let rules = prom.api("/api/v1/rules", &[]).await;
+    let all: Vec<&serde_json::Value> = rules["data"]["groups"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|g| g["rules"].as_array().unwrap().iter())
+        .collect();
+    assert_eq!(all.len(), 3, "{rules}");
+    for rule in &all {
+        assert_eq!(rule["health"], "ok", "{rule}");
+    }
+    let no_live = all.iter().find(|r| r["name"] == "SwitchyardNoLiveInstance").unwrap();
+    let ghost = no_live["alerts"].as_array().unwrap().iter().any(|a| a["labels"]["service"] == "ghost");
+    assert!(ghost, "no alert for the service without instances: {no_live}");
 
     // promtool on the very text Prometheus scraped: no errors, no lint warnings.
     let metrics = admin_get(gw.admin, "/metrics").await.1;
