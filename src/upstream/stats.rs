@@ -4,11 +4,12 @@
 //!
 //! Series are created lazily: the instance gauges while the service has
 //! instances, the traffic series (requests by listener/code/method/protocol,
-//! total and upstream latency, upstream errors) at its first request. A service
+//! total and upstream latency, upstream errors, retries, ejections, overflow,
+//! panic mode, health checks) at its first request or health check. A service
 //! that loses its last instance drops them all ([`ServiceStats::forget`]); 10,000
 //! services that get no traffic cost one `up` gauge each, not dozens of series.
-//! Upstream error kinds are registered at zero with the traffic series, so
-//! `rate()` sees their first increment.
+//! Every counter with enumerable labels is registered at zero with the traffic
+//! series, so `rate()` sees its first increment.
 //!
 //! Cardinality is bounded by configuration: listeners × status codes (100..=599,
 //! others as `code="other"`) × 8 method classes × 3 protocols per service.
@@ -21,6 +22,7 @@ use arc_swap::ArcSwapOption;
 use http::{Method, StatusCode, Version};
 
 use super::conn::UpstreamError;
+use super::outlier::EjectReason;
 use crate::metrics as m;
 use crate::metrics::families::{self, write_sample, Group, Histogram};
 
@@ -68,13 +70,65 @@ struct RequestKey {
     code: u16,
 }
 
-/// The series of a service that has had traffic.
+/// The series of a service that has had traffic (or health checks): created
+/// together, every counter at zero, at the first event of any kind.
 #[derive(Debug, Default)]
 struct Traffic {
     requests: RwLock<HashMap<RequestKey, AtomicU64>>,
     total: Histogram,
     upstream: Histogram,
     errors: [AtomicU64; UpstreamError::ALL.len()],
+    retries: [AtomicU64; RetryReason::ALL.len()],
+    budget_exhausted: AtomicU64,
+    /// connect_failures, consecutive_failures.
+    ejections: [AtomicU64; 2],
+    panic: AtomicU64,
+    /// inflight, pending.
+    overflow: [AtomicU64; 2],
+    /// ok, failed.
+    checks: [AtomicU64; 2],
+    /// healthy, unhealthy.
+    health_changes: [AtomicU64; 2],
+}
+
+/// One-label counter families: (family, label name, label values, which counters).
+fn labelled<'t>(
+    traffic: &'t Traffic,
+    family: &str,
+) -> Option<(&'static str, &'static [&'static str], &'t [AtomicU64])> {
+    Some(match family {
+        m::UPSTREAM_RETRIES => ("reason", &RetryReason::ALL, &traffic.retries),
+        // EjectReason::ConnectFailures and ::Failures, in the order of `ejections`.
+        m::UPSTREAM_EJECTIONS => ("reason", &["connect_failures", "consecutive_failures"], &traffic.ejections),
+        m::UPSTREAM_OVERFLOW => ("limit", &["inflight", "pending"], &traffic.overflow),
+        m::HEALTH_CHECKS => ("result", &["ok", "failed"], &traffic.checks),
+        m::HEALTH_CHANGES => ("to", &["healthy", "unhealthy"], &traffic.health_changes),
+        _ => return None,
+    })
+}
+
+/// Why a request was tried again, as the `reason` label of `switchyard_upstream_retries_total`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RetryReason {
+    ConnectFailure = 0,
+    Reset = 1,
+    Timeout = 2,
+    Status502 = 3,
+    Status503 = 4,
+    Status504 = 5,
+    GrpcUnavailable = 6,
+}
+
+impl RetryReason {
+    pub(crate) const ALL: [&'static str; 7] =
+        ["connect_failure", "reset", "timeout", "502", "503", "504", "grpc_unavailable"];
+}
+
+/// Which limit turned a request away, as the `limit` label of `switchyard_upstream_overflow_total`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Overflow {
+    Inflight = 0,
+    Pending = 1,
 }
 
 #[derive(Debug)]
@@ -149,6 +203,39 @@ impl ServiceStats {
         self.traffic().errors[kind as usize].fetch_add(1, Ordering::Relaxed);
     }
 
+    pub fn retry(&self, reason: RetryReason) {
+        self.traffic().retries[reason as usize].fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn budget_exhausted(&self) {
+        self.traffic().budget_exhausted.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn ejected(&self, reason: EjectReason) {
+        let i = match reason {
+            EjectReason::ConnectFailures => 0,
+            EjectReason::Failures => 1,
+            EjectReason::None => return,
+        };
+        self.traffic().ejections[i].fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn panic(&self) {
+        self.traffic().panic.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn overflow(&self, limit: Overflow) {
+        self.traffic().overflow[limit as usize].fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn check(&self, ok: bool) {
+        self.traffic().checks[usize::from(!ok)].fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn health_changed(&self, healthy: bool) {
+        self.traffic().health_changes[usize::from(!healthy)].fetch_add(1, Ordering::Relaxed);
+    }
+
     pub fn instances(&self, up: usize, draining: usize, down: usize) {
         for (gauge, n) in self.instances.iter().zip([up, draining, down]) {
             gauge.store(n as u64, Ordering::Relaxed);
@@ -214,7 +301,23 @@ impl Group for ServiceStats {
                     write_sample(out, family, &[("service", service), ("kind", kind.as_str())], n as f64);
                 }
             }
-            _ => {}
+            m::UPSTREAM_RETRY_BUDGET_EXHAUSTED => write_sample(
+                out,
+                family,
+                &[("service", service)],
+                traffic.budget_exhausted.load(Ordering::Relaxed) as f64,
+            ),
+            m::UPSTREAM_PANIC => {
+                write_sample(out, family, &[("service", service)], traffic.panic.load(Ordering::Relaxed) as f64)
+            }
+            _ => {
+                if let Some((label, values, counters)) = labelled(&traffic, family) {
+                    for (value, n) in values.iter().zip(counters) {
+                        let n = n.load(Ordering::Relaxed) as f64;
+                        write_sample(out, family, &[("service", service), (label, value)], n);
+                    }
+                }
+            }
         }
     }
 }

@@ -162,8 +162,10 @@ mod tests {
         let labels = RequestLabels::new(&Arc::from("web"), &http::Method::GET, http::Version::HTTP_11, false);
         built.table.service("scale-7").unwrap().state.stats.response(&labels, http::StatusCode::OK, 0.002);
         let seven = series_of("service=\"scale-7\"");
-        // up gauge + 1 request series + 2 histograms × (16 buckets + sum + count) + 4 error kinds.
-        assert_eq!(seven.len(), 1 + 1 + 2 * 18 + 4, "{seven:#?}");
+        // up gauge + 1 request series + 2 histograms × (16 buckets + sum + count) + 5 error
+        // kinds + 7 retry reasons + budget + 2 ejection reasons + panic + 2 overflow limits
+        // + 2 check results + 2 health changes, every counter at zero.
+        assert_eq!(seven.len(), 1 + 1 + 2 * 18 + 5 + 7 + 1 + 2 + 1 + 2 + 2 + 2, "{seven:#?}");
 
         // scale-7 leaves discovery: every series labelled with it goes.
         let remaining: Vec<Instance> = instances(10_000, 10).into_iter().filter(|i| i.service != "scale-7").collect();
