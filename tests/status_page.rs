@@ -89,6 +89,10 @@ async fn status_page_shows_listeners_instances_states_and_events() {
         "weight=3",
         "1 live of 2",
         r#"data-event="resync""#,
+        // Health and ejection, as /upstreams reports them per instance.
+        "<th>health</th>",
+        "<th>reason</th>",
+        "<th>times_ejected</th>",
     ] {
         assert!(page.contains(want), "{want:?} not in the rendered page:\n{page}");
     }
