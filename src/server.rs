@@ -145,7 +145,9 @@ impl Gateway {
         let registry = Registry::new(hashed_services(&config)).with_policies(policies);
         crate::upstream::health::checker::spawn_all(&config, &table, &mut tasks, &stop);
         tasks.spawn(writer::run(registry, rx, table.clone(), ready.clone(), stop.clone()));
-        let admin_server = Arc::new(Admin { metrics, table: table.clone(), ready, limits: AdminLimits::new(&config) });
+        let status = crate::admin::status::StatusPage::new(&config);
+        let admin_server =
+            Arc::new(Admin { metrics, table: table.clone(), ready, limits: AdminLimits::new(&config), status });
         tasks.spawn(admin_server.serve(admin, stop.clone()));
 
         let graceful = GracefulShutdown::new();

@@ -1,6 +1,7 @@
 //! The admin server, on its own listener: `/metrics` (Prometheus text),
-//! `/healthz` (alive), `/readyz` (200 once the first table is live) and
-//! `/upstreams` (JSON view of the live table).
+//! `/healthz` (alive), `/readyz` (200 once the first table is live),
+//! `/upstreams` (JSON view of the live table), and the status page at `/`
+//! (with `/status.json`: listeners, routes, recent discovery events).
 //!
 //! Hardened like the data path (docs/hardening.md): a request head within
 //! `timeouts.header_read`, at most `limits.admin_max_connections` connections
@@ -9,6 +10,8 @@
 //! process has run out of them — which is when an operator needs it most.
 //! `/upstreams` shows metadata keys but redacts the values of keys that look
 //! secret (see [`redacted`]).
+
+pub mod status;
 
 use std::convert::Infallible;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -25,6 +28,7 @@ use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
+use crate::metrics as m;
 use crate::upstream::instance::{now_ms, Admission};
 use crate::upstream::{SharedTable, Status, Table};
 
@@ -32,6 +36,7 @@ pub struct Admin {
     pub metrics: PrometheusHandle,
     pub table: SharedTable,
     pub ready: Arc<AtomicBool>,
+    pub status: status::StatusPage,
     pub limits: AdminLimits,
 }
 
@@ -58,6 +63,7 @@ const FD_RESERVE: usize = 4;
 
 impl Admin {
     pub async fn serve(self: Arc<Self>, listener: TcpListener, shutdown: CancellationToken) {
+        metrics::gauge!(m::BUILD_INFO, "version" => env!("CARGO_PKG_VERSION")).set(1.0);
         let upkeep = {
             let handle = self.metrics.clone();
             let shutdown = shutdown.clone();
@@ -130,17 +136,21 @@ impl Admin {
             return reply(StatusCode::METHOD_NOT_ALLOWED, "text/plain", "GET only\n".into());
         }
         match req.uri().path() {
-            "/metrics" => reply(StatusCode::OK, "text/plain; version=0.0.4", self.metrics.render().into()),
+            "/metrics" => {
+                reply(StatusCode::OK, "text/plain; version=0.0.4", crate::metrics::render(&self.metrics).into())
+            }
             "/healthz" => reply(StatusCode::OK, "text/plain", "ok\n".into()),
             "/readyz" if self.ready.load(Ordering::Acquire) => reply(StatusCode::OK, "text/plain", "ready\n".into()),
             "/readyz" => {
                 reply(StatusCode::SERVICE_UNAVAILABLE, "text/plain", "waiting for the first upstream table\n".into())
             }
             "/upstreams" => reply(StatusCode::OK, "application/json", upstreams_json(&self.table.load()).into()),
+            "/" => reply(StatusCode::OK, "text/html; charset=utf-8", Bytes::from_static(status::HTML.as_bytes())),
+            "/status.json" => reply(StatusCode::OK, "application/json", self.status.json().into()),
             _ => reply(
                 StatusCode::NOT_FOUND,
                 "text/plain",
-                "not found (try /metrics, /healthz, /readyz, /upstreams)\n".into(),
+                "not found (try /, /metrics, /healthz, /readyz, /upstreams, /status.json)\n".into(),
             ),
         }
     }

@@ -192,6 +192,41 @@ fn resilience_defaults_and_errors() {
 }
 
 #[test]
+fn etcd_keepalive_defaults_to_10s_and_never_goes_below_etcds_5s() {
+    let etcd = |extra: &str| {
+        format!("[discovery]\nsource = \"etcd\"\nendpoints = [\"http://127.0.0.1:2379\"]\n{extra}{MINIMAL}")
+    };
+    match Config::parse(&etcd("")).unwrap().discovery {
+        Discovery::Etcd(e) => assert_eq!(e.keepalive, Duration::from_secs(10)),
+        other => panic!("{other:?}"),
+    }
+    match Config::parse(&etcd("keepalive = \"5s\"\n")).unwrap().discovery {
+        Discovery::Etcd(e) => assert_eq!(e.keepalive, Duration::from_secs(5)),
+        other => panic!("{other:?}"),
+    }
+    let got = errors(&etcd("keepalive = \"2s\"\n"));
+    assert_eq!(got.len(), 1, "{got:?}");
+    assert!(got[0].starts_with("discovery.keepalive: 2s is below etcd's minimum ping interval of 5s"), "{got:?}");
+    let got = errors(&format!("[discovery]\nkeepalive = \"10s\"\n{MINIMAL}"));
+    assert_eq!(got, [r#"discovery.keepalive: not used by source = "file""#]);
+}
+
+#[test]
+fn etcd_prefixes_need_no_leading_slash() {
+    let etcd = |prefixes: &str| {
+        format!(
+            "[discovery]\nsource = \"etcd\"\nendpoints = [\"http://127.0.0.1:2379\"]\nprefixes = {prefixes}\n{MINIMAL}"
+        )
+    };
+    match Config::parse(&etcd(r#"["foo/bar", "/services/", "/"]"#)).unwrap().discovery {
+        Discovery::Etcd(e) => assert_eq!(e.prefixes, ["foo/bar/", "/services/", "/"]),
+        other => panic!("{other:?}"),
+    }
+    let got = errors(&etcd(r#"["ok/", ""]"#));
+    assert_eq!(got, [r#"discovery.prefixes[1]: prefix "" must be a non-empty key prefix without control characters"#]);
+}
+
+#[test]
 fn hardening_defaults_and_bounds() {
     // The values docs/hardening.md documents, written out.
     let c = Config::parse(MINIMAL).unwrap();
