@@ -14,8 +14,10 @@ use http::{Request, Response, StatusCode, Version};
 use http_body_util::Either;
 use hyper::body::Incoming;
 
+use super::access_log::{AccessLog, Entry};
 use super::grpc;
 use super::headers::{add_forwarded, strip_hop_by_hop};
+use super::request_id::{self, X_REQUEST_ID};
 use super::respond::{self, ProxyBody};
 use super::route::{request_host, RequestView, Router, Target};
 use super::upgrade::{self, Upgrades};
@@ -34,6 +36,42 @@ pub struct HttpProxy {
     proto: &'static str,
     refused_absolute: metrics::Counter,
     upgrades: Upgrades,
+    /// Off unless the listener configures one.
+    access_log: Option<AccessLog>,
+}
+
+/// What the access log needs of a request, taken before it is rewritten and sent.
+struct Requested {
+    method: http::Method,
+    uri: Uri,
+    version: Version,
+    host: String,
+    referer: Option<HeaderValue>,
+    user_agent: Option<HeaderValue>,
+}
+
+impl Requested {
+    fn of(req: &Request<Incoming>) -> Requested {
+        Requested {
+            method: req.method().clone(),
+            uri: req.uri().clone(),
+            version: req.version(),
+            host: request_host(req.uri(), req.headers()).to_string(),
+            referer: req.headers().get(header::REFERER).cloned(),
+            user_agent: req.headers().get(header::USER_AGENT).cloned(),
+        }
+    }
+}
+
+fn header_text(value: &Option<HeaderValue>) -> &str {
+    value.as_ref().and_then(|v| v.to_str().ok()).unwrap_or("")
+}
+
+/// Where a request went, for the access log.
+#[derive(Default)]
+struct Outcome {
+    service: Option<Arc<str>>,
+    upstream: Option<Arc<str>>,
 }
 
 impl HttpProxy {
@@ -54,15 +92,57 @@ impl HttpProxy {
             proto: if tls { "https" } else { "http" },
             refused_absolute: metrics::counter!(m::BAD_REQUESTS, "listener" => listener.to_string(), "reason" => "absolute_form_foreign_host"),
             upgrades,
+            access_log: None,
         }
     }
 
-    /// `client_ip` is [`client_value`] of `client`, made once per connection.
+    pub fn with_access_log(mut self, log: Option<AccessLog>) -> HttpProxy {
+        self.access_log = log;
+        self
+    }
+
+    /// Serves one request: its `x-request-id` (made when absent) goes upstream
+    /// and back to the client, and the access log, when on, gets its line.
     pub async fn handle(
         &self,
         mut req: Request<Incoming>,
         client: SocketAddr,
         client_ip: &HeaderValue,
+    ) -> Response<ProxyBody> {
+        let start = Instant::now();
+        let id = request_id::ensure(req.headers_mut());
+        // What the log line needs of the request, taken before it is rewritten and sent.
+        let requested = self.access_log.as_ref().map(|_| Requested::of(&req));
+        let mut outcome = Outcome::default();
+        let mut res = self.forward(req, client, client_ip, &mut outcome).await;
+        if let (Some(log), Some(r)) = (&self.access_log, requested) {
+            log.record(&Entry {
+                client,
+                method: r.method.as_str(),
+                host: &r.host,
+                target: r.uri.path_and_query().map_or("/", |p| p.as_str()),
+                version: r.version,
+                status: res.status().as_u16(),
+                bytes: res.headers().get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse().ok()),
+                duration: start.elapsed(),
+                service: outcome.service.as_deref().unwrap_or(""),
+                upstream: outcome.upstream.as_deref().unwrap_or(""),
+                request_id: id.to_str().unwrap_or(""),
+                referer: header_text(&r.referer),
+                user_agent: header_text(&r.user_agent),
+            });
+        }
+        res.headers_mut().insert(X_REQUEST_ID.clone(), id);
+        res
+    }
+
+    /// `client_ip` is [`client_value`] of `client`, made once per connection.
+    async fn forward(
+        &self,
+        mut req: Request<Incoming>,
+        client: SocketAddr,
+        client_ip: &HeaderValue,
+        outcome: &mut Outcome,
     ) -> Response<ProxyBody> {
         let start = Instant::now();
         let is_grpc = grpc::is_grpc(req.headers());
@@ -96,11 +176,13 @@ impl HttpProxy {
                 is_grpc,
             );
         }
+        outcome.service = Some(service.name.clone());
         let Some(endpoint) = service.pick(target.pick(&view)).cloned() else {
             service.state.stats.error(UpstreamError::NoInstance);
             service.state.stats.response(StatusCode::SERVICE_UNAVAILABLE, start.elapsed().as_secs_f64());
             return respond::upstream_error(UpstreamError::NoInstance, &service.name, is_grpc);
         };
+        outcome.upstream = Some(endpoint.addr.clone());
         let state = service.state.clone();
         let path_and_query = match target.upstream_path(view.path) {
             std::borrow::Cow::Borrowed(_) => req.uri().path_and_query().cloned(),

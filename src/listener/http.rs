@@ -1,6 +1,6 @@
 //! `http` listeners (HTTP/1.1 and h2c on one port) and the HTTP connection
 //! server that `https` listeners share after their handshake: one hyper
-//! connection per client, driving [`HttpProxy`] for each request.
+//! connection per client, driving [`crate::http::HttpProxy`] for each request.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -15,12 +15,12 @@ use tokio::net::TcpListener;
 use super::accept::{accept_loop, ListenerContext};
 use crate::config::Config;
 use crate::http::headers::client_value;
-use crate::http::HttpProxy;
 use crate::metrics as m;
 
 /// What serves HTTP on accepted (or TLS-terminated) connections of one listener.
 pub(crate) struct HttpServer {
-    pub proxy: Arc<HttpProxy>,
+    /// Read once per request: a config reload swaps it under open connections.
+    pub proxy: super::ProxySlot,
     builder: auto::Builder<TokioExecutor>,
     errors: Arc<ConnectionErrors>,
 }
@@ -34,7 +34,7 @@ struct ConnectionErrors {
 }
 
 impl HttpServer {
-    pub fn new(listener: &str, proxy: HttpProxy, config: &Config) -> HttpServer {
+    pub fn new(listener: &str, proxy: super::ProxySlot, config: &Config) -> HttpServer {
         let mut builder = auto::Builder::new(TokioExecutor::new());
         builder.http1().timer(TokioTimer::new()).header_read_timeout(config.timeouts.header_read).keep_alive(true);
         builder.http2().timer(TokioTimer::new()).max_concurrent_streams(1024);
@@ -42,7 +42,7 @@ impl HttpServer {
             malformed: metrics::counter!(m::BAD_REQUESTS, "listener" => listener.to_string(), "reason" => "malformed_request"),
             head_timeout: metrics::counter!(m::BAD_REQUESTS, "listener" => listener.to_string(), "reason" => "header_timeout"),
         };
-        HttpServer { proxy: Arc::new(proxy), builder, errors: Arc::new(errors) }
+        HttpServer { proxy, builder, errors: Arc::new(errors) }
     }
 
     /// Serves one client connection until it closes or the graceful shutdown ends it;
@@ -59,7 +59,7 @@ impl HttpServer {
         let client_ip = client_value(peer.ip());
         let proxy = self.proxy.clone();
         let service = hyper::service::service_fn(move |req| {
-            let proxy = proxy.clone();
+            let proxy = proxy.load_full();
             let client_ip = client_ip.clone();
             async move { Ok::<_, Infallible>(proxy.handle(req, peer, &client_ip).await) }
         });

@@ -1,0 +1,256 @@
+//! Start-up, reload and shutdown. A validated config is built (every listener's
+//! acceptor, router, certificates, access log and upstream clients made, every
+//! error reported), bound (every port, before anything runs), then served: the
+//! discovery source and the table writer, the admin server, and one task per
+//! listener with its own cancellation and drain (`listeners`). A reload
+//! (`reload`: SIGHUP or `POST /reload`) goes through the same build and bind
+//! before it swaps anything. On shutdown every listener stops accepting and its
+//! in-flight requests get `timeouts.shutdown_grace` to finish, watched by
+//! hyper-util's graceful shutdown. Sockets use `SO_REUSEPORT` (`socket`), so a
+//! new process binds while the old one drains.
+
+mod listeners;
+mod reload;
+mod socket;
+
+use std::collections::HashSet;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
+
+use arc_swap::ArcSwap;
+use tokio::net::TcpListener;
+use tokio::sync::{mpsc, oneshot};
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+
+pub use reload::Summary;
+
+use crate::admin::{Admin, ReloadOutcome, ReloadTrigger};
+use crate::config::{Balance, Config, ConfigErrors, Discovery, ListenerKind};
+use crate::discovery::etcd::EtcdSource;
+use crate::discovery::file::FileSource;
+use crate::discovery::Source;
+use crate::metrics as m;
+use crate::upstream::registry::Registry;
+use crate::upstream::{writer, SharedTable, Table};
+use listeners::Listeners;
+use reload::Prepared;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    /// Something the config names could not be made (certificates, CA files).
+    #[error("{0}")]
+    Build(ConfigErrors),
+    #[error("listener {name:?}: cannot bind {addr}: {source}")]
+    Bind { name: String, addr: SocketAddr, source: std::io::Error },
+}
+
+/// Makes everything the config names that can fail without binding a port:
+/// `switchyard check` runs it too. Every error is reported, not only the first.
+pub fn check(config: &Config) -> Result<(), ConfigErrors> {
+    reload::build(config.clone(), None, &[], &Arc::new(ArcSwap::from_pointee(Table::default()))).map(drop)
+}
+
+/// Reload requests queued beyond the one running are refused, not stacked up.
+const RELOAD_QUEUE: usize = 4;
+
+/// A gateway whose listeners are built and whose sockets are bound, not yet served.
+pub struct Gateway {
+    prepared: Prepared,
+    admin: TcpListener,
+    table: SharedTable,
+    ready: Arc<AtomicBool>,
+    config_path: Option<PathBuf>,
+    reload_tx: ReloadTrigger,
+    reload_rx: mpsc::Receiver<oneshot::Sender<ReloadOutcome>>,
+}
+
+/// Asks a serving gateway to reload its config file (see [`Gateway::with_config_file`]).
+#[derive(Clone)]
+pub struct Reloader(ReloadTrigger);
+
+impl Reloader {
+    /// Reloads and waits for the outcome: what changed, or every error (the
+    /// running config then stays). The gateway logs the outcome itself.
+    pub async fn reload(&self) -> Result<serde_json::Value, Vec<String>> {
+        let (tx, rx) = oneshot::channel();
+        self.0.send(tx).await.map_err(|_| vec!["the gateway is shutting down".to_string()])?;
+        rx.await.unwrap_or_else(|_| Err(vec!["the gateway is shutting down".to_string()]))
+    }
+}
+
+impl Gateway {
+    /// Builds every listener, then binds the admin listener and every configured
+    /// listener (port 0 allowed). Nothing is bound when the build fails.
+    pub async fn bind(config: Config) -> Result<Gateway, ServerError> {
+        // Metric handles are made while building; the recorder must exist first.
+        m::install();
+        let table: SharedTable = Arc::new(ArcSwap::from_pointee(Table::default()));
+        let planned = reload::build(config, None, &[], &table).map_err(ServerError::Build)?;
+        let prepared = reload::bind(planned)?;
+        let admin_listen = prepared.config.admin_listen;
+        let admin = socket::bind(admin_listen).map_err(|source| ServerError::Bind {
+            name: "admin".into(),
+            addr: admin_listen,
+            source,
+        })?;
+        let (reload_tx, reload_rx) = mpsc::channel(RELOAD_QUEUE);
+        Ok(Gateway {
+            prepared,
+            admin,
+            table,
+            ready: Arc::new(AtomicBool::new(false)),
+            config_path: None,
+            reload_tx,
+            reload_rx,
+        })
+    }
+
+    /// The file a reload reads. Without one (the demo's embedded config) a reload is refused.
+    pub fn with_config_file(mut self, path: PathBuf) -> Gateway {
+        self.config_path = Some(path);
+        self
+    }
+
+    pub fn reloader(&self) -> Reloader {
+        Reloader(self.reload_tx.clone())
+    }
+
+    pub fn admin_addr(&self) -> SocketAddr {
+        self.admin.local_addr().unwrap_or(self.prepared.config.admin_listen)
+    }
+
+    pub fn listener_addr(&self, name: &str) -> Option<SocketAddr> {
+        self.prepared.addr(name)
+    }
+
+    pub fn table(&self) -> SharedTable {
+        self.table.clone()
+    }
+
+    /// Runs until `shutdown` is cancelled, reloading on request, then drains.
+    /// Cannot fail: everything that could was made by [`Gateway::bind`].
+    pub async fn serve(self, shutdown: CancellationToken) {
+        let Gateway { prepared, admin, table, ready, config_path, reload_tx, mut reload_rx } = self;
+        let metrics = m::install();
+        // Background tasks stop on `stop`, which follows `shutdown` once listeners have drained.
+        let stop = CancellationToken::new();
+        let mut tasks = JoinSet::new();
+
+        let (tx, rx) = mpsc::channel(64);
+        match &prepared.config.discovery {
+            Discovery::File(f) => {
+                tasks.spawn(FileSource::new(f.path.clone(), f.poll_interval).run(tx, stop.clone()));
+            }
+            Discovery::Etcd(e) => {
+                tasks.spawn(EtcdSource::new((**e).clone()).run(tx, stop.clone()));
+            }
+        }
+        let registry = Registry::new(hashed_services(&prepared.config));
+        tasks.spawn(writer::run(registry, rx, table.clone(), ready.clone(), stop.clone()));
+        let admin_server = Arc::new(Admin { metrics, table: table.clone(), ready, reload: reload_tx });
+        tasks.spawn(admin_server.serve(admin, stop.clone()));
+
+        let config = &prepared.config;
+        let mut listeners = Listeners::new(config.limits.max_connections, config.timeouts.shutdown_grace);
+        let (mut config, _) = reload::commit(prepared, &mut listeners);
+        m::config_reloads_at_zero();
+        m::config_loaded();
+        tracing::info!("switchyard serving");
+        loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => break,
+                Some(reply) = reload_rx.recv() => {
+                    let outcome = reload_file(config_path.as_ref(), &mut config, &mut listeners, &table).await;
+                    let _ = reply.send(outcome);
+                }
+            }
+        }
+        tracing::info!(grace = ?config.timeouts.shutdown_grace, "shutting down: no new connections, draining in-flight requests");
+        listeners.shutdown().await;
+        stop.cancel();
+        while tasks.join_next().await.is_some() {}
+    }
+}
+
+/// One reload: read, validate and build off the runtime's threads, bind, commit.
+/// Logged and counted here, whoever asked.
+async fn reload_file(
+    path: Option<&PathBuf>,
+    config: &mut Config,
+    listeners: &mut Listeners,
+    table: &SharedTable,
+) -> ReloadOutcome {
+    let Some(path) = path.cloned() else {
+        let errors = vec!["no config file to reload: the gateway was started from an embedded config".to_string()];
+        return reload_failed(errors);
+    };
+    tracing::info!(path = %path.display(), "reloading the configuration");
+    let (old, current, table) = (config.clone(), reload::current(listeners), table.clone());
+    let built = tokio::task::spawn_blocking(move || {
+        let new = Config::load(&path)?;
+        reload::build(new, Some(&old), &current, &table)
+    })
+    .await;
+    let planned = match built {
+        Ok(Ok(planned)) => planned,
+        Ok(Err(errors)) => return reload_failed(reload::failure(&errors)),
+        Err(e) => return reload_failed(vec![format!("building the configuration failed: {e}")]),
+    };
+    let prepared = match reload::bind(planned) {
+        Ok(p) => p,
+        Err(e) => return reload_failed(vec![e.to_string()]),
+    };
+    let (next, summary) = reload::commit(prepared, listeners);
+    if hashed_services(&next) != hashed_services(config) {
+        tracing::warn!("a route changed to or from balance = \"hash\": its service hashes once its instances next change, or after a restart");
+    }
+    *config = next;
+    for note in &summary.notes {
+        tracing::warn!("reload: {note}");
+    }
+    tracing::info!(
+        started = ?summary.started,
+        replaced = ?summary.replaced,
+        updated = ?summary.updated,
+        stopped = ?summary.stopped,
+        "configuration reloaded"
+    );
+    m::config_reloaded(true);
+    m::config_loaded();
+    Ok(serde_json::to_value(&summary).unwrap_or_default())
+}
+
+fn reload_failed(errors: Vec<String>) -> ReloadOutcome {
+    for e in &errors {
+        tracing::error!("reload: {e}");
+    }
+    tracing::error!("reload failed; the running configuration stays");
+    m::config_reloaded(false);
+    Err(errors)
+}
+
+/// Services that some route balances by hash get a consistent-hash table.
+fn hashed_services(config: &Config) -> HashSet<String> {
+    let mut hashed = HashSet::new();
+    for l in &config.listeners {
+        match &l.kind {
+            ListenerKind::Http { routes } | ListenerKind::Https { routes, .. } => {
+                hashed
+                    .extend(routes.iter().filter(|r| matches!(r.balance, Balance::Hash(_))).map(|r| r.service.clone()));
+            }
+            ListenerKind::Tcp { service, balance } => {
+                if matches!(balance, Balance::Hash(_)) {
+                    hashed.insert(service.clone());
+                }
+            }
+            ListenerKind::TlsPassthrough { routes } => {
+                hashed
+                    .extend(routes.iter().filter(|r| matches!(r.balance, Balance::Hash(_))).map(|r| r.service.clone()));
+            }
+        }
+    }
+    hashed
+}

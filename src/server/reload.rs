@@ -1,0 +1,259 @@
+//! Live config reload (SIGHUP, `POST /reload`), and the first start, which is a
+//! reload from nothing. In three steps, like start-up: [`build`] reads and
+//! checks everything and makes every listener and request path (fallible, binds
+//! nothing); [`bind`] opens the sockets of new and changed listeners (fallible;
+//! with `SO_REUSEPORT` a changed listener's new socket binds while the old one
+//! still listens); [`commit`] swaps and starts (infallible). A failure in either
+//! of the first two keeps the running config untouched.
+//!
+//! What a reload changes, per listener (by name):
+//! - kept (same address, protocol, certificates and connection timeouts): an
+//!   HTTP(S) listener gets its new request path — routes, policies,
+//!   `timeouts.request`, services' settings, access log — stored into its slot,
+//!   which every request reads once; its connections stay open;
+//! - changed otherwise, or new: a new socket and listener start, and the old one
+//!   (if any) stops accepting and drains;
+//! - gone: stops accepting and drains.
+//!
+//! `runtime.workers`, `admin.listen`, `limits.max_connections` and `[discovery]`
+//! are not reloaded: a change to them is reported and logged, and the running
+//! values stay until a restart.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+
+use super::listeners::Listeners;
+use super::{socket, ServerError};
+use crate::config::{Config, ConfigError, ConfigErrors, Listener, ListenerKind, Timeouts};
+use crate::http::HttpProxy;
+use crate::listener::{self, Built, Lifetime, Parts};
+use crate::upstream::conn::Upstreams;
+use crate::upstream::SharedTable;
+
+/// What a reload needs to know of a running listener.
+#[derive(Clone)]
+pub(super) struct Current {
+    pub config: Listener,
+    pub addr: SocketAddr,
+    pub lifetime: Lifetime,
+}
+
+/// A config with everything made, nothing bound yet.
+pub(super) struct Planned {
+    config: Config,
+    steps: Vec<Planned1>,
+    notes: Vec<String>,
+}
+
+enum Planned1 {
+    Keep { config: Listener, proxy: Option<HttpProxy> },
+    Start { config: Listener, built: Built, lifetime: Lifetime, addr: SocketAddr },
+}
+
+/// A config with everything made and every new socket bound: committing it cannot fail.
+pub(super) struct Prepared {
+    pub config: Config,
+    steps: Vec<Step>,
+    pub notes: Vec<String>,
+}
+
+enum Step {
+    /// A running listener stays; an HTTP(S) one gets this request path.
+    Keep { config: Listener, proxy: Option<HttpProxy> },
+    /// A listener starts on a new socket, replacing a running one of the same name if any.
+    Start { config: Listener, built: Built, socket: TcpListener, lifetime: Lifetime },
+}
+
+impl Prepared {
+    /// Bound address of a listener that this config starts (tests, `Gateway::listener_addr`).
+    pub fn addr(&self, name: &str) -> Option<SocketAddr> {
+        self.steps.iter().find_map(|s| match s {
+            Step::Start { config, socket, .. } if config.name == name => socket.local_addr().ok(),
+            _ => None,
+        })
+    }
+}
+
+/// What a committed reload did, for the log and the `POST /reload` answer.
+#[derive(Debug, Default, Clone, serde::Serialize)]
+pub struct Summary {
+    pub started: Vec<String>,
+    pub replaced: Vec<String>,
+    pub updated: Vec<String>,
+    pub stopped: Vec<String>,
+    /// Changes that need a restart, kept at their running values.
+    pub notes: Vec<String>,
+    /// Every listener now running: name → bound address.
+    pub listeners: Vec<(String, SocketAddr)>,
+}
+
+/// Makes everything `config` needs; `old` is the running config (none at start)
+/// and `current` its running listeners. Every error is reported.
+pub(super) fn build(
+    mut config: Config,
+    old: Option<&Config>,
+    current: &[Current],
+    table: &SharedTable,
+) -> Result<Planned, ConfigErrors> {
+    let notes = old.map(|old| keep_restart_only(&mut config, old)).unwrap_or_default();
+    let upstreams = Upstreams::build(&config).map(Arc::new).map_err(|e| ConfigErrors(vec![e]))?;
+    let parts = Parts { config: &config, table, upstreams: &upstreams };
+    let mut errors = Vec::new();
+    let mut steps = Vec::with_capacity(config.listeners.len());
+    for (index, l) in config.listeners.iter().enumerate() {
+        let running = current.iter().find(|c| c.config.name == l.name);
+        let step = match (running, old) {
+            (Some(c), Some(old)) if keeps_socket(&c.config, l, &old.timeouts, &config.timeouts) => {
+                listener::build_proxy(index, l, &parts, &c.lifetime)
+                    .map(|proxy| Planned1::Keep { config: l.clone(), proxy })
+            }
+            _ => {
+                let lifetime = Lifetime::default();
+                // A port-0 listener that is replaced keeps the port it got.
+                let addr = match running {
+                    Some(c) if c.config.listen == l.listen => c.addr,
+                    _ => l.listen,
+                };
+                listener::build(index, l, &parts, &lifetime).map(|built| Planned1::Start {
+                    config: l.clone(),
+                    built,
+                    lifetime,
+                    addr,
+                })
+            }
+        };
+        match step {
+            Ok(s) => steps.push(s),
+            Err(e) => errors.push(e),
+        }
+    }
+    if errors.is_empty() {
+        Ok(Planned { config, steps, notes })
+    } else {
+        Err(ConfigErrors(errors))
+    }
+}
+
+/// Binds the sockets of the listeners that start; on an error none stays bound.
+pub(super) fn bind(planned: Planned) -> Result<Prepared, ServerError> {
+    let Planned { config, steps, notes } = planned;
+    let mut bound = Vec::with_capacity(steps.len());
+    for step in steps {
+        bound.push(match step {
+            Planned1::Keep { config, proxy } => Step::Keep { config, proxy },
+            Planned1::Start { config, built, lifetime, addr } => {
+                let socket = socket::bind(addr).map_err(|source| ServerError::Bind {
+                    name: config.name.clone(),
+                    addr,
+                    source,
+                })?;
+                Step::Start { config, built, socket, lifetime }
+            }
+        });
+    }
+    Ok(Prepared { config, steps: bound, notes })
+}
+
+/// Starts, swaps and stops; the new listeners accept before the ones they
+/// replace stop, so an address being replaced never refuses a connection.
+pub(super) fn commit(prepared: Prepared, listeners: &mut Listeners) -> (Config, Summary) {
+    let Prepared { config, steps, notes } = prepared;
+    let mut summary = Summary { notes, ..Summary::default() };
+    let mut replaced = Vec::new();
+    let order: Vec<String> = config.listeners.iter().map(|l| l.name.clone()).collect();
+    for step in steps {
+        match step {
+            Step::Keep { config, proxy } => {
+                if let Some(running) = listeners.running.iter_mut().find(|r| r.config.name == config.name) {
+                    if let (Some(slot), Some(proxy)) = (&running.slot, proxy) {
+                        slot.store(Arc::new(proxy));
+                    }
+                    if running.config != config {
+                        summary.updated.push(config.name.clone());
+                    }
+                    running.config = config;
+                }
+            }
+            Step::Start { config, built, socket, lifetime } => {
+                let name = config.name.clone();
+                if let Some(old) = listeners.take(&name) {
+                    replaced.push(old);
+                    summary.replaced.push(name);
+                } else {
+                    summary.started.push(name);
+                }
+                listeners.start(config, built, socket, lifetime);
+            }
+        }
+    }
+    // Only now that every new socket accepts do the ones they replace close.
+    for old in replaced {
+        old.stop();
+    }
+    let gone: Vec<String> =
+        listeners.running.iter().map(|r| r.config.name.clone()).filter(|n| !order.contains(n)).collect();
+    for name in gone {
+        if let Some(old) = listeners.take(&name) {
+            old.stop();
+        }
+        summary.stopped.push(name);
+    }
+    listeners.reorder(&order);
+    listeners.set_grace(config.timeouts.shutdown_grace);
+    summary.listeners = listeners.running.iter().map(|r| (r.config.name.clone(), r.addr)).collect();
+    (config, summary)
+}
+
+/// Whether a running listener can stay on its socket and connections under `new`.
+fn keeps_socket(old: &Listener, new: &Listener, old_timeouts: &Timeouts, new_timeouts: &Timeouts) -> bool {
+    if old.listen != new.listen {
+        return false;
+    }
+    // The request timeout is read per request, the grace period when a listener
+    // stops; every other timeout is set on connections when they are accepted.
+    let connection = |t: &Timeouts| Timeouts { request: Duration::ZERO, shutdown_grace: Duration::ZERO, ..t.clone() };
+    let same_connection = connection(old_timeouts) == connection(new_timeouts);
+    match (&old.kind, &new.kind) {
+        (ListenerKind::Http { .. }, ListenerKind::Http { .. }) => same_connection,
+        (ListenerKind::Https { certs: a, .. }, ListenerKind::Https { certs: b, .. }) => a == b && same_connection,
+        // L4 listeners read their service and routes when they are built.
+        (a, b) => a == b && same_connection,
+    }
+}
+
+/// Settings only a restart applies: the running values are kept in `config`,
+/// and each change is returned as a note.
+fn keep_restart_only(config: &mut Config, old: &Config) -> Vec<String> {
+    let mut notes = Vec::new();
+    let mut keep = |field: &str, changed: bool| {
+        if changed {
+            notes.push(format!("{field}: changed in the file; a restart applies it, the running value stays"));
+        }
+    };
+    keep("runtime.workers", config.workers != old.workers);
+    keep("admin.listen", config.admin_listen != old.admin_listen);
+    keep("limits.max_connections", config.limits.max_connections != old.limits.max_connections);
+    keep("discovery", config.discovery != old.discovery);
+    config.workers = old.workers;
+    config.admin_listen = old.admin_listen;
+    config.limits.max_connections = old.limits.max_connections;
+    config.discovery = old.discovery.clone();
+    notes
+}
+
+/// The running listeners as a reload sees them.
+pub(super) fn current(listeners: &Listeners) -> Vec<Current> {
+    listeners
+        .running
+        .iter()
+        .map(|r| Current { config: r.config.clone(), addr: r.addr, lifetime: r.lifetime.clone() })
+        .collect()
+}
+
+/// A reload that changed nothing: every error of the file or of what it names.
+pub(super) fn failure(errors: &ConfigErrors) -> Vec<String> {
+    errors.0.iter().map(ConfigError::to_string).collect()
+}
