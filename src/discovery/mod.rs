@@ -6,6 +6,7 @@ pub(crate) mod etcd;
 pub mod file;
 pub(crate) mod instance;
 
+use std::collections::HashSet;
 use std::future::Future;
 
 use tokio::sync::mpsc;
@@ -20,6 +21,9 @@ pub enum Update {
     Replace { instances: Vec<Instance>, revision: u64 },
     /// Changes in order, applied together.
     Apply { changes: Vec<Change>, revision: u64 },
+    /// Not from a source but from a config reload: the services that some route
+    /// balances by hash (they get a consistent-hash table) are now these.
+    Hashed { services: HashSet<String> },
 }
 
 #[derive(Debug, Clone, PartialEq)]

@@ -31,7 +31,7 @@ use crate::admin::{Admin, ReloadOutcome, ReloadTrigger};
 use crate::config::{Balance, Config, ConfigErrors, Discovery, ListenerKind};
 use crate::discovery::etcd::EtcdSource;
 use crate::discovery::file::FileSource;
-use crate::discovery::Source;
+use crate::discovery::{Source, Update};
 use crate::metrics as m;
 use crate::upstream::registry::Registry;
 use crate::upstream::{writer, SharedTable, Table};
@@ -140,6 +140,8 @@ impl Gateway {
         let mut tasks = JoinSet::new();
 
         let (tx, rx) = mpsc::channel(64);
+        // Reloads tell the table writer which services hash, through the same queue.
+        let updates = tx.clone();
         match &prepared.config.discovery {
             Discovery::File(f) => {
                 tasks.spawn(FileSource::new(f.path.clone(), f.poll_interval).run(tx, stop.clone()));
@@ -163,7 +165,12 @@ impl Gateway {
             tokio::select! {
                 _ = shutdown.cancelled() => break,
                 Some(reply) = reload_rx.recv() => {
+                    let hashed = hashed_services(&config);
                     let outcome = reload_file(config_path.as_ref(), &mut config, &mut listeners, &table).await;
+                    let now = hashed_services(&config);
+                    if now != hashed {
+                        let _ = updates.send(Update::Hashed { services: now }).await;
+                    }
                     let _ = reply.send(outcome);
                 }
             }
@@ -204,9 +211,6 @@ async fn reload_file(
         Err(e) => return reload_failed(vec![e.to_string()]),
     };
     let (next, summary) = reload::commit(prepared, listeners);
-    if hashed_services(&next) != hashed_services(config) {
-        tracing::warn!("a route changed to or from balance = \"hash\": its service hashes once its instances next change, or after a restart");
-    }
     *config = next;
     for note in &summary.notes {
         tracing::warn!("reload: {note}");

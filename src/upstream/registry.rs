@@ -74,6 +74,15 @@ impl Registry {
                 self.instances = next;
                 revision
             }
+            Update::Hashed { services } => {
+                for name in self.hashed.symmetric_difference(&services) {
+                    if self.instances.contains_key(name) {
+                        self.dirty.insert(name.clone());
+                    }
+                }
+                self.hashed = services;
+                self.revision
+            }
             Update::Apply { changes, revision } => {
                 for change in changes {
                     match change {
@@ -144,6 +153,25 @@ impl Registry {
         }
         let state = self.states.entry(name.to_string()).or_insert_with(|| Arc::new(ServiceState::new(name))).clone();
         Service::new(name.into(), endpoints, state, self.hashed.contains(name))
+    }
+}
+
+#[cfg(test)]
+mod hashed_tests {
+    use super::*;
+
+    #[test]
+    fn a_service_that_starts_hashing_is_rebuilt() {
+        let mut r = Registry::new(HashSet::new());
+        let i =
+            Instance { service: "a".into(), id: "1".into(), addr: "127.0.0.1:1".into(), metadata: Default::default() };
+        r.apply(Update::Replace { instances: vec![i], revision: 1 });
+        r.build();
+        assert!(!r.apply(Update::Hashed { services: HashSet::new() }), "no change, no rebuild");
+        assert!(r.apply(Update::Hashed { services: HashSet::from(["a".to_string(), "unknown".to_string()]) }));
+        let built = r.build();
+        assert_eq!(built.rebuilt.len(), 1);
+        assert_eq!(built.table.revision, 1);
     }
 }
 
