@@ -131,7 +131,7 @@ fn run(
         for (name, listener) in switchyard::demo::bind_backends(&demo_backends).await? {
             tokio::spawn(switchyard::demo::echo_backend(name, listener, shutdown.clone()));
         }
-        let mut gateway = Gateway::bind(config).await?;
+        let mut gateway = Gateway::bind(config).await?.accept_when_ready(switchyard::server::READY_WAIT);
         if let Some(path) = path {
             gateway = gateway.with_config_file(path);
         }

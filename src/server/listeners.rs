@@ -101,6 +101,12 @@ impl Listeners {
     }
 }
 
+/// Connections accepted just before the stop get this long to send their first
+/// request before the graceful shutdown begins: hyper-util closes a connection
+/// whose protocol (HTTP/1.1 or h2) it has not read yet at once, which a client
+/// that connected in time would see as a reset.
+const SETTLE: Duration = Duration::from_millis(250);
+
 fn millis(d: Duration) -> u64 {
     u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
 }
@@ -131,7 +137,10 @@ async fn serve(
     let grace = Duration::from_millis(grace_ms.load(Ordering::Relaxed));
     tracing::info!(listener = %name, ?grace, "listener stopped accepting; draining its connections");
     lifetime.tracker.close();
-    let drained = async { tokio::join!(graceful.shutdown(), lifetime.tracker.wait()) };
+    let drained = async {
+        tokio::time::sleep(SETTLE.min(grace / 2)).await;
+        tokio::join!(graceful.shutdown(), lifetime.tracker.wait())
+    };
     if tokio::time::timeout(grace, drained).await.is_err() {
         tracing::warn!(listener = %name, "grace period over; closing remaining connections");
     }

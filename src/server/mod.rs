@@ -16,8 +16,9 @@ mod socket;
 use std::collections::HashSet;
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::sync::atomic::AtomicBool;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
+use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use tokio::net::TcpListener;
@@ -53,6 +54,12 @@ pub fn check(config: &Config) -> Result<(), ConfigErrors> {
     reload::build(config.clone(), None, &[], &Arc::new(ArcSwap::from_pointee(Table::default()))).map(drop)
 }
 
+/// How long `switchyard run` holds new connections (they wait in the listen
+/// backlog) until the first upstream table is live: a restarted process that
+/// shares its addresses with the old one (`SO_REUSEPORT`) must not answer 503
+/// before discovery has reported. Past it the listeners accept anyway.
+pub const READY_WAIT: Duration = Duration::from_secs(10);
+
 /// Reload requests queued beyond the one running are refused, not stacked up.
 const RELOAD_QUEUE: usize = 4;
 
@@ -63,6 +70,7 @@ pub struct Gateway {
     table: SharedTable,
     ready: Arc<AtomicBool>,
     config_path: Option<PathBuf>,
+    ready_wait: Option<Duration>,
     reload_tx: ReloadTrigger,
     reload_rx: mpsc::Receiver<oneshot::Sender<ReloadOutcome>>,
 }
@@ -103,6 +111,7 @@ impl Gateway {
             table,
             ready: Arc::new(AtomicBool::new(false)),
             config_path: None,
+            ready_wait: None,
             reload_tx,
             reload_rx,
         })
@@ -111,6 +120,13 @@ impl Gateway {
     /// The file a reload reads. Without one (the demo's embedded config) a reload is refused.
     pub fn with_config_file(mut self, path: PathBuf) -> Gateway {
         self.config_path = Some(path);
+        self
+    }
+
+    /// Accept only once the first upstream table is live, or after `limit`.
+    /// Without it (tests), listeners accept at once and answer 503 until then.
+    pub fn accept_when_ready(mut self, limit: Duration) -> Gateway {
+        self.ready_wait = Some(limit);
         self
     }
 
@@ -133,7 +149,7 @@ impl Gateway {
     /// Runs until `shutdown` is cancelled, reloading on request, then drains.
     /// Cannot fail: everything that could was made by [`Gateway::bind`].
     pub async fn serve(self, shutdown: CancellationToken) {
-        let Gateway { prepared, admin, table, ready, config_path, reload_tx, mut reload_rx } = self;
+        let Gateway { prepared, admin, table, ready, config_path, ready_wait, reload_tx, mut reload_rx } = self;
         let metrics = m::install();
         // Background tasks stop on `stop`, which follows `shutdown` once listeners have drained.
         let stop = CancellationToken::new();
@@ -152,8 +168,21 @@ impl Gateway {
         }
         let registry = Registry::new(hashed_services(&prepared.config));
         tasks.spawn(writer::run(registry, rx, table.clone(), ready.clone(), stop.clone()));
-        let admin_server = Arc::new(Admin { metrics, table: table.clone(), ready, reload: reload_tx });
+        let admin_server = Arc::new(Admin { metrics, table: table.clone(), ready: ready.clone(), reload: reload_tx });
         tasks.spawn(admin_server.serve(admin, stop.clone()));
+        if let Some(limit) = ready_wait {
+            let first_table = async {
+                while !ready.load(Ordering::Acquire) {
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                }
+            };
+            tokio::select! {
+                _ = shutdown.cancelled() => {}
+                waited = tokio::time::timeout(limit, first_table) => if waited.is_err() {
+                    tracing::warn!(?limit, "no upstream table yet; accepting anyway (503 until discovery reports)");
+                },
+            }
+        }
 
         let config = &prepared.config;
         let mut listeners = Listeners::new(config.limits.max_connections, config.timeouts.shutdown_grace);
