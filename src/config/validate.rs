@@ -374,10 +374,6 @@ impl Validator {
             self.error(format!("{path}.queue"), format!("must be at most {MAX_ACCESS_LOG_QUEUE}, got {queue}"));
         }
         let file = self.required(&format!("{path}.path"), a.path)?;
-        if file.is_empty() {
-            self.error(format!("{path}.path"), "must not be empty");
-            return None;
-        }
         Some(AccessLogConfig { path: PathBuf::from(file), format, queue })
     }
 
