@@ -30,6 +30,13 @@ pub const CONFIG_RELOADS: &str = "switchyard_config_reloads_total";
 pub const CONFIG_LAST_RELOAD_SUCCESS: &str = "switchyard_config_last_reload_success_timestamp_seconds";
 pub const ACCESS_LOG_DROPPED: &str = "switchyard_access_log_dropped_total";
 pub const ACCESS_LOG_ERRORS: &str = "switchyard_access_log_write_errors_total";
+pub const UPSTREAM_RETRIES: &str = "switchyard_upstream_retries_total";
+pub const UPSTREAM_RETRY_BUDGET_EXHAUSTED: &str = "switchyard_upstream_retry_budget_exhausted_total";
+pub const UPSTREAM_EJECTIONS: &str = "switchyard_upstream_ejections_total";
+pub const UPSTREAM_PANIC: &str = "switchyard_upstream_panic_total";
+pub const UPSTREAM_OVERFLOW: &str = "switchyard_upstream_overflow_total";
+pub const HEALTH_CHECKS: &str = "switchyard_health_checks_total";
+pub const HEALTH_CHANGES: &str = "switchyard_health_changes_total";
 
 /// Every exported name, for the dashboard test.
 pub const ALL: &[&str] = &[
@@ -59,6 +66,13 @@ pub const ALL: &[&str] = &[
     CONFIG_LAST_RELOAD_SUCCESS,
     ACCESS_LOG_DROPPED,
     ACCESS_LOG_ERRORS,
+    UPSTREAM_RETRIES,
+    UPSTREAM_RETRY_BUDGET_EXHAUSTED,
+    UPSTREAM_EJECTIONS,
+    UPSTREAM_PANIC,
+    UPSTREAM_OVERFLOW,
+    HEALTH_CHECKS,
+    HEALTH_CHANGES,
 ];
 
 const LATENCY_BUCKETS: &[f64] =
@@ -103,6 +117,16 @@ fn describe() {
     describe_counter!(DISCOVERY_WATCH_RESTARTS, "Watch restarts, by reason.");
     describe_counter!(DISCOVERY_EVENTS, "Discovery events applied, by type.");
     describe_histogram!(DISCOVERY_LAG, Unit::Seconds, "Time from a registration written to the table live.");
+    describe_counter!(UPSTREAM_RETRIES, "Requests tried again on another instance, by service and reason.");
+    describe_counter!(
+        UPSTREAM_RETRY_BUDGET_EXHAUSTED,
+        "Retries not made because the service's retry budget was spent."
+    );
+    describe_counter!(UPSTREAM_EJECTIONS, "Instances ejected by outlier detection, by service and reason.");
+    describe_counter!(UPSTREAM_PANIC, "Requests sent in panic mode (every instance ejected or unhealthy), by service.");
+    describe_counter!(UPSTREAM_OVERFLOW, "Requests refused at once by a limit (503), by service and limit.");
+    describe_counter!(HEALTH_CHECKS, "Active health probes, by service and result.");
+    describe_counter!(HEALTH_CHANGES, "Instances changing active-check state, by service and new state.");
     describe_counter!(CONFIG_RELOADS, "Configuration reloads (SIGHUP, POST /reload), by result.");
     describe_gauge!(
         CONFIG_LAST_RELOAD_SUCCESS,

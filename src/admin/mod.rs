@@ -19,7 +19,8 @@ use tokio::net::TcpListener;
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
-use crate::upstream::{SharedTable, Table};
+use crate::upstream::instance::{now_ms, Admission};
+use crate::upstream::{SharedTable, Status, Table};
 
 /// What a reload answers: what changed (JSON), or every error.
 pub(crate) type ReloadOutcome = Result<serde_json::Value, Vec<String>>;
@@ -137,8 +138,17 @@ fn reply(status: StatusCode, content_type: &'static str, body: Bytes) -> Respons
     res
 }
 
-/// `{"version", "revision", "services": {name: {"instances": [{id, addr, state, weight, zone, protocol, inflight, metadata}]}}}`
+/// `{"version", "revision", "services": {name: {"live", "admitted", "instances": [{id, addr, state,
+/// registered, health, reason, until, times_ejected, consecutive_failures, slow_start, weight,
+/// zone, protocol, inflight, connections, metadata}]}}}`
+///
+/// `state` is what the request path does with the instance now: `up`, `draining`,
+/// `down` (its registration), or `ejected` / `unhealthy`; `reason` and `until`
+/// (Unix milliseconds) say why and until when it is ejected.
 pub fn upstreams_json(table: &Table) -> String {
+    let now = now_ms();
+    let unix_now =
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0);
     let mut names: Vec<&Arc<str>> = table.services.keys().collect();
     names.sort();
     let services: serde_json::Map<String, serde_json::Value> = names
@@ -149,10 +159,28 @@ pub fn upstreams_json(table: &Table) -> String {
                 .endpoints
                 .iter()
                 .map(|e| {
+                    let admission = e.admits(now, &service.policy);
+                    let state = match (e.status, admission) {
+                        (Status::Up, Admission::Ejected) => "ejected",
+                        (Status::Up, Admission::Unhealthy) => "unhealthy",
+                        (Status::Up, _) => "up",
+                        (Status::Draining, _) => "draining",
+                        (Status::Down, _) => "down",
+                    };
+                    let outlier = &e.state.outlier;
+                    let ejected = outlier.is_ejected(now);
                     serde_json::json!({
                         "id": &*e.id,
                         "addr": &*e.addr,
-                        "state": e.status,
+                        "state": state,
+                        "registered": e.status,
+                        "health": e.state.health.get(),
+                        "reason": ejected.then(|| outlier.reason().as_str()),
+                        "until": ejected.then(|| unix_now + (outlier.ejected_until() - now)),
+                        "times_ejected": outlier.times_ejected(),
+                        "consecutive_failures": outlier.consecutive_failures(),
+                        "slow_start": e.state.ramp(now, service.policy.slow_start),
+                        "connections": e.pool.open_connections(),
                         "weight": e.weight,
                         "zone": e.zone,
                         "protocol": e.protocol,
@@ -161,7 +189,11 @@ pub fn upstreams_json(table: &Table) -> String {
                     })
                 })
                 .collect();
-            (name.to_string(), serde_json::json!({ "live": service.live.len(), "instances": instances }))
+            let admitted = service.live.iter().filter(|e| e.admits(now, &service.policy) == Admission::Admit).count();
+            (
+                name.to_string(),
+                serde_json::json!({ "live": service.live.len(), "admitted": admitted, "instances": instances }),
+            )
         })
         .collect();
     let doc = serde_json::json!({ "version": table.version, "revision": table.revision, "services": services });

@@ -4,6 +4,7 @@
 
 mod duration;
 pub mod host;
+mod policy;
 mod raw;
 #[cfg(test)]
 mod tests;
@@ -17,6 +18,7 @@ use http::HeaderName;
 
 pub use duration::parse_duration;
 pub use host::HostPattern;
+pub use policy::*;
 pub use validate::{ConfigError, ConfigErrors};
 
 pub const DEFAULT_ADMIN_LISTEN: &str = "127.0.0.1:9901";
@@ -37,6 +39,10 @@ pub const DEFAULT_UPSTREAM_IDLE_PER_HOST: usize = 256;
 /// line); beyond it lines are dropped and counted, never waited for.
 pub const DEFAULT_ACCESS_LOG_QUEUE: usize = 4096;
 pub const MAX_ACCESS_LOG_QUEUE: usize = 1 << 20;
+/// How long an unused upstream connection is kept (nginx's upstream `keepalive_timeout`
+/// is 60 s, HAProxy's `timeout server` default none; 90 s outlives common 60 s backend
+/// keep-alives less often than it is reused).
+pub const DEFAULT_UPSTREAM_IDLE: Duration = Duration::from_secs(90);
 
 /// The quick-start configuration compiled into the binary (`switchyard demo`).
 pub const EMBEDDED_DEFAULT: &str = include_str!("../../config/quickstart.toml");
@@ -98,6 +104,8 @@ pub struct Timeouts {
     pub tcp_idle: Duration,
     /// How long in-flight requests may run after SIGTERM.
     pub shutdown_grace: Duration,
+    /// How long an unused pooled upstream connection is kept.
+    pub upstream_idle: Duration,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -166,6 +174,10 @@ pub struct Route {
     pub grpc_service: Option<String>,
     pub service: String,
     pub balance: Balance,
+    /// This route's request deadline; `None`: `timeouts.request`.
+    pub timeout: Option<Duration>,
+    /// What may be retried after a request was sent; `None`: [`RetryPolicy::default`].
+    pub retry: Option<RetryPolicy>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -195,6 +207,8 @@ pub struct ServerCert {
 pub struct ServiceConfig {
     pub name: String,
     pub upstream_tls: Option<ClientTls>,
+    /// Outlier ejection, health checks, limits, slow start and the retry budget.
+    pub policy: ServicePolicy,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]

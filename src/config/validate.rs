@@ -76,12 +76,12 @@ pub(super) fn parse(text: &str) -> Result<Config, ConfigErrors> {
 }
 
 #[derive(Default)]
-struct Validator {
+pub(super) struct Validator {
     errors: Vec<ConfigError>,
 }
 
 impl Validator {
-    fn error(&mut self, path: impl Into<String>, reason: impl Into<String>) {
+    pub(super) fn error(&mut self, path: impl Into<String>, reason: impl Into<String>) {
         self.errors.push(ConfigError { path: path.into(), reason: reason.into() });
     }
 
@@ -140,12 +140,13 @@ impl Validator {
             .enumerate()
             .filter_map(|(i, s)| {
                 let path = format!("service[{i}]");
-                let name = self.required(&format!("{path}.name"), s.name)?;
+                let name = self.required(&format!("{path}.name"), s.name.clone())?;
                 if !service_names.insert(name.clone()) {
                     self.error(format!("{path}.name"), format!("duplicate service {name:?}"));
                 }
+                let policy = self.service_policy(&path, &s);
                 let upstream_tls = s.upstream_tls.map(|t| self.client_tls(&format!("{path}.upstream_tls"), t));
-                Some(ServiceConfig { name, upstream_tls })
+                Some(ServiceConfig { name, upstream_tls, policy })
             })
             .collect();
         Config { workers, admin_listen, discovery, timeouts, limits, listeners, services }
@@ -278,6 +279,7 @@ impl Validator {
                 t.shutdown_grace.as_deref(),
                 DEFAULT_SHUTDOWN_GRACE,
             ),
+            upstream_idle: self.duration("timeouts.upstream_idle", t.upstream_idle.as_deref(), DEFAULT_UPSTREAM_IDLE),
         }
     }
 
@@ -421,6 +423,9 @@ impl Validator {
         let host = r.host.map(|h| h.to_ascii_lowercase());
         let service = self.required(&format!("{path}.service"), r.service);
         let balance = self.balance(path, r.balance.as_deref(), r.hash_key.as_deref(), false);
+        let timeout =
+            r.timeout.as_deref().map(|t| self.duration(&format!("{path}.timeout"), Some(t), DEFAULT_REQUEST_TIMEOUT));
+        let retry = r.retry.map(|retry| self.retry(&format!("{path}.retry"), retry));
         Some(Route {
             host,
             path_prefix: r.path_prefix,
@@ -429,6 +434,8 @@ impl Validator {
             grpc_service: r.grpc_service,
             service: service?,
             balance: balance?,
+            timeout,
+            retry,
         })
     }
 
@@ -439,6 +446,8 @@ impl Validator {
             ("strip_prefix", r.strip_prefix.is_some()),
             ("header", r.header.is_some()),
             ("grpc_service", r.grpc_service.is_some()),
+            ("timeout", r.timeout.is_some()),
+            ("retry", r.retry.is_some()),
         ];
         for (field, set) in fields {
             if set {
@@ -537,7 +546,7 @@ impl Validator {
         })
     }
 
-    fn duration(&mut self, path: &str, text: Option<&str>, default: Duration) -> Duration {
+    pub(super) fn duration(&mut self, path: &str, text: Option<&str>, default: Duration) -> Duration {
         match text.map(parse_duration) {
             None => default,
             Some(Ok(d)) if !d.is_zero() => d,
@@ -552,7 +561,7 @@ impl Validator {
         }
     }
 
-    fn count(&mut self, path: &str, value: Option<i64>, default: usize) -> usize {
+    pub(super) fn count(&mut self, path: &str, value: Option<i64>, default: usize) -> usize {
         match value {
             None => default,
             Some(n) if n >= 1 => n as usize,

@@ -6,12 +6,14 @@ pub(crate) mod etcd;
 pub mod file;
 pub(crate) mod instance;
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::future::Future;
+use std::sync::Arc;
 
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
+use crate::config::ServicePolicy;
 pub use instance::{decode, DecodeError, Instance};
 
 /// What a source reports. Each update becomes exactly one new table.
@@ -22,8 +24,9 @@ pub enum Update {
     /// Changes in order, applied together.
     Apply { changes: Vec<Change>, revision: u64 },
     /// Not from a source but from a config reload: the services that some route
-    /// balances by hash (they get a consistent-hash table) are now these.
-    Hashed { services: HashSet<String> },
+    /// balances by hash (they get a consistent-hash table), and the `[[service]]`
+    /// policies, are now these.
+    Settings { hashed: HashSet<String>, policies: HashMap<String, Arc<ServicePolicy>> },
 }
 
 #[derive(Debug, Clone, PartialEq)]

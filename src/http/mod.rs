@@ -9,10 +9,12 @@
 pub(crate) mod access_log;
 pub(crate) mod grpc;
 pub(crate) mod headers;
+pub(crate) mod plan;
 mod proxy;
 pub(crate) mod request_id;
 pub(crate) mod respond;
 pub(crate) mod route;
+pub(crate) mod send;
 pub(crate) mod upgrade;
 
 pub(crate) use proxy::HttpProxy;

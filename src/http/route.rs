@@ -185,6 +185,8 @@ mod tests {
             grpc_service: None,
             service: service.into(),
             balance: Balance::RoundRobin,
+            timeout: None,
+            retry: None,
         }
     }
 

@@ -13,7 +13,7 @@ mod listeners;
 mod reload;
 mod socket;
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -29,7 +29,7 @@ use tokio_util::sync::CancellationToken;
 pub use reload::Summary;
 
 use crate::admin::{Admin, ReloadOutcome, ReloadTrigger};
-use crate::config::{Balance, Config, ConfigErrors, Discovery, ListenerKind};
+use crate::config::{Balance, Config, ConfigErrors, Discovery, ListenerKind, ServicePolicy};
 use crate::discovery::etcd::EtcdSource;
 use crate::discovery::file::FileSource;
 use crate::discovery::{Source, Update};
@@ -166,8 +166,10 @@ impl Gateway {
                 tasks.spawn(EtcdSource::new((**e).clone()).run(tx, stop.clone()));
             }
         }
-        let registry = Registry::new(hashed_services(&prepared.config));
+        let registry = Registry::new(hashed_services(&prepared.config)).with_policies(policies(&prepared.config));
         tasks.spawn(writer::run(registry, rx, table.clone(), ready.clone(), stop.clone()));
+        // Health checkers follow the `[[service]]` settings: a reload restarts them.
+        let mut checkers = Checkers::spawn(&prepared.config, &table, &stop);
         let admin_server = Arc::new(Admin { metrics, table: table.clone(), ready: ready.clone(), reload: reload_tx });
         tasks.spawn(admin_server.serve(admin, stop.clone()));
         if let Some(limit) = ready_wait {
@@ -194,11 +196,15 @@ impl Gateway {
             tokio::select! {
                 _ = shutdown.cancelled() => break,
                 Some(reply) = reload_rx.recv() => {
-                    let hashed = hashed_services(&config);
+                    let (hashed, services) = (hashed_services(&config), config.services.clone());
                     let outcome = reload_file(config_path.as_ref(), &mut config, &mut listeners, &table).await;
-                    let now = hashed_services(&config);
-                    if now != hashed {
-                        let _ = updates.send(Update::Hashed { services: now }).await;
+                    if hashed_services(&config) != hashed || config.services != services {
+                        let settings = Update::Settings { hashed: hashed_services(&config), policies: policies(&config) };
+                        let _ = updates.send(settings).await;
+                    }
+                    if config.services != services {
+                        checkers.stop().await;
+                        checkers = Checkers::spawn(&config, &table, &stop);
                     }
                     let _ = reply.send(outcome);
                 }
@@ -207,6 +213,7 @@ impl Gateway {
         tracing::info!(grace = ?config.timeouts.shutdown_grace, "shutting down: no new connections, draining in-flight requests");
         listeners.shutdown().await;
         stop.cancel();
+        checkers.stop().await;
         while tasks.join_next().await.is_some() {}
     }
 }
@@ -263,6 +270,30 @@ fn reload_failed(errors: Vec<String>) -> ReloadOutcome {
     tracing::error!("reload failed; the running configuration stays");
     m::config_reloaded(false);
     Err(errors)
+}
+
+/// The `[[service]]` policies, for the table writer.
+fn policies(config: &Config) -> HashMap<String, Arc<ServicePolicy>> {
+    config.services.iter().map(|s| (s.name.clone(), Arc::new(s.policy.clone()))).collect()
+}
+
+/// The active health checkers of one configuration, stopped together.
+struct Checkers {
+    tasks: JoinSet<()>,
+    stop: CancellationToken,
+}
+
+impl Checkers {
+    fn spawn(config: &Config, table: &SharedTable, parent: &CancellationToken) -> Checkers {
+        let (mut tasks, stop) = (JoinSet::new(), parent.child_token());
+        crate::upstream::health::checker::spawn_all(config, table, &mut tasks, &stop);
+        Checkers { tasks, stop }
+    }
+
+    async fn stop(mut self) {
+        self.stop.cancel();
+        while self.tasks.join_next().await.is_some() {}
+    }
 }
 
 /// Services that some route balances by hash get a consistent-hash table.

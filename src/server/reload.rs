@@ -99,9 +99,10 @@ pub(super) fn build(
     table: &SharedTable,
 ) -> Result<Planned, ConfigErrors> {
     let notes = old.map(|old| keep_restart_only(&mut config, old)).unwrap_or_default();
-    let upstreams = Upstreams::build(&config).map(Arc::new).map_err(|e| ConfigErrors(vec![e]))?;
+    // Every file's error is reported: listeners are built even when a service's CA failed.
+    let (upstreams, mut errors) = Upstreams::build(&config).map_err(|e| ConfigErrors(vec![e]))?;
+    let upstreams = Arc::new(upstreams);
     let parts = Parts { config: &config, table, upstreams: &upstreams };
-    let mut errors = Vec::new();
     let mut steps = Vec::with_capacity(config.listeners.len());
     for (index, l) in config.listeners.iter().enumerate() {
         let running = current.iter().find(|c| c.config.name == l.name);
@@ -212,15 +213,26 @@ fn keeps_socket(old: &Listener, new: &Listener, old_timeouts: &Timeouts, new_tim
     if old.listen != new.listen {
         return false;
     }
-    // The request timeout is read per request, the grace period when a listener
-    // stops; every other timeout is set on connections when they are accepted.
-    let connection = |t: &Timeouts| Timeouts { request: Duration::ZERO, shutdown_grace: Duration::ZERO, ..t.clone() };
+    // An HTTP(S) listener reads the request timeout per request and the upstream
+    // ones through its request path (both swapped); the grace period is read when
+    // it stops. Every other timeout is set on client connections as they are accepted.
+    let connection = |t: &Timeouts| Timeouts {
+        request: Duration::ZERO,
+        connect: Duration::ZERO,
+        upstream_idle: Duration::ZERO,
+        tcp_idle: Duration::ZERO,
+        shutdown_grace: Duration::ZERO,
+        ..t.clone()
+    };
     let same_connection = connection(old_timeouts) == connection(new_timeouts);
     match (&old.kind, &new.kind) {
         (ListenerKind::Http { .. }, ListenerKind::Http { .. }) => same_connection,
         (ListenerKind::Https { certs: a, .. }, ListenerKind::Https { certs: b, .. }) => a == b && same_connection,
-        // L4 listeners read their service and routes when they are built.
-        (a, b) => a == b && same_connection,
+        // L4 listeners read their service, routes and timeouts when they are built.
+        (a, b) => {
+            let grace = |t: &Timeouts| Timeouts { shutdown_grace: Duration::ZERO, ..t.clone() };
+            a == b && grace(old_timeouts) == grace(new_timeouts)
+        }
     }
 }
 
