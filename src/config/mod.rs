@@ -43,6 +43,17 @@ pub const MAX_ACCESS_LOG_QUEUE: usize = 1 << 20;
 /// is 60 s, HAProxy's `timeout server` default none; 90 s outlives common 60 s backend
 /// keep-alives less often than it is reused).
 pub const DEFAULT_UPSTREAM_IDLE: Duration = Duration::from_secs(90);
+/// nginx `send_timeout` (60 s).
+pub const DEFAULT_SEND_TIMEOUT: Duration = Duration::from_secs(60);
+/// Like `tcp_idle`: an upgraded connection is a byte relay.
+pub const DEFAULT_TUNNEL_IDLE: Duration = Duration::from_secs(300);
+/// Envoy answers 431 above 60 KiB; nginx allows 4 × 8 KiB buffers, HAProxy 16 KiB.
+pub const DEFAULT_MAX_REQUEST_HEAD: usize = 64 * 1024;
+/// Envoy `max_headers_count` (100), also hyper's default.
+pub const DEFAULT_MAX_REQUEST_HEADERS: usize = 100;
+/// nginx `http2_max_concurrent_streams` (128); HAProxy uses 100.
+pub const DEFAULT_H2_MAX_CONCURRENT_STREAMS: usize = 128;
+pub const DEFAULT_ADMIN_MAX_CONNECTIONS: usize = 32;
 
 /// The quick-start configuration compiled into the binary (`switchyard demo`).
 pub const EMBEDDED_DEFAULT: &str = include_str!("../../config/quickstart.toml");
@@ -106,12 +117,24 @@ pub struct Timeouts {
     pub shutdown_grace: Duration,
     /// How long an unused pooled upstream connection is kept.
     pub upstream_idle: Duration,
+    /// A client connection with no request in flight (HTTP/1.1 keep-alive, HTTP/2),
+    /// or with requests in flight but no bytes either way.
+    pub client_idle: Duration,
+    /// A response write the client does not take (it stopped reading).
+    pub send: Duration,
+    /// An upgraded (e.g. WebSocket) connection with no bytes either way.
+    pub tunnel_idle: Duration,
 }
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct Limits {
     pub max_connections: usize,
     pub upstream_idle_per_host: usize,
+    /// Bytes of an HTTP/1.1 request head (431 above), and of an HTTP/2 header list.
+    pub max_request_head: usize,
+    pub max_request_headers: usize,
+    pub h2_max_concurrent_streams: usize,
+    pub admin_max_connections: usize,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -121,6 +144,9 @@ pub struct Listener {
     pub kind: ListenerKind,
     /// HTTP(S) listeners only; off by default.
     pub access_log: Option<AccessLogConfig>,
+    /// HTTP listeners: dot-segments and unreserved percent-escapes in paths are
+    /// normalised before routing (Envoy's `normalize_path`).
+    pub normalize_path: bool,
 }
 
 /// Where and how an HTTP(S) listener writes one line per request.
@@ -178,6 +204,8 @@ pub struct Route {
     pub timeout: Option<Duration>,
     /// What may be retried after a request was sent; `None`: [`RetryPolicy::default`].
     pub retry: Option<RetryPolicy>,
+    /// `CONNECT` requests are answered 405 unless the route that matches them allows them.
+    pub allow_connect: bool,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -239,5 +267,19 @@ impl Config {
     /// Parses and validates TOML text.
     pub fn parse(text: &str) -> Result<Config, ConfigErrors> {
         validate::parse(text)
+    }
+
+    /// Valid but risky settings, for `check` and start-up to print.
+    pub fn warnings(&self) -> Vec<String> {
+        let mut warnings = Vec::new();
+        if !self.admin_listen.ip().is_loopback() {
+            // The admin listener has no authentication: /upstreams shows every backend address.
+            warnings.push(format!(
+                "admin.listen: {} is not a loopback address; the admin endpoints (/metrics, /upstreams) \
+                 have no authentication, so anyone who can reach it can read them",
+                self.admin_listen
+            ));
+        }
+        warnings
     }
 }

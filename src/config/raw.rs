@@ -72,6 +72,9 @@ pub struct RawTimeouts {
     pub tcp_idle: Option<String>,
     pub shutdown_grace: Option<String>,
     pub upstream_idle: Option<String>,
+    pub client_idle: Option<String>,
+    pub send: Option<String>,
+    pub tunnel_idle: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -79,6 +82,10 @@ pub struct RawTimeouts {
 pub struct RawLimits {
     pub max_connections: Option<i64>,
     pub upstream_idle_per_host: Option<i64>,
+    pub max_request_head: Option<i64>,
+    pub max_request_headers: Option<i64>,
+    pub h2_max_concurrent_streams: Option<i64>,
+    pub admin_max_connections: Option<i64>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -97,6 +104,7 @@ pub struct RawListener {
     pub hash_key: Option<String>,
     // http and https listeners
     pub access_log: Option<RawAccessLog>,
+    pub normalize_path: Option<bool>,
 }
 
 /// `access_log = { path = "...", format = "json" }` on an HTTP(S) listener.
@@ -122,6 +130,7 @@ pub struct RawRoute {
     pub hash_key: Option<String>,
     pub timeout: Option<String>,
     pub retry: Option<RawRetry>,
+    pub allow_connect: Option<bool>,
 }
 
 #[derive(Debug, Default, Deserialize)]

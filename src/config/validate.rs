@@ -104,6 +104,30 @@ impl Validator {
                 raw.limits.upstream_idle_per_host,
                 DEFAULT_UPSTREAM_IDLE_PER_HOST,
             ),
+            max_request_head: self.bounded(
+                "limits.max_request_head",
+                raw.limits.max_request_head,
+                DEFAULT_MAX_REQUEST_HEAD,
+                // hyper's read buffer cannot be smaller than 8 KiB.
+                8192..=16 << 20,
+            ),
+            max_request_headers: self.bounded(
+                "limits.max_request_headers",
+                raw.limits.max_request_headers,
+                DEFAULT_MAX_REQUEST_HEADERS,
+                1..=10_000,
+            ),
+            h2_max_concurrent_streams: self.bounded(
+                "limits.h2_max_concurrent_streams",
+                raw.limits.h2_max_concurrent_streams,
+                DEFAULT_H2_MAX_CONCURRENT_STREAMS,
+                1..=10_000,
+            ),
+            admin_max_connections: self.count(
+                "limits.admin_max_connections",
+                raw.limits.admin_max_connections,
+                DEFAULT_ADMIN_MAX_CONNECTIONS,
+            ),
         };
         let mut names = HashSet::new();
         let mut addrs = HashSet::new();
@@ -280,6 +304,9 @@ impl Validator {
                 DEFAULT_SHUTDOWN_GRACE,
             ),
             upstream_idle: self.duration("timeouts.upstream_idle", t.upstream_idle.as_deref(), DEFAULT_UPSTREAM_IDLE),
+            client_idle: self.duration("timeouts.client_idle", t.client_idle.as_deref(), DEFAULT_CLIENT_IDLE),
+            send: self.duration("timeouts.send", t.send.as_deref(), DEFAULT_SEND_TIMEOUT),
+            tunnel_idle: self.duration("timeouts.tunnel_idle", t.tunnel_idle.as_deref(), DEFAULT_TUNNEL_IDLE),
         }
     }
 
@@ -295,6 +322,9 @@ impl Validator {
         };
         let l4_fields =
             [("service", l.service.is_some()), ("balance", l.balance.is_some()), ("hash_key", l.hash_key.is_some())];
+        if !matches!(protocol.as_str(), "http" | "https") {
+            self.not_for(path, &protocol, &[("normalize_path", l.normalize_path.is_some())]);
+        }
         let kind = match protocol.as_str() {
             "http" | "https" => {
                 self.not_for(path, &protocol, &l4_fields);
@@ -358,7 +388,13 @@ impl Validator {
                 None
             }
         });
-        Some(Listener { name: name?, listen: listen?, kind, access_log })
+        Some(Listener {
+            name: name?,
+            listen: listen?,
+            kind,
+            access_log,
+            normalize_path: l.normalize_path.unwrap_or(true),
+        })
     }
 
     fn access_log(&mut self, path: &str, a: RawAccessLog) -> Option<AccessLogConfig> {
@@ -436,6 +472,7 @@ impl Validator {
             balance: balance?,
             timeout,
             retry,
+            allow_connect: r.allow_connect.unwrap_or(false),
         })
     }
 
@@ -448,6 +485,7 @@ impl Validator {
             ("grpc_service", r.grpc_service.is_some()),
             ("timeout", r.timeout.is_some()),
             ("retry", r.retry.is_some()),
+            ("allow_connect", r.allow_connect.is_some()),
         ];
         for (field, set) in fields {
             if set {
@@ -556,6 +594,23 @@ impl Validator {
             }
             Some(Err(reason)) => {
                 self.error(path, reason);
+                default
+            }
+        }
+    }
+
+    fn bounded(
+        &mut self,
+        path: &str,
+        value: Option<i64>,
+        default: usize,
+        range: std::ops::RangeInclusive<usize>,
+    ) -> usize {
+        match value {
+            None => default,
+            Some(n) if n >= 0 && range.contains(&(n as usize)) => n as usize,
+            Some(n) => {
+                self.error(path, format!("must be between {} and {}, got {n}", range.start(), range.end()));
                 default
             }
         }

@@ -17,13 +17,14 @@ use http_body_util::{BodyExt, Either};
 use hyper::body::{Body as _, Incoming};
 
 use super::access_log::{AccessLog, Entry};
+use super::admit::Admission;
 use super::grpc;
 use super::headers::{add_forwarded, strip_hop_by_hop};
 use super::plan;
 use super::request_id::{self, X_REQUEST_ID};
 use super::respond::{self, ProxyBody};
 use super::route::{request_host, RequestView, Router, Target};
-use super::send::{self, AnsweredBy, Body, Outgoing};
+use super::send::{self, AnsweredBy, Body, Failed, Outgoing};
 use super::upgrade::{self, Upgrades};
 use crate::config::{Config, Route};
 use crate::metrics as m;
@@ -39,6 +40,8 @@ pub struct HttpProxy {
     proto: &'static str,
     refused_absolute: metrics::Counter,
     upgrades: Upgrades,
+    /// Loop, tunnel and canonical-request checks before routing.
+    admit: Admission,
     /// Off unless the listener configures one.
     access_log: Option<AccessLog>,
 }
@@ -80,8 +83,12 @@ impl HttpProxy {
         upgrades: Upgrades,
         config: &Config,
     ) -> HttpProxy {
+        let router = Router::new(routes);
+        let normalize_path = config.listeners.iter().find(|l| l.name == listener).is_none_or(|l| l.normalize_path);
+        let admit = Admission::new(listener, &router, normalize_path);
         HttpProxy {
-            router: Router::new(routes),
+            admit,
+            router,
             table,
             upstreams,
             request_timeout: config.timeouts.request,
@@ -143,6 +150,11 @@ impl HttpProxy {
     ) -> Response<ProxyBody> {
         let start = Instant::now();
         let is_grpc = grpc::is_grpc(req.headers());
+        if let Some(refused) = self.admit.check(&mut req, is_grpc) {
+            return refused;
+        }
+        let client_version = req.version();
+        let on_relay = req.extensions_mut().remove::<upgrade::RelayHook>();
         let host = request_host(req.uri(), req.headers());
         let absolute_form = req.version() < Version::HTTP_2 && req.uri().scheme().is_some();
         let view = RequestView {
@@ -152,7 +164,11 @@ impl HttpProxy {
             headers: req.headers(),
             client_ip: client.ip(),
         };
-        let Some(target) = self.router.route(&view) else {
+        let target = self.router.route(&view);
+        if let Some(refused) = self.admit.connect(req.method(), target.as_ref(), is_grpc) {
+            return refused;
+        }
+        let Some(target) = target else {
             return respond::no_route(is_grpc);
         };
         let table = self.table.load();
@@ -220,12 +236,11 @@ impl HttpProxy {
             .or(original_host)
             .unwrap_or_else(|| HeaderValue::from_static("localhost"));
         add_forwarded(&mut headers, client_ip, self.proto, Some(host.clone()));
+        self.admit.add_via(&mut headers, client_version);
         let body = if plan.buffer_body {
             match tokio::time::timeout(plan.deadline, body.collect()).await {
                 Ok(Ok(collected)) => Body::Buffered(collected.to_bytes()),
-                Ok(Err(_)) => {
-                    return respond::refused(StatusCode::BAD_REQUEST, "request body could not be read\n", is_grpc)
-                }
+                Ok(Err(_)) => return self.admit.malformed_body(is_grpc),
                 Err(_) => {
                     return respond::refused(
                         StatusCode::REQUEST_TIMEOUT,
@@ -254,7 +269,7 @@ impl HttpProxy {
                 let upgraded = match on_client_upgrade {
                     Some(on_client) if res.status() == StatusCode::SWITCHING_PROTOCOLS => {
                         let protocol = res.headers().get(header::UPGRADE).cloned();
-                        self.upgrades.relay(on_client, hyper::upgrade::on(&mut res));
+                        self.upgrades.relay(on_client, hyper::upgrade::on(&mut res), on_relay);
                         protocol
                     }
                     _ => None,
@@ -263,10 +278,12 @@ impl HttpProxy {
                 if let Some(protocol) = upgraded {
                     upgrade::restore(res.headers_mut(), protocol);
                 }
+                self.own_response(&mut res, client_version);
                 state.stats.response(res.status(), start.elapsed().as_secs_f64());
                 res.map(Either::Left)
             }
-            Err(failure) => {
+            Err(Failed::ClientBody) => self.admit.malformed_body(is_grpc),
+            Err(Failed::Upstream(failure)) => {
                 if matches!(failure, UpstreamError::NoInstance | UpstreamError::Overloaded) {
                     state.stats.error(failure);
                 }
@@ -274,6 +291,18 @@ impl HttpProxy {
                 state.stats.response(res.status(), start.elapsed().as_secs_f64());
                 res
             }
+        }
+    }
+}
+
+impl HttpProxy {
+    /// A backend's response as the gateway's own: the client's protocol version
+    /// (an HTTP/1.0 backend's status line is not passed on; RFC 9110 §6.2) and a `Via`.
+    fn own_response<B>(&self, res: &mut Response<B>, client_version: Version) {
+        let version = res.version();
+        self.admit.add_via(res.headers_mut(), version);
+        if client_version < Version::HTTP_2 {
+            *res.version_mut() = Version::HTTP_11;
         }
     }
 }

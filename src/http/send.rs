@@ -117,6 +117,14 @@ impl Drop for Count<'_> {
 }
 
 /// How the loop ended when it has no response to pass on.
+/// Why [`send`] has no response to pass on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Failed {
+    Upstream(UpstreamError),
+    /// The client's request body failed while it was being sent: the client's fault.
+    ClientBody,
+}
+
 /// The address of the instance whose response is passed on, in the response's
 /// extensions (for the access log).
 #[derive(Clone)]
@@ -137,7 +145,7 @@ pub async fn send(
     plan: &Plan,
     mut out: Outgoing,
     started: Instant,
-) -> Result<Response<Incoming>, UpstreamError> {
+) -> Result<Response<Incoming>, Failed> {
     let state = &service.state;
     let _active = Count::new(&state.active);
     let mut _retrying: Option<Count<'_>> = None;
@@ -182,6 +190,10 @@ pub async fn send(
                     end
                 }
             },
+            Ok(Err(e)) if e.client_body => {
+                tracing::debug!(service = %service.name, "request body from the client failed: {}", e.detail);
+                return Err(Failed::ClientBody);
+            }
             Ok(Err(e)) if e.overloaded => {
                 // The service's queue is full: refuse now rather than wait.
                 state.stats.overflow(Overflow::Pending);
@@ -226,10 +238,10 @@ pub async fn send(
     }
     if tries == 0 && candidates.overloaded() {
         state.stats.overflow(Overflow::Inflight);
-        return Err(UpstreamError::Overloaded);
+        return Err(Failed::Upstream(UpstreamError::Overloaded));
     }
     match last {
         Last::Response(res) => Ok(res),
-        Last::Error(kind) => Err(kind),
+        Last::Error(kind) => Err(Failed::Upstream(kind)),
     }
 }

@@ -28,10 +28,11 @@ use tokio_util::sync::CancellationToken;
 
 pub use reload::Summary;
 
-use crate::admin::{Admin, ReloadOutcome, ReloadTrigger};
+use crate::admin::{Admin, AdminLimits, ReloadOutcome, ReloadTrigger};
 use crate::config::{Balance, Config, ConfigErrors, Discovery, ListenerKind, ServicePolicy};
 use crate::discovery::etcd::EtcdSource;
 use crate::discovery::file::FileSource;
+use crate::discovery::instance::{refuse_own, OwnAddresses};
 use crate::discovery::{Source, Update};
 use crate::metrics as m;
 use crate::upstream::registry::Registry;
@@ -51,6 +52,7 @@ pub enum ServerError {
 /// Makes everything the config names that can fail without binding a port:
 /// `switchyard check` runs it too. Every error is reported, not only the first.
 pub fn check(config: &Config) -> Result<(), ConfigErrors> {
+    config.warnings().iter().for_each(|w| tracing::warn!("{w}"));
     reload::build(config.clone(), None, &[], &Arc::new(ArcSwap::from_pointee(Table::default()))).map(drop)
 }
 
@@ -95,6 +97,7 @@ impl Gateway {
     pub async fn bind(config: Config) -> Result<Gateway, ServerError> {
         // Metric handles are made while building; the recorder must exist first.
         m::install();
+        config.warnings().iter().for_each(|w| tracing::warn!("{w}"));
         let table: SharedTable = Arc::new(ArcSwap::from_pointee(Table::default()));
         let planned = reload::build(config, None, &[], &table).map_err(ServerError::Build)?;
         let prepared = reload::bind(planned)?;
@@ -155,9 +158,15 @@ impl Gateway {
         let stop = CancellationToken::new();
         let mut tasks = JoinSet::new();
 
-        let (tx, rx) = mpsc::channel(64);
-        // Reloads tell the table writer which services hash, through the same queue.
-        let updates = tx.clone();
+        let (tx, from_source) = mpsc::channel(64);
+        // Instances at the gateway's own addresses would loop; they never reach the writer.
+        // (The addresses at start-up: a listener a reload adds is not among them.)
+        let (to_writer, rx) = mpsc::channel(64);
+        // Reloads tell the table writer which services hash and their policies, past the filter.
+        let updates = to_writer.clone();
+        let own = OwnAddresses::new(admin.local_addr().into_iter().chain(prepared.bound_addrs()));
+        let source = if matches!(prepared.config.discovery, Discovery::File(_)) { "file" } else { "etcd" };
+        tasks.spawn(refuse_own(from_source, to_writer, own, source, stop.clone()));
         match &prepared.config.discovery {
             Discovery::File(f) => {
                 tasks.spawn(FileSource::new(f.path.clone(), f.poll_interval).run(tx, stop.clone()));
@@ -170,7 +179,13 @@ impl Gateway {
         tasks.spawn(writer::run(registry, rx, table.clone(), ready.clone(), stop.clone()));
         // Health checkers follow the `[[service]]` settings: a reload restarts them.
         let mut checkers = Checkers::spawn(&prepared.config, &table, &stop);
-        let admin_server = Arc::new(Admin { metrics, table: table.clone(), ready: ready.clone(), reload: reload_tx });
+        let admin_server = Arc::new(Admin {
+            metrics,
+            table: table.clone(),
+            ready: ready.clone(),
+            reload: reload_tx,
+            limits: AdminLimits::new(&prepared.config),
+        });
         tasks.spawn(admin_server.serve(admin, stop.clone()));
         if let Some(limit) = ready_wait {
             let first_table = async {

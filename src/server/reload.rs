@@ -27,7 +27,7 @@ use tokio::net::TcpListener;
 
 use super::listeners::Listeners;
 use super::{socket, ServerError};
-use crate::config::{Config, ConfigError, ConfigErrors, Listener, ListenerKind, Timeouts};
+use crate::config::{Config, ConfigError, ConfigErrors, Limits, Listener, ListenerKind, Timeouts};
 use crate::http::HttpProxy;
 use crate::listener::{self, Built, Lifetime, Parts};
 use crate::upstream::conn::Upstreams;
@@ -68,6 +68,14 @@ enum Step {
 }
 
 impl Prepared {
+    /// Every address this config's new sockets are bound to.
+    pub fn bound_addrs(&self) -> impl Iterator<Item = SocketAddr> + '_ {
+        self.steps.iter().filter_map(|s| match s {
+            Step::Start { socket, .. } => socket.local_addr().ok(),
+            Step::Keep { .. } => None,
+        })
+    }
+
     /// Bound address of a listener that this config starts (tests, `Gateway::listener_addr`).
     pub fn addr(&self, name: &str) -> Option<SocketAddr> {
         self.steps.iter().find_map(|s| match s {
@@ -99,6 +107,9 @@ pub(super) fn build(
     table: &SharedTable,
 ) -> Result<Planned, ConfigErrors> {
     let notes = old.map(|old| keep_restart_only(&mut config, old)).unwrap_or_default();
+    if old.is_some() {
+        config.warnings().iter().for_each(|w| tracing::warn!("{w}"));
+    }
     // Every file's error is reported: listeners are built even when a service's CA failed.
     let (upstreams, mut errors) = Upstreams::build(&config).map_err(|e| ConfigErrors(vec![e]))?;
     let upstreams = Arc::new(upstreams);
@@ -107,7 +118,7 @@ pub(super) fn build(
     for (index, l) in config.listeners.iter().enumerate() {
         let running = current.iter().find(|c| c.config.name == l.name);
         let step = match (running, old) {
-            (Some(c), Some(old)) if keeps_socket(&c.config, l, &old.timeouts, &config.timeouts) => {
+            (Some(c), Some(old)) if keeps_socket(&c.config, l, old, &config) => {
                 listener::build_proxy(index, l, &parts, &c.lifetime)
                     .map(|proxy| Planned1::Keep { config: l.clone(), proxy })
             }
@@ -209,8 +220,16 @@ pub(super) fn commit(prepared: Prepared, listeners: &mut Listeners) -> (Config, 
 }
 
 /// Whether a running listener can stay on its socket and connections under `new`.
-fn keeps_socket(old: &Listener, new: &Listener, old_timeouts: &Timeouts, new_timeouts: &Timeouts) -> bool {
+fn keeps_socket(old: &Listener, new: &Listener, old_config: &Config, new_config: &Config) -> bool {
     if old.listen != new.listen {
+        return false;
+    }
+    let (old_timeouts, new_timeouts) = (&old_config.timeouts, &new_config.timeouts);
+    // Head and stream bounds are set on client connections too; the rest of
+    // `limits` is process-wide (restart only) or read through the request path.
+    let connection_limits =
+        |l: &Limits| Limits { max_connections: 0, upstream_idle_per_host: 0, admin_max_connections: 0, ..l.clone() };
+    if connection_limits(&old_config.limits) != connection_limits(&new_config.limits) {
         return false;
     }
     // An HTTP(S) listener reads the request timeout per request and the upstream
@@ -248,10 +267,12 @@ fn keep_restart_only(config: &mut Config, old: &Config) -> Vec<String> {
     keep("runtime.workers", config.workers != old.workers);
     keep("admin.listen", config.admin_listen != old.admin_listen);
     keep("limits.max_connections", config.limits.max_connections != old.limits.max_connections);
+    keep("limits.admin_max_connections", config.limits.admin_max_connections != old.limits.admin_max_connections);
     keep("discovery", config.discovery != old.discovery);
     config.workers = old.workers;
     config.admin_listen = old.admin_listen;
     config.limits.max_connections = old.limits.max_connections;
+    config.limits.admin_max_connections = old.limits.admin_max_connections;
     config.discovery = old.discovery.clone();
     notes
 }

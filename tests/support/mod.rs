@@ -7,6 +7,7 @@ pub mod backend;
 pub mod etcd;
 pub mod grpc;
 pub mod l4;
+pub mod raw;
 pub mod tls;
 
 use std::net::SocketAddr;

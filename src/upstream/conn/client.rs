@@ -31,6 +31,8 @@ pub struct SendError {
     /// Refused at once by the service's `max_pending`.
     pub overloaded: bool,
     pub detail: String,
+    /// The client's request body failed (malformed, cut short): a client fault.
+    pub client_body: bool,
     /// The request, when the transport could give it back unsent.
     pub unsent: Option<Request<UpstreamBody>>,
 }
@@ -148,6 +150,7 @@ impl Upstreams {
         let pool_error = |(e, unsent): (PoolError, Option<Request<UpstreamBody>>)| SendError {
             connect: e.is_connect() || matches!(e, PoolError::Pending),
             overloaded: matches!(e, PoolError::Pending),
+            client_body: matches!(&e, PoolError::Request(he) if client_body_failed(he)),
             detail: e.to_string(),
             unsent,
         };
@@ -159,9 +162,27 @@ impl Upstreams {
             Via::Shared(client) => client.request(req).await.map_err(|e| SendError {
                 connect: e.is_connect(),
                 overloaded: false,
+                client_body: client_body_failed(&e),
                 detail: format!("{e:?}"),
                 unsent: None,
             }),
         }
     }
+}
+
+/// Whether an upstream send failed because the request body did: hyper's client
+/// reports a failing body as a user error whose source is the body's own error —
+/// here the `hyper::Error` of the client connection's `Incoming`. Failures of the
+/// upstream connection have I/O or protocol errors as their source instead.
+fn client_body_failed(e: &(dyn std::error::Error + 'static)) -> bool {
+    let mut cur = Some(e);
+    while let Some(err) = cur {
+        if let Some(he) = err.downcast_ref::<hyper::Error>() {
+            if he.is_user() {
+                return std::error::Error::source(he).is_some_and(|s| s.downcast_ref::<hyper::Error>().is_some());
+            }
+        }
+        cur = err.source();
+    }
+    false
 }
