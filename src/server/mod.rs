@@ -160,13 +160,14 @@ impl Gateway {
 
         let (tx, from_source) = mpsc::channel(64);
         // Instances at the gateway's own addresses would loop; they never reach the writer.
-        // (The addresses at start-up: a listener a reload adds is not among them.)
         let (to_writer, rx) = mpsc::channel(64);
         // Reloads tell the table writer which services hash and their policies, past the filter.
         let updates = to_writer.clone();
-        let own = OwnAddresses::new(admin.local_addr().into_iter().chain(prepared.bound_addrs()));
+        let admin_addr = admin.local_addr().ok();
+        let own = OwnAddresses::new(admin_addr.into_iter().chain(prepared.bound_addrs()));
+        let own = Arc::new(ArcSwap::from_pointee(own));
         let source = if matches!(prepared.config.discovery, Discovery::File(_)) { "file" } else { "etcd" };
-        tasks.spawn(refuse_own(from_source, to_writer, own, source, stop.clone()));
+        tasks.spawn(refuse_own(from_source, to_writer, own.clone(), source, stop.clone()));
         match &prepared.config.discovery {
             Discovery::File(f) => {
                 tasks.spawn(FileSource::new(f.path.clone(), f.poll_interval).run(tx, stop.clone()));
@@ -213,6 +214,10 @@ impl Gateway {
                 Some(reply) = reload_rx.recv() => {
                     let (hashed, services) = (hashed_services(&config), config.services.clone());
                     let outcome = reload_file(config_path.as_ref(), &mut config, &mut listeners, &table).await;
+                    if outcome.is_ok() {
+                        let addrs = admin_addr.into_iter().chain(listeners.running.iter().map(|r| r.addr));
+                        own.store(Arc::new(OwnAddresses::new(addrs)));
+                    }
                     if hashed_services(&config) != hashed || config.services != services {
                         let settings = Update::Settings { hashed: hashed_services(&config), policies: policies(&config) };
                         let _ = updates.send(settings).await;
