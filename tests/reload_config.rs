@@ -280,11 +280,14 @@ async fn listeners_come_move_and_go_while_another_keeps_its_connection() {
     assert!(tokio::net::TcpStream::connect(p1.addr()).await.is_err(), "the old address is closed");
     assert_eq!(held.get("/").await, (200, "a".into()));
 
-    // Removed.
+    // Removed, with a request in flight on it: that one drains, new connections are refused.
+    let in_flight = tokio::spawn(support::get_owned(format!("http://{}/slow/800", p2.addr())));
+    support::wait_until("the slow request reached b", Duration::from_secs(10), async || b.hits() >= 3).await;
     gw.write(&web);
     let (status, answer) = gw.reload().await;
     assert_eq!(status, 200, "{answer}");
     assert_eq!(answer["changes"]["stopped"], serde_json::json!(["extra"]));
+    assert_eq!(in_flight.await.unwrap(), (200, "b".into()), "the removed listener's request finished");
     assert!(tokio::net::TcpStream::connect(p2.addr()).await.is_err(), "a removed listener is closed");
     assert_eq!(held.get("/").await, (200, "a".into()), "the other listener's connection never noticed");
     gw.stop().await;

@@ -290,3 +290,54 @@ pub(super) fn current(listeners: &Listeners) -> Vec<Current> {
 pub(super) fn failure(errors: &ConfigErrors) -> Vec<String> {
     errors.0.iter().map(ConfigError::to_string).collect()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(text: &str) -> Config {
+        Config::parse(text).unwrap()
+    }
+
+    const HTTP: &str = "[[listener]]\nname = \"web\"\nprotocol = \"http\"\nlisten = \"127.0.0.1:8080\"\n";
+    const TCP: &str = "[[listener]]\nname = \"pg\"\nprotocol = \"tcp\"\nlisten = \"127.0.0.1:6432\"\nservice = \"a\"\n";
+
+    fn keeps(old: &str, new: &str) -> bool {
+        let (old, new) = (config(old), config(new));
+        keeps_socket(&old.listeners[0], &new.listeners[0], &old, &new)
+    }
+
+    #[test]
+    fn what_keeps_a_listener_on_its_socket() {
+        let routed = format!("{HTTP}[[listener.route]]\nservice = \"b\"\nbalance = \"least_request\"\n");
+        assert!(keeps(HTTP, &routed), "routes are swapped in place");
+        assert!(keeps(
+            HTTP,
+            &format!("[timeouts]\nrequest = \"1s\"\nconnect = \"1s\"\nshutdown_grace = \"1s\"\n{HTTP}")
+        ));
+        assert!(keeps(HTTP, &format!("{HTTP}access_log = {{ path = \"a.log\" }}\n")));
+        assert!(!keeps(HTTP, &HTTP.replace("8080", "8081")), "a new address is a new socket");
+        assert!(!keeps(HTTP, &format!("[timeouts]\nheader_read = \"1s\"\n{HTTP}")), "set on connections");
+        assert!(!keeps(HTTP, &format!("[limits]\nmax_request_headers = 10\n{HTTP}")), "set on connections");
+        assert!(keeps(HTTP, &format!("[limits]\nmax_connections = 10\nupstream_idle_per_host = 1\n{HTTP}")));
+        assert!(keeps(TCP, TCP));
+        assert!(!keeps(TCP, &TCP.replace("\"a\"", "\"b\"")), "L4 listeners read their service when built");
+        assert!(!keeps(TCP, &format!("[timeouts]\nconnect = \"1s\"\n{TCP}")));
+        assert!(!keeps(HTTP, &TCP.replace("pg", "web").replace("6432", "8080")), "another protocol");
+    }
+
+    #[test]
+    fn restart_only_settings_keep_their_running_values() {
+        let old = config(&format!("[runtime]\nworkers = 2\n{HTTP}"));
+        let mut new = config(&format!(
+            "[runtime]\nworkers = 3\n[admin]\nlisten = \"127.0.0.1:9999\"\n[discovery]\npath = \"other.toml\"\n[limits]\nmax_connections = 5\n[timeouts]\nrequest = \"1s\"\n{HTTP}"
+        ));
+        let notes = keep_restart_only(&mut new, &old);
+        assert_eq!(notes.len(), 4, "{notes:?}");
+        assert!(notes.iter().any(|n| n.starts_with("discovery:")), "{notes:?}");
+        assert_eq!((new.workers, new.admin_listen, new.limits.max_connections), (2, old.admin_listen, 65_536));
+        assert_eq!(new.discovery, old.discovery);
+        assert_eq!(new.timeouts.request, Duration::from_secs(1), "everything else is the new file's");
+        assert!(keep_restart_only(&mut config(HTTP), &config(HTTP)).is_empty());
+    }
+}
