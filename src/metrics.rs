@@ -38,6 +38,10 @@ pub const DISCOVERY_SINCE_SYNC: &str = "switchyard_discovery_seconds_since_sync"
 pub const DISCOVERY_WATCH_RESTARTS: &str = "switchyard_discovery_watch_restarts_total";
 pub const DISCOVERY_EVENTS: &str = "switchyard_discovery_events_total";
 pub const DISCOVERY_LAG: &str = "switchyard_discovery_lag_seconds";
+pub const CONFIG_RELOADS: &str = "switchyard_config_reloads_total";
+pub const CONFIG_LAST_RELOAD_SUCCESS: &str = "switchyard_config_last_reload_success_timestamp_seconds";
+pub const ACCESS_LOG_DROPPED: &str = "switchyard_access_log_dropped_total";
+pub const ACCESS_LOG_ERRORS: &str = "switchyard_access_log_write_errors_total";
 pub const UPSTREAM_RETRIES: &str = "switchyard_upstream_retries_total";
 pub const UPSTREAM_RETRY_BUDGET_EXHAUSTED: &str = "switchyard_upstream_retry_budget_exhausted_total";
 pub const UPSTREAM_EJECTIONS: &str = "switchyard_upstream_ejections_total";
@@ -75,6 +79,10 @@ pub const ALL: &[&str] = &[
     DISCOVERY_WATCH_RESTARTS,
     DISCOVERY_EVENTS,
     DISCOVERY_LAG,
+    CONFIG_RELOADS,
+    CONFIG_LAST_RELOAD_SUCCESS,
+    ACCESS_LOG_DROPPED,
+    ACCESS_LOG_ERRORS,
     UPSTREAM_RETRIES,
     UPSTREAM_RETRY_BUDGET_EXHAUSTED,
     UPSTREAM_EJECTIONS,
@@ -172,4 +180,31 @@ fn describe() {
     describe_counter!(CLIENT_TIMEOUTS, "Client connections closed by a deadline, by listener and stage.");
     describe_counter!(ACCEPT_ERRORS, "Failed accepts (e.g. out of file descriptors), by listener.");
     describe_counter!(LOOPS_DETECTED, "Requests answered 508: they already carried this gateway's Via.");
+    describe_counter!(CONFIG_RELOADS, "Configuration reloads (SIGHUP, POST /reload), by result.");
+    describe_gauge!(
+        CONFIG_LAST_RELOAD_SUCCESS,
+        Unit::Seconds,
+        "Unix time of the last configuration loaded (start-up or reload)."
+    );
+    describe_counter!(ACCESS_LOG_DROPPED, "Access log lines dropped because the writer fell behind, by listener.");
+    describe_counter!(ACCESS_LOG_ERRORS, "Access log writes that failed (disk full, file gone), by file.");
+}
+
+/// Both results of [`CONFIG_RELOADS`] exported from the start, so `rate()` sees the first reload.
+pub(crate) fn config_reloads_at_zero() {
+    for result in ["success", "failure"] {
+        metrics::counter!(CONFIG_RELOADS, "result" => result).increment(0);
+    }
+}
+
+/// Counts one reload.
+pub(crate) fn config_reloaded(ok: bool) {
+    metrics::counter!(CONFIG_RELOADS, "result" => if ok { "success" } else { "failure" }).increment(1);
+}
+
+/// A configuration is live (start-up or a successful reload): stamps [`CONFIG_LAST_RELOAD_SUCCESS`].
+pub(crate) fn config_loaded() {
+    let now =
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs_f64()).unwrap_or(0.0);
+    metrics::gauge!(CONFIG_LAST_RELOAD_SUCCESS).set(now);
 }

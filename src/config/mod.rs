@@ -42,6 +42,10 @@ pub const DEFAULT_TCP_IDLE: Duration = Duration::from_secs(300);
 pub const DEFAULT_SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
 pub const DEFAULT_MAX_CONNECTIONS: usize = 65_536;
 pub const DEFAULT_UPSTREAM_IDLE_PER_HOST: usize = 256;
+/// Access log lines waiting for the writer, per log (about 1 MiB at 250 bytes a
+/// line); beyond it lines are dropped and counted, never waited for.
+pub const DEFAULT_ACCESS_LOG_QUEUE: usize = 4096;
+pub const MAX_ACCESS_LOG_QUEUE: usize = 1 << 20;
 /// How long an unused upstream connection is kept (nginx's upstream `keepalive_timeout`
 /// is 60 s, HAProxy's `timeout server` default none; 90 s outlives common 60 s backend
 /// keep-alives less often than it is reused).
@@ -73,19 +77,19 @@ pub struct Config {
     pub services: Vec<ServiceConfig>,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub enum Discovery {
     File(FileDiscovery),
     Etcd(Box<EtcdDiscovery>),
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct FileDiscovery {
     pub path: PathBuf,
     pub poll_interval: Duration,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct EtcdDiscovery {
     pub endpoints: Vec<String>,
     /// Every prefix ends with `/`; a leading `/` is not required (etcd's
@@ -101,7 +105,7 @@ pub struct EtcdDiscovery {
 }
 
 /// Files for a TLS client (etcd or an upstream).
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone, Default, PartialEq)]
 pub struct ClientTls {
     pub ca: Option<PathBuf>,
     pub cert: Option<PathBuf>,
@@ -109,7 +113,7 @@ pub struct ClientTls {
     pub server_name: Option<String>,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Timeouts {
     /// Upstream TCP connect.
     pub connect: Duration,
@@ -132,7 +136,7 @@ pub struct Timeouts {
     pub tunnel_idle: Duration,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Limits {
     pub max_connections: usize,
     pub upstream_idle_per_host: usize,
@@ -143,17 +147,37 @@ pub struct Limits {
     pub admin_max_connections: usize,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Listener {
     pub name: String,
     pub listen: SocketAddr,
     pub kind: ListenerKind,
+    /// HTTP(S) listeners only; off by default.
+    pub access_log: Option<AccessLogConfig>,
     /// HTTP listeners: dot-segments and unreserved percent-escapes in paths are
     /// normalised before routing (Envoy's `normalize_path`).
     pub normalize_path: bool,
 }
 
-#[derive(Debug, Clone)]
+/// Where and how an HTTP(S) listener writes one line per request.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AccessLogConfig {
+    /// Opened for appending (created if missing) at start and at every reload.
+    pub path: PathBuf,
+    pub format: AccessLogFormat,
+    /// Lines waiting for the writer before new ones are dropped.
+    pub queue: usize,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AccessLogFormat {
+    /// One JSON object per line.
+    Json,
+    /// nginx's `combined` format, then `key=value` fields.
+    Combined,
+}
+
+#[derive(Debug, Clone, PartialEq)]
 pub enum ListenerKind {
     /// HTTP/1.1 and h2c (prior knowledge) on one port.
     Http { routes: Vec<Route> },
@@ -177,7 +201,7 @@ impl ListenerKind {
 }
 
 /// An L7 route: every present matcher must match; first matching route wins.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Route {
     pub host: Option<String>,
     pub path_prefix: Option<String>,
@@ -194,14 +218,14 @@ pub struct Route {
     pub allow_connect: bool,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct HeaderMatch {
     pub name: HeaderName,
     /// `None`: the header only has to be present.
     pub value: Option<String>,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct SniRoute {
     /// Exact name or `*.suffix`.
     pub sni: String,
@@ -209,7 +233,7 @@ pub struct SniRoute {
     pub balance: Balance,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct ServerCert {
     pub cert: PathBuf,
     pub key: PathBuf,
@@ -217,7 +241,7 @@ pub struct ServerCert {
     pub server_names: Vec<String>,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct ServiceConfig {
     pub name: String,
     pub upstream_tls: Option<ClientTls>,

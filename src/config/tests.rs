@@ -227,6 +227,32 @@ fn etcd_prefixes_need_no_leading_slash() {
 }
 
 #[test]
+fn access_log_defaults_and_errors() {
+    let c = Config::parse(&format!("{MINIMAL}access_log = {{ path = \"a.log\" }}\n")).unwrap();
+    let log = c.listeners[0].access_log.as_ref().unwrap();
+    assert_eq!((log.path.to_str(), log.format, log.queue), (Some("a.log"), AccessLogFormat::Json, 4096));
+    assert!(Config::parse(MINIMAL).unwrap().listeners[0].access_log.is_none(), "off by default");
+    assert_eq!(
+        errors(&format!("{MINIMAL}access_log = {{ format = \"clf\", queue = 0 }}\n")),
+        [
+            "listener[0].access_log.format: unknown format \"clf\" (expected json, combined)",
+            "listener[0].access_log.queue: must be at least 1, got 0",
+            "listener[0].access_log.path: required",
+        ]
+    );
+    assert_eq!(
+        errors(&format!("{MINIMAL}access_log = {{ path = \"a\", queue = 2000000 }}\n")),
+        ["listener[0].access_log.queue: must be at most 1048576, got 2000000"]
+    );
+    assert_eq!(
+        errors(
+            "[[listener]]\nname = \"pg\"\nprotocol = \"tcp\"\nlisten = \"127.0.0.1:1\"\nservice = \"s\"\naccess_log = { path = \"a\" }\n"
+        ),
+        ["listener[0].access_log: not used by protocol = \"tcp\""]
+    );
+}
+
+#[test]
 fn hardening_defaults_and_bounds() {
     // The values docs/hardening.md documents, written out.
     let c = Config::parse(MINIMAL).unwrap();

@@ -399,7 +399,38 @@ impl Validator {
                 return None;
             }
         };
-        Some(Listener { name: name?, listen: listen?, kind, normalize_path: l.normalize_path.unwrap_or(true) })
+        let access_log = l.access_log.and_then(|a| match &kind {
+            ListenerKind::Http { .. } | ListenerKind::Https { .. } => self.access_log(&format!("{path}.access_log"), a),
+            _ => {
+                self.error(format!("{path}.access_log"), format!("not used by protocol = {protocol:?}"));
+                None
+            }
+        });
+        Some(Listener {
+            name: name?,
+            listen: listen?,
+            kind,
+            access_log,
+            normalize_path: l.normalize_path.unwrap_or(true),
+        })
+    }
+
+    fn access_log(&mut self, path: &str, a: RawAccessLog) -> Option<AccessLogConfig> {
+        let format = match a.format.as_deref().unwrap_or("json") {
+            "json" => AccessLogFormat::Json,
+            "combined" => AccessLogFormat::Combined,
+            other => {
+                self.error(format!("{path}.format"), format!("unknown format {other:?} (expected json, combined)"));
+                AccessLogFormat::Json
+            }
+        };
+        let queue = self.count(&format!("{path}.queue"), a.queue, DEFAULT_ACCESS_LOG_QUEUE);
+        // The queue's slots are allocated up front.
+        if queue > MAX_ACCESS_LOG_QUEUE {
+            self.error(format!("{path}.queue"), format!("must be at most {MAX_ACCESS_LOG_QUEUE}, got {queue}"));
+        }
+        let file = self.required(&format!("{path}.path"), a.path)?;
+        Some(AccessLogConfig { path: PathBuf::from(file), format, queue })
     }
 
     fn not_for(&mut self, path: &str, protocol: &str, fields: &[(&str, bool)]) {

@@ -61,6 +61,8 @@ pub fn of_update(update: &Update, at_ms: u64) -> Vec<Event> {
                 },
             })
             .collect(),
+        // A config reload, not a discovery event.
+        Update::Settings { .. } => Vec::new(),
     }
 }
 

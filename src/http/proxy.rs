@@ -16,13 +16,15 @@ use http::{Request, Response, StatusCode, Version};
 use http_body_util::{BodyExt, Either};
 use hyper::body::{Body as _, Incoming};
 
+use super::access_log::{AccessLog, Entry};
 use super::admit::Admission;
 use super::grpc;
 use super::headers::{add_forwarded, strip_hop_by_hop};
 use super::plan;
+use super::request_id::{self, X_REQUEST_ID};
 use super::respond::{self, ProxyBody};
 use super::route::{request_host, RequestView, Router, Target};
-use super::send::{self, Body, Failed, Outgoing};
+use super::send::{self, AnsweredBy, Body, Failed, Outgoing};
 use super::upgrade::{self, Upgrades};
 use crate::config::{Config, Route};
 use crate::metrics as m;
@@ -45,6 +47,35 @@ pub struct HttpProxy {
     listener: Arc<str>,
     /// Where requests refused before routing or without a route are counted (`service=""`).
     unrouted: Arc<ServiceStats>,
+    /// Off unless the listener configures one.
+    access_log: Option<AccessLog>,
+}
+
+/// What the access log needs of a request, taken before it is rewritten and sent.
+struct Requested {
+    method: http::Method,
+    uri: http::Uri,
+    version: Version,
+    host: String,
+    referer: Option<HeaderValue>,
+    user_agent: Option<HeaderValue>,
+}
+
+impl Requested {
+    fn of(req: &Request<Incoming>) -> Requested {
+        Requested {
+            method: req.method().clone(),
+            uri: req.uri().clone(),
+            version: req.version(),
+            host: request_host(req.uri(), req.headers()).to_string(),
+            referer: req.headers().get(header::REFERER).cloned(),
+            user_agent: req.headers().get(header::USER_AGENT).cloned(),
+        }
+    }
+}
+
+fn header_text(value: &Option<HeaderValue>) -> &str {
+    value.as_ref().and_then(|v| v.to_str().ok()).unwrap_or("")
 }
 
 impl HttpProxy {
@@ -71,15 +102,58 @@ impl HttpProxy {
             upgrades,
             listener: listener.into(),
             unrouted: ServiceStats::of(""),
+            access_log: None,
         }
     }
 
-    /// `client_ip` is [`client_value`] of `client`, made once per connection.
+    pub fn with_access_log(mut self, log: Option<AccessLog>) -> HttpProxy {
+        self.access_log = log;
+        self
+    }
+
+    /// Serves one request: its `x-request-id` (made when absent) goes upstream
+    /// and back to the client, and the access log, when on, gets its line.
     pub async fn handle(
         &self,
         mut req: Request<Incoming>,
         client: SocketAddr,
         client_ip: &HeaderValue,
+    ) -> Response<ProxyBody> {
+        let start = Instant::now();
+        let id = request_id::ensure(req.headers_mut());
+        let requested = self.access_log.as_ref().map(|_| Requested::of(&req));
+        let mut service = None;
+        let mut res = self.forward(req, client, client_ip, &mut service).await;
+        if let (Some(log), Some(r)) = (&self.access_log, requested) {
+            let upstream = res.extensions().get::<AnsweredBy>().map(|a| a.0.clone());
+            log.record(&Entry {
+                client,
+                method: r.method.as_str(),
+                host: &r.host,
+                target: r.uri.path_and_query().map_or("/", |p| p.as_str()),
+                version: r.version,
+                status: res.status().as_u16(),
+                bytes: res.headers().get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse().ok()),
+                duration: start.elapsed(),
+                service: service.as_deref().unwrap_or(""),
+                upstream: upstream.as_deref().unwrap_or(""),
+                request_id: id.to_str().unwrap_or(""),
+                referer: header_text(&r.referer),
+                user_agent: header_text(&r.user_agent),
+            });
+        }
+        res.headers_mut().insert(X_REQUEST_ID.clone(), id);
+        res
+    }
+
+    /// `client_ip` is [`client_value`] of `client`, made once per connection;
+    /// `routed` gets the service the request was routed to.
+    async fn forward(
+        &self,
+        mut req: Request<Incoming>,
+        client: SocketAddr,
+        client_ip: &HeaderValue,
+        routed: &mut Option<Arc<str>>,
     ) -> Response<ProxyBody> {
         let start = Instant::now();
         let is_grpc = grpc::is_grpc(req.headers());
@@ -135,6 +209,7 @@ impl HttpProxy {
         };
         let how = target.pick(&view);
         let service = service.clone();
+        *routed = Some(service.name.clone());
         let path_and_query = match target.upstream_path(view.path) {
             std::borrow::Cow::Borrowed(_) => req.uri().path_and_query().cloned(),
             std::borrow::Cow::Owned(p) => {
