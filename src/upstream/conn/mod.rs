@@ -3,6 +3,7 @@
 //! TLS clients (`client`), and upstream TLS settings (`tls`).
 
 pub(crate) mod client;
+pub mod h1;
 pub(crate) mod pool;
 pub(crate) mod tls;
 
