@@ -210,9 +210,11 @@ measure_ir() {
     'BEGIN { printf "%.0f", (l - i / (b - a) * (d - c)) / n }')
   if [[ $name == switchyard ]]; then
     # memcpy/memmove: exclusive Ir per request (moves of futures, requests, responses).
-    MEMCPY[$name]=$(callgrind_annotate --threshold=100 "$fl" 2>/dev/null |
+    MEMCPY[$name]=$(callgrind_annotate --inclusive=no --threshold=100 "$fl" 2>/dev/null |
       awk -v n="$N" '/__mem(cpy|move)/ { gsub(",", "", $1); s += $1 } END { printf "%.0f", s / n }')
-    callgrind_annotate --threshold=90 "$fl" 2>/dev/null | sed -n '1,60p' >"$BENCH_TMP/profile-$PROTO.txt"
+    callgrind_annotate --inclusive=no --threshold=95 "$fl" 2>/dev/null |
+      awk -v n="$N" '/^ *[0-9,]+ \(/ { v = $1; gsub(",", "", v); printf "%8.0f Ir/req  %s\n", v / n, substr($0, index($0, ")") + 2) }' |
+      sed -n '1,40p' >"$BENCH_TMP/profile-$PROTO.txt"
     cp "$fl" "$BENCH_TMP/switchyard-$PROTO.callgrind"
   fi
   log "ir $name: ${IR[$name]} instructions/request"
@@ -392,15 +394,16 @@ PY
     alone+=("$(curl -s -o /dev/null -m 10 -w '%{time_total}' -H 'Host: echo' "$url")")
   done
   # ...and SCALE_PROBES while scrapes run back to back.
-  (for ((i = 0; i < 200; i++)); do curl -s -o "$BENCH_TMP/metrics.txt" -m 120 -w '%{time_total}\n' "http://127.0.0.1:$SW_ADMIN/metrics"; done) >"$BENCH_TMP/scrapes.txt" &
+  rm -f "$BENCH_TMP/scrapes.stop"
+  (while [[ ! -f "$BENCH_TMP/scrapes.stop" ]]; do curl -s -o "$BENCH_TMP/metrics.txt" -m 120 -w '%{time_total}\n' "http://127.0.0.1:$SW_ADMIN/metrics"; done) >"$BENCH_TMP/scrapes.txt" &
   s=$!
   sleep 0.2
   for ((i = 0; i < SCALE_PROBES; i++)); do
     during+=("$(curl -s -o /dev/null -m 10 -w '%{time_total}' -H 'Host: echo' "$url")")
     sleep 0.02
   done
-  kill "$s" 2>/dev/null || true
-  wait "$s" 2>/dev/null || true
+  touch "$BENCH_TMP/scrapes.stop"
+  wait "$s" 2>/dev/null || true # the scrape in progress completes
   scrape_t=$(median "$(tr '\n' ' ' <"$BENCH_TMP/scrapes.txt")")
   series=$(grep -vc '^#' "$BENCH_TMP/metrics.txt" || true)
   size=$(($(stat -c %s "$BENCH_TMP/metrics.txt") / 1024))

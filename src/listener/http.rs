@@ -61,7 +61,10 @@ impl HttpServer {
         let service = hyper::service::service_fn(move |req| {
             let proxy = proxy.clone();
             let client_ip = client_ip.clone();
-            async move { Ok::<_, Infallible>(proxy.handle(req, peer, &client_ip).await) }
+            // Boxed: hyper keeps an h1 connection's in-flight slot (sized for this future)
+            // allocated while the connection idles, and moves each h2 stream's future into
+            // a task of its own; a pointer keeps both small (bench/cost.sh `mem`, `ir`).
+            Box::pin(async move { Ok::<_, Infallible>(proxy.handle(req, peer, &client_ip).await) })
         });
         let conn = self.builder.serve_connection_with_upgrades(TokioIo::new(io), service).into_owned();
         let conn = watcher.watch(conn);
