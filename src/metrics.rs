@@ -26,6 +26,16 @@ pub const DISCOVERY_SINCE_SYNC: &str = "switchyard_discovery_seconds_since_sync"
 pub const DISCOVERY_WATCH_RESTARTS: &str = "switchyard_discovery_watch_restarts_total";
 pub const DISCOVERY_EVENTS: &str = "switchyard_discovery_events_total";
 pub const DISCOVERY_LAG: &str = "switchyard_discovery_lag_seconds";
+pub const UPSTREAM_RETRIES: &str = "switchyard_upstream_retries_total";
+pub const UPSTREAM_RETRY_BUDGET_EXHAUSTED: &str = "switchyard_upstream_retry_budget_exhausted_total";
+pub const UPSTREAM_EJECTIONS: &str = "switchyard_upstream_ejections_total";
+pub const UPSTREAM_PANIC: &str = "switchyard_upstream_panic_total";
+pub const UPSTREAM_OVERFLOW: &str = "switchyard_upstream_overflow_total";
+pub const HEALTH_CHECKS: &str = "switchyard_health_checks_total";
+pub const HEALTH_CHANGES: &str = "switchyard_health_changes_total";
+pub const CLIENT_TIMEOUTS: &str = "switchyard_client_timeouts_total";
+pub const ACCEPT_ERRORS: &str = "switchyard_accept_errors_total";
+pub const LOOPS_DETECTED: &str = "switchyard_loops_detected_total";
 
 /// Every exported name, for the dashboard test.
 pub const ALL: &[&str] = &[
@@ -51,6 +61,16 @@ pub const ALL: &[&str] = &[
     DISCOVERY_WATCH_RESTARTS,
     DISCOVERY_EVENTS,
     DISCOVERY_LAG,
+    UPSTREAM_RETRIES,
+    UPSTREAM_RETRY_BUDGET_EXHAUSTED,
+    UPSTREAM_EJECTIONS,
+    UPSTREAM_PANIC,
+    UPSTREAM_OVERFLOW,
+    HEALTH_CHECKS,
+    HEALTH_CHANGES,
+    CLIENT_TIMEOUTS,
+    ACCEPT_ERRORS,
+    LOOPS_DETECTED,
 ];
 
 const LATENCY_BUCKETS: &[f64] =
@@ -89,10 +109,26 @@ fn describe() {
     describe_counter!(TCP_CONNECT_FAILURES, "Failed upstream connects of L4 listeners, by listener.");
     describe_counter!(SNI_UNKNOWN, "TLS passthrough connections closed for an unrouted SNI, by listener.");
     describe_counter!(DISCOVERY_ERRORS, "Discovery failures, by source and kind.");
-    describe_counter!(DISCOVERY_INVALID_VALUES, "Instance values that could not be read, by source.");
+    describe_counter!(
+        DISCOVERY_INVALID_VALUES,
+        "Instance values that could not be read or were refused (own or unspecified address), by source and kind."
+    );
     describe_gauge!(DISCOVERY_CONNECTED, "1 while the discovery source is connected, else 0.");
     describe_gauge!(DISCOVERY_SINCE_SYNC, Unit::Seconds, "Seconds since discovery last confirmed the table.");
     describe_counter!(DISCOVERY_WATCH_RESTARTS, "Watch restarts, by reason.");
     describe_counter!(DISCOVERY_EVENTS, "Discovery events applied, by type.");
     describe_histogram!(DISCOVERY_LAG, Unit::Seconds, "Time from a registration written to the table live.");
+    describe_counter!(UPSTREAM_RETRIES, "Requests tried again on another instance, by service and reason.");
+    describe_counter!(
+        UPSTREAM_RETRY_BUDGET_EXHAUSTED,
+        "Retries not made because the service's retry budget was spent."
+    );
+    describe_counter!(UPSTREAM_EJECTIONS, "Instances ejected by outlier detection, by service and reason.");
+    describe_counter!(UPSTREAM_PANIC, "Requests sent in panic mode (every instance ejected or unhealthy), by service.");
+    describe_counter!(UPSTREAM_OVERFLOW, "Requests refused at once by a limit (503), by service and limit.");
+    describe_counter!(HEALTH_CHECKS, "Active health probes, by service and result.");
+    describe_counter!(HEALTH_CHANGES, "Instances changing active-check state, by service and new state.");
+    describe_counter!(CLIENT_TIMEOUTS, "Client connections closed by a deadline, by listener and stage.");
+    describe_counter!(ACCEPT_ERRORS, "Failed accepts (e.g. out of file descriptors), by listener.");
+    describe_counter!(LOOPS_DETECTED, "Requests answered 508: they already carried this gateway's Via.");
 }

@@ -19,10 +19,11 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::admin::Admin;
+use crate::admin::{Admin, AdminLimits};
 use crate::config::{Balance, Config, ConfigErrors, Discovery, ListenerKind};
 use crate::discovery::etcd::EtcdSource;
 use crate::discovery::file::FileSource;
+use crate::discovery::instance::{refuse_own, OwnAddresses};
 use crate::discovery::Source;
 use crate::listener::{self, Built, ListenerContext, Parts};
 use crate::metrics as m;
@@ -42,6 +43,7 @@ pub enum ServerError {
 /// Makes everything the config names that can fail without binding a port:
 /// `switchyard check` runs it too. Every error is reported, not only the first.
 pub fn check(config: &Config) -> Result<(), ConfigErrors> {
+    config.warnings().iter().for_each(|w| tracing::warn!("{w}"));
     build(config, &Arc::new(ArcSwap::from_pointee(Table::default())), &TaskTracker::new(), &CancellationToken::new())
         .map(drop)
 }
@@ -52,13 +54,9 @@ fn build(
     tracker: &TaskTracker,
     hard_stop: &CancellationToken,
 ) -> Result<Vec<Built>, ConfigErrors> {
-    let mut errors = Vec::new();
-    let upstreams = match Upstreams::build(config) {
-        Ok(u) => Some(Arc::new(u)),
-        Err(e) => {
-            errors.push(e);
-            None
-        }
+    let (upstreams, mut errors) = match Upstreams::build(config) {
+        Ok((upstreams, errors)) => (Some(Arc::new(upstreams)), errors),
+        Err(e) => (None, vec![e]),
     };
     let mut built = Vec::with_capacity(config.listeners.len());
     if let Some(upstreams) = &upstreams {
@@ -94,6 +92,7 @@ impl Gateway {
     pub async fn bind(config: Config) -> Result<Gateway, ServerError> {
         // Metric handles are made while building; the recorder must exist first.
         m::install();
+        config.warnings().iter().for_each(|w| tracing::warn!("{w}"));
         let table: SharedTable = Arc::new(ArcSwap::from_pointee(Table::default()));
         let (tracker, hard_stop) = (TaskTracker::new(), CancellationToken::new());
         let built = build(&config, &table, &tracker, &hard_stop).map_err(ServerError::Build)?;
@@ -126,7 +125,14 @@ impl Gateway {
         let stop = CancellationToken::new();
         let mut tasks = JoinSet::new();
 
-        let (tx, rx) = mpsc::channel(64);
+        let (tx, from_source) = mpsc::channel(64);
+        // Instances at the gateway's own addresses would loop; they never reach the writer.
+        let (to_writer, rx) = mpsc::channel(64);
+        let own = OwnAddresses::new(
+            admin.local_addr().into_iter().chain(listeners.iter().filter_map(|(_, _, s)| s.local_addr().ok())),
+        );
+        let source = if matches!(config.discovery, Discovery::File(_)) { "file" } else { "etcd" };
+        tasks.spawn(refuse_own(from_source, to_writer, own, source, stop.clone()));
         match &config.discovery {
             Discovery::File(f) => {
                 tasks.spawn(FileSource::new(f.path.clone(), f.poll_interval).run(tx, stop.clone()));
@@ -135,9 +141,11 @@ impl Gateway {
                 tasks.spawn(EtcdSource::new((**e).clone()).run(tx, stop.clone()));
             }
         }
-        let registry = Registry::new(hashed_services(&config));
+        let policies = config.services.iter().map(|s| (s.name.clone(), Arc::new(s.policy.clone()))).collect();
+        let registry = Registry::new(hashed_services(&config)).with_policies(policies);
+        crate::upstream::health::checker::spawn_all(&config, &table, &mut tasks, &stop);
         tasks.spawn(writer::run(registry, rx, table.clone(), ready.clone(), stop.clone()));
-        let admin_server = Arc::new(Admin { metrics, table: table.clone(), ready });
+        let admin_server = Arc::new(Admin { metrics, table: table.clone(), ready, limits: AdminLimits::new(&config) });
         tasks.spawn(admin_server.serve(admin, stop.clone()));
 
         let graceful = GracefulShutdown::new();

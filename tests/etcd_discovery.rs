@@ -34,11 +34,9 @@ fn metric_sum(text: &str, name: &str) -> f64 {
 async fn sync_point(etcd: &mut etcd_client::Client, gw: &TestGateway, n: usize) {
     let key = format!("/services/marker/{n}");
     etcd.put(key, format!("127.0.0.1:{}", 1000 + n), None).await.unwrap();
-    wait_until(
-        "gw.table.load().service(\"marker\").is_some_and(|s| s.endpoints.iter().any(|e| *e.id == *n.to_string()))",
-        Duration::from_secs(10),
-        async || gw.table.load().service("marker").is_some_and(|s| s.endpoints.iter().any(|e| *e.id == *n.to_string())),
-    )
+    wait_until("the marker instance in the table", Duration::from_secs(10), async || {
+        gw.table.load().service("marker").is_some_and(|s| s.endpoints.iter().any(|e| *e.id == *n.to_string()))
+    })
     .await;
 }
 
@@ -99,11 +97,9 @@ async fn value_formats_and_invalid_values() {
     assert_eq!(gw.table.load().service("fmt").unwrap().live.len(), 4);
     // A later valid put on the same key replaces it.
     kv.put("/services/fmt/json", instance_json("fmt", "json", b[4].addr, &[]), None).await.unwrap();
-    wait_until(
-        "endpoints(&gw.table, \"fmt\").contains(&(\"json\".into(), b[4].addr.to_string()))",
-        Duration::from_secs(5),
-        async || endpoints(&gw.table, "fmt").contains(&("json".into(), b[4].addr.to_string())),
-    )
+    wait_until("the JSON instance's new address in the table", Duration::from_secs(5), async || {
+        endpoints(&gw.table, "fmt").contains(&("json".into(), b[4].addr.to_string()))
+    })
     .await;
     // Deleting invalid keys changes nothing; deleting a key removes only its instance.
     for i in 0..invalid.len() {
@@ -149,7 +145,6 @@ async fn compaction_while_cut_off_resyncs_to_etcds_table() {
     gw.wait_live("c", 3).await;
 
     relay.cut();
-    tokio::time::sleep(Duration::from_millis(200)).await;
     kv.delete("/services/c/0", None).await.unwrap();
     kv.put("/services/c/1", b[4].addr.to_string(), None).await.unwrap();
     kv.put("/services/c/3", b[3].addr.to_string(), None).await.unwrap();
@@ -171,11 +166,9 @@ async fn compaction_while_cut_off_resyncs_to_etcds_table() {
         ("2".to_string(), b[2].addr.to_string()),
         ("3".to_string(), b[3].addr.to_string()),
     ];
-    wait_until(
-        "endpoints(&gw.table, \"c\") == want && endpoints(&gw.table, \"d\").len() == 1",
-        Duration::from_secs(15),
-        async || endpoints(&gw.table, "c") == want && endpoints(&gw.table, "d").len() == 1,
-    )
+    wait_until("the table caught up with etcd after the cut", Duration::from_secs(15), async || {
+        endpoints(&gw.table, "c") == want && endpoints(&gw.table, "d").len() == 1
+    })
     .await;
     let (_, metrics) = admin_get(gw.admin, "/metrics").await;
     assert!(metrics.contains("switchyard_discovery_watch_restarts_total{reason=\"compacted\"}"), "{metrics}");
@@ -212,7 +205,7 @@ async fn ten_thousand_instances_in_a_thousand_services() {
     put_many(&mut kv, items).await;
     let t0 = Instant::now();
     let gw = TestGateway::start(&gateway_config(&[etcd.url()], "")).await;
-    wait_until("let t = gw.table.load(); t.services.len() >= 1000 && t.services.values().map(|s| s.endpoints.len()).sum::<usize>() == 10_000", Duration::from_secs(30), async || {
+    wait_until("1,000 services in the table", Duration::from_secs(30), async || {
         let t = gw.table.load();
         t.services.len() >= 1000 && t.services.values().map(|s| s.endpoints.len()).sum::<usize>() == 10_000
     })

@@ -68,21 +68,27 @@ async fn etcd_killed_under_load_keeps_serving_and_catches_up() {
 
     let stop = Arc::new(AtomicBool::new(false));
     let load = load(gw.addr, "s", 1000, stop.clone());
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    wait_until("traffic under way", Duration::from_secs(10), async || b[0].hits() + b[1].hits() >= 100).await;
     etcd.kill();
-    tokio::time::sleep(Duration::from_millis(1500)).await;
-    let (_, metrics) = admin_get(gw.admin, "/metrics").await;
-    assert_eq!(
-        metric(&metrics, "switchyard_discovery_connected{source=\"etcd\"}"),
-        0.0,
-        "connected gauge while etcd is down"
-    );
+    // The tests of this binary run one at a time (SERIAL), so the process-wide gauge is this gateway's.
+    wait_until("the connected gauge drops while etcd is down", Duration::from_secs(10), async || {
+        metric(&admin_get(gw.admin, "/metrics").await.1, "switchyard_discovery_connected{source=\"etcd\"}") == 0.0
+    })
+    .await;
+    let before = b[0].hits() + b[1].hits();
+    wait_until("traffic goes on while etcd is down", Duration::from_secs(10), async || {
+        b[0].hits() + b[1].hits() >= before + 100
+    })
+    .await;
     assert_eq!(gw.table.load().service("s").unwrap().live.len(), 2, "table untouched while etcd is down");
     etcd.restart().await;
     let mut kv = etcd.client().await;
     kv.put("/services/s/2", b[2].addr.to_string(), None).await.unwrap();
     gw.wait_live("s", 3).await;
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    wait_until("the instance added after etcd returned gets traffic", Duration::from_secs(10), async || {
+        b[2].hits() > 0
+    })
+    .await;
     stop.store(true, Ordering::Relaxed);
     let (ok, failures) = load.await.unwrap();
     assert!(failures.is_empty(), "{} failed requests, e.g. {:?}", failures.len(), &failures[..failures.len().min(5)]);
@@ -110,7 +116,7 @@ async fn gateway_starts_from_snapshot_while_etcd_is_down() {
     first.wait_live("snap", 3).await;
     kv.delete("/services/snap/0", None).await.unwrap();
     first.wait_live("snap", 2).await;
-    wait_until("std::fs::read_to_string(&snap) .is_ok_and(|t| t.contains(&b[1].addr.to_string()) && !t.contains(&b[0].addr.to_string()))", Duration::from_secs(5), async || {
+    wait_until("the snapshot file rewritten", Duration::from_secs(5), async || {
         std::fs::read_to_string(&snap)
             .is_ok_and(|t| t.contains(&b[1].addr.to_string()) && !t.contains(&b[0].addr.to_string()))
     })
@@ -165,11 +171,9 @@ async fn cluster_member_loss_resumes_watch_without_losing_events() {
             }
         }
     });
-    wait_until(
-        "gw.table.load().service(\"cl\").is_some_and(|s| s.endpoints.len() >= 50)",
-        Duration::from_secs(10),
-        async || gw.table.load().service("cl").is_some_and(|s| s.endpoints.len() >= 50),
-    )
+    wait_until("50 instances of cl in the table", Duration::from_secs(10), async || {
+        gw.table.load().service("cl").is_some_and(|s| s.endpoints.len() >= 50)
+    })
     .await;
     let (_, before) = admin_get(gw.admin, "/metrics").await;
     let restarts = |m: &str| {
@@ -178,11 +182,9 @@ async fn cluster_member_loss_resumes_watch_without_losing_events() {
     };
     cluster.members[0].kill();
     writer.await.unwrap();
-    wait_until(
-        "gw.table.load().service(\"cl\").is_some_and(|s| s.endpoints.len() == total)",
-        Duration::from_secs(15),
-        async || gw.table.load().service("cl").is_some_and(|s| s.endpoints.len() == total),
-    )
+    wait_until("every instance of cl in the table", Duration::from_secs(15), async || {
+        gw.table.load().service("cl").is_some_and(|s| s.endpoints.len() == total)
+    })
     .await;
     let (_, metrics) = admin_get(gw.admin, "/metrics").await;
     assert!(restarts(&metrics) > restarts(&before), "the watch on the killed member restarted\n{metrics}");

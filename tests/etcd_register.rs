@@ -162,11 +162,9 @@ async fn graceful_stop_under_load_fails_no_request() {
     assert_eq!(value["addr"], b.addr.to_string(), "{draining}");
     let drained_for = *deleted_at - *drained_at;
     assert!(drained_for >= Duration::from_millis(900), "revoked {drained_for:?} after draining, want the 1 s drain");
-    wait_until(
-        "gw.table.load().service(\"web\").is_some_and(|s| s.endpoints.len() == 1)",
-        Duration::from_secs(5),
-        async || gw.table.load().service("web").is_some_and(|s| s.endpoints.len() == 1),
-    )
+    wait_until("one instance of web in the table", Duration::from_secs(5), async || {
+        gw.table.load().service("web").is_some_and(|s| s.endpoints.len() == 1)
+    })
     .await;
     b.stop();
     // The clients keep going for a while after b is gone.
@@ -209,6 +207,7 @@ async fn lost_lease_and_etcd_restart_lead_to_reregistration() {
 
     // etcd restarted (same data): the registration survives or comes back.
     etcd.kill();
+    // An outage the registrar's keepalive must notice (half its 1 s TTL), not an instant restart.
     tokio::time::sleep(Duration::from_millis(500)).await;
     etcd.restart().await;
     let mut kv = etcd.client().await;

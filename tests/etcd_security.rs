@@ -261,11 +261,9 @@ async fn tls_with_client_certificates_gateway_and_registrar() {
     no_cert.stop().await;
 
     registrar.shutdown().await;
-    wait_until(
-        "gw.table.load().service(\"tls\").is_some_and(|s| s.live.len() == 1)",
-        Duration::from_secs(5),
-        async || gw.table.load().service("tls").is_some_and(|s| s.live.len() == 1),
-    )
+    wait_until("the instance found through TLS etcd", Duration::from_secs(5), async || {
+        gw.table.load().service("tls").is_some_and(|s| s.live.len() == 1)
+    })
     .await;
     gw.stop().await;
 }

@@ -147,15 +147,38 @@ listen = "127.0.0.1:0"
 [[listener.route]]
 grpc_service = "test.Echo"
 service = "dead"
+[[listener]]
+name = "lost"
+protocol = "http"
+listen = "127.0.0.1:0"
+[[listener.route]]
+grpc_service = "test.Echo"
+service = "lost"
 "#;
     let gw = TestGateway::start(&format!("{BASE}{extra}")).await;
     let (_reserved, closed) = support::refusing_addr();
+    // An instance that accepts, reads what comes, then drops the connection.
+    let lost = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let lost_addr = lost.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut conn, _)) = lost.accept().await {
+            tokio::spawn(async move {
+                let mut buf = [0u8; 1024];
+                let _ = tokio::io::AsyncReadExt::read(&mut conn, &mut buf).await;
+            });
+        }
+    });
     write_instances(
         &gw.instances_path(),
-        &[("echo", "e1", backend.addr, &[("protocol", "h2c")]), ("dead", "d1", closed, &[("protocol", "h2c")])],
+        &[
+            ("echo", "e1", backend.addr, &[("protocol", "h2c")]),
+            ("dead", "d1", closed, &[("protocol", "h2c")]),
+            ("lost", "l1", lost_addr, &[("protocol", "h2c")]),
+        ],
     );
     gw.wait_live("echo", 1).await;
     gw.wait_live("dead", 1).await;
+    gw.wait_live("lost", 1).await;
 
     // No instance: UNAVAILABLE.
     let mut client = EchoClient::connect(gw.listener_addr("noinst")).await;
@@ -168,6 +191,12 @@ service = "dead"
     let status = client.unary(Request::new(Msg::new("x"))).await.expect_err("connect refused");
     assert_eq!(status.code(), Code::Unavailable, "{status:?}");
     assert!(status.message().contains("connect failed"), "{status:?}");
+
+    // The upstream connection is lost after it was made: UNAVAILABLE, from the gateway.
+    let mut client = EchoClient::connect(gw.listener_addr("lost")).await;
+    let status = client.unary(Request::new(Msg::new("x"))).await.expect_err("connection lost");
+    assert_eq!(status.code(), Code::Unavailable, "{status:?}");
+    assert!(status.message().contains("switchyard"), "the gateway's status: {status:?}");
 
     // grpc-timeout (300 ms) shorter than the configured 5 s: DEADLINE_EXCEEDED from the gateway
     // (the test backend ignores deadlines and would answer after 2 s).

@@ -221,7 +221,7 @@ async fn missing_certificate_file_stops_start_up() {
     let config = switchyard::config::Config::parse(&text.replace("{instances}", "/tmp/none.toml")).unwrap();
     let err = switchyard::server::Gateway::bind(config).await.err().expect("bind refuses a missing certificate");
     let text = err.to_string();
-    assert!(text.contains("missing") && text.contains("/nonexistent/x.pem"), "{text}");
+    assert!(text.contains("listener[0].tls") && text.contains("/nonexistent/x.pem"), "{text}");
 }
 
 #[test]

@@ -58,6 +58,35 @@ balance = "rr"
     let missing = switchyard().args(["check", "--config", "/nonexistent.toml"]).output().unwrap();
     assert!(!missing.status.success());
     assert!(String::from_utf8_lossy(&missing.stderr).contains("cannot read /nonexistent.toml"));
+
+    // A config that parses but names files that do not exist: `check` reads them as `run` would.
+    let files = dir.path().join("files.toml");
+    std::fs::write(
+        &files,
+        r#"
+[[listener]]
+name = "secure"
+protocol = "https"
+listen = "127.0.0.1:8443"
+[[listener.tls]]
+cert = "/nonexistent/site.pem"
+key = "/nonexistent/site.key"
+[[listener.route]]
+service = "a"
+[[service]]
+name = "a"
+upstream_tls = { ca = "/nonexistent/ca.pem" }
+"#,
+    )
+    .unwrap();
+    let out = switchyard().args(["check", "--config"]).arg(&files).output().unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("service[0].upstream_tls: cannot read /nonexistent/ca.pem"), "{stderr}");
+    assert!(
+        stderr.contains("listener[0].tls: cannot read /nonexistent/site.pem"),
+        "every error, not the first: {stderr}"
+    );
 }
 
 /// The real binary on reserved ports, routing everything to `backend` (service
@@ -141,7 +170,7 @@ async fn sigterm_lets_a_slow_request_finish() {
     let b = Backend::start("slow").await;
     let (gw, port, _dir) = gateway_process(&b).await;
     let slow = tokio::spawn(support::get_owned(format!("http://127.0.0.1:{port}/slow/1500")));
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    wait_until("the slow request reached the backend", Duration::from_secs(5), async || b.hits() >= 1).await;
     let sent = Instant::now();
     gw.signal("TERM");
     // New connections are refused soon after the signal...

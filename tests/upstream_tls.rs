@@ -74,11 +74,9 @@ async fn http1_and_h2_over_tls_to_a_backend_with_its_own_ca() {
 
     // Metadata protocol = h2: HTTP/2 over TLS (ALPN h2).
     write_instances(&gw.instances_path(), &[("secure", "s2", backend.addr, &[("protocol", "h2")])]);
-    support::wait_until(
-        "gw.table.load().service(\"secure\").is_some_and(|s| s.live.first().is_some_and(|e| &*e.id == \"s2\"))",
-        std::time::Duration::from_secs(10),
-        async || gw.table.load().service("secure").is_some_and(|s| s.live.first().is_some_and(|e| &*e.id == "s2")),
-    )
+    support::wait_until("instance s2 live", std::time::Duration::from_secs(10), async || {
+        gw.table.load().service("secure").is_some_and(|s| s.live.first().is_some_and(|e| &*e.id == "s2"))
+    })
     .await;
     let (status, body) = get(&client, &gw.url("/a/headers")).await;
     assert_eq!(status, 200, "{body}");
@@ -104,11 +102,9 @@ async fn metadata_https_without_service_ca_uses_system_trust() {
     assert_eq!(upstream_errors(&gw, "connect").await, 1.0);
     // Plain HTTP to a TLS port fails too; the gateway does not guess.
     write_instances(&gw.instances_path(), &[("secure", "s2", backend.addr, &[])]);
-    support::wait_until(
-        "gw.table.load().service(\"secure\").is_some_and(|s| s.live.first().is_some_and(|e| &*e.id == \"s2\"))",
-        std::time::Duration::from_secs(10),
-        async || gw.table.load().service("secure").is_some_and(|s| s.live.first().is_some_and(|e| &*e.id == "s2")),
-    )
+    support::wait_until("instance s2 live", std::time::Duration::from_secs(10), async || {
+        gw.table.load().service("secure").is_some_and(|s| s.live.first().is_some_and(|e| &*e.id == "s2"))
+    })
     .await;
     assert_eq!(get(&client, &gw.url("/a/")).await.0, 502);
     // ...while plain text to a TLS port connects and then fails.
@@ -160,5 +156,39 @@ async fn missing_ca_file_stops_start_up() {
     let config = switchyard::config::Config::parse(&text).unwrap();
     let err = switchyard::server::Gateway::bind(config).await.err().expect("bind refuses a missing CA");
     let text = err.to_string();
-    assert!(text.contains("secure") && text.contains("/nonexistent/ca.pem"), "{text}");
+    assert!(text.contains("service[0].upstream_tls") && text.contains("/nonexistent/ca.pem"), "{text}");
+}
+
+/// The system trust store is really consulted: the same binary and backend
+/// answer 502 with the default bundle (which does not know the private CA) and
+/// 200 when `SSL_CERT_FILE` names a bundle holding it.
+#[tokio::test]
+async fn system_trust_store_comes_from_ssl_cert_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = Ca::new("private system CA");
+    let cert = ca.issue(dir.path(), "backend", &["127.0.0.1"]);
+    let backend = TlsBackend::start("system-trusted", &cert, None).await;
+    let bundle = dir.path().join("bundle.pem");
+    std::fs::write(&bundle, &ca.pem).unwrap();
+    let instances = dir.path().join("instances.toml");
+    write_instances(&instances, &[("secure", "s1", backend.addr, &[("protocol", "https")])]);
+    let client = support::client();
+    for (env, expected) in [(None, 502), (Some(bundle.to_str().unwrap()), 200)] {
+        let ports = [support::reserve_port(), support::reserve_port()];
+        let text = config("", "")
+            .replace("{instances}", instances.to_str().unwrap())
+            .replace("[admin]\nlisten = \"127.0.0.1:0\"", &format!("[admin]\nlisten = \"{}\"", ports[1].addr()))
+            .replace(
+                "protocol = \"http\"\nlisten = \"127.0.0.1:0\"",
+                &format!("protocol = \"http\"\nlisten = \"{}\"", ports[0].addr()),
+            );
+        let vars: Vec<(&str, &str)> = env.map(|b| ("SSL_CERT_FILE", b)).into_iter().collect();
+        let _gw = support::GatewayProcess::start_with_env(&text, ports[1].addr(), &vars).await;
+        let url = format!("http://{}/a/", ports[0].addr());
+        support::wait_until("the instance is routed", std::time::Duration::from_secs(10), async || {
+            get(&client, &url).await.0 != 503
+        })
+        .await;
+        assert_eq!(get(&client, &url).await.0, expected, "SSL_CERT_FILE = {env:?}");
+    }
 }

@@ -1,6 +1,14 @@
 //! The admin server, on its own listener: `/metrics` (Prometheus text),
 //! `/healthz` (alive), `/readyz` (200 once the first table is live) and
 //! `/upstreams` (JSON view of the live table).
+//!
+//! Hardened like the data path (docs/hardening.md): a request head within
+//! `timeouts.header_read`, at most `limits.admin_max_connections` connections
+//! (a connection lives at most [`MAX_CONNECTION_LIFE`]), and a few file
+//! descriptors kept in reserve so that `/metrics` still answers when the
+//! process has run out of them — which is when an operator needs it most.
+//! `/upstreams` shows metadata keys but redacts the values of keys that look
+//! secret (see [`redacted`]).
 
 use std::convert::Infallible;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -11,18 +19,42 @@ use bytes::Bytes;
 use http::{header, HeaderValue, Method, Request, Response, StatusCode};
 use http_body_util::Full;
 use hyper::body::Incoming;
-use hyper_util::rt::TokioIo;
+use hyper_util::rt::{TokioIo, TokioTimer};
 use metrics_exporter_prometheus::PrometheusHandle;
 use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
-use crate::upstream::{SharedTable, Table};
+use crate::upstream::instance::{now_ms, Admission};
+use crate::upstream::{SharedTable, Status, Table};
 
 pub struct Admin {
     pub metrics: PrometheusHandle,
     pub table: SharedTable,
     pub ready: Arc<AtomicBool>,
+    pub limits: AdminLimits,
 }
+
+/// The admin listener's bounds.
+#[derive(Debug, Clone)]
+pub struct AdminLimits {
+    pub head_timeout: Duration,
+    pub max_connections: usize,
+}
+
+impl AdminLimits {
+    pub fn new(config: &crate::config::Config) -> AdminLimits {
+        AdminLimits { head_timeout: config.timeouts.header_read, max_connections: config.limits.admin_max_connections }
+    }
+}
+
+/// However a connection behaves, it is closed after this: a scraper reconnects,
+/// a client that stopped reading does not hold a slot for ever.
+pub const MAX_CONNECTION_LIFE: Duration = Duration::from_secs(60);
+
+/// Descriptors held open (on /dev/null) for the admin listener to release when
+/// accepting fails for want of one.
+const FD_RESERVE: usize = 4;
 
 impl Admin {
     /// Serves on a thread of its own, with its own current-thread runtime, until
@@ -74,29 +106,53 @@ impl Admin {
                 }
             })
         };
+        let slots = Arc::new(Semaphore::new(self.limits.max_connections));
+        let mut reserve = FdReserve::new(FD_RESERVE);
+        let mut last_log: Option<std::time::Instant> = None;
         loop {
-            let (stream, _) = tokio::select! {
+            let permit = tokio::select! {
                 _ = shutdown.cancelled() => break,
-                accepted = listener.accept() => match accepted {
-                    Ok(a) => a,
-                    Err(e) => {
-                        tracing::warn!("admin accept failed: {e}");
-                        tokio::time::sleep(Duration::from_millis(50)).await;
-                        continue;
-                    }
-                },
+                p = slots.clone().acquire_owned() => match p { Ok(p) => p, Err(_) => break },
             };
+            let (stream, _) = loop {
+                let accepted = tokio::select! {
+                    _ = shutdown.cancelled() => return upkeep.abort(),
+                    accepted = listener.accept() => accepted,
+                };
+                match accepted {
+                    Ok(a) => break a,
+                    // Out of descriptors: give one of the reserve to this accept.
+                    Err(e) if is_fd_exhaustion(&e) && reserve.release() => continue,
+                    Err(e) => {
+                        // Logged at most once a second: under exhaustion this fails in a loop.
+                        if last_log.is_none_or(|t| t.elapsed() >= Duration::from_secs(1)) {
+                            tracing::warn!("admin accept failed: {e}");
+                            last_log = Some(std::time::Instant::now());
+                        }
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                    }
+                }
+            };
+            reserve.refill();
             let admin = self.clone();
             let shutdown = shutdown.clone();
+            let head_timeout = self.limits.head_timeout;
             tokio::spawn(async move {
+                let _permit = permit;
                 let service = hyper::service::service_fn(move |req| {
                     let admin = admin.clone();
                     async move { Ok::<_, Infallible>(admin.answer(&req)) }
                 });
-                let conn = hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(stream), service);
+                let conn = hyper::server::conn::http1::Builder::new()
+                    .timer(TokioTimer::new())
+                    // Also bounds a kept-alive connection's idle time (hyper starts it when idle).
+                    .header_read_timeout(head_timeout)
+                    .max_buf_size(16 * 1024)
+                    .serve_connection(TokioIo::new(stream), service);
                 tokio::pin!(conn);
                 tokio::select! {
                     _ = conn.as_mut() => {}
+                    _ = tokio::time::sleep(MAX_CONNECTION_LIFE) => {}
                     _ = shutdown.cancelled() => conn.as_mut().graceful_shutdown(),
                 }
             });
@@ -132,8 +188,17 @@ fn reply(status: StatusCode, content_type: &'static str, body: Bytes) -> Respons
     res
 }
 
-/// `{"version", "revision", "services": {name: {"instances": [{id, addr, state, weight, zone, protocol, inflight, metadata}]}}}`
+/// `{"version", "revision", "services": {name: {"live", "admitted", "instances": [{id, addr, state,
+/// registered, health, reason, until, times_ejected, consecutive_failures, slow_start, weight,
+/// zone, protocol, inflight, connections, metadata}]}}}`
+///
+/// `state` is what the request path does with the instance now: `up`, `draining`,
+/// `down` (its registration), or `ejected` / `unhealthy`; `reason` and `until`
+/// (Unix milliseconds) say why and until when it is ejected.
 pub fn upstreams_json(table: &Table) -> String {
+    let now = now_ms();
+    let unix_now =
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0);
     let mut names: Vec<&Arc<str>> = table.services.keys().collect();
     names.sort();
     let services: serde_json::Map<String, serde_json::Value> = names
@@ -144,21 +209,126 @@ pub fn upstreams_json(table: &Table) -> String {
                 .endpoints
                 .iter()
                 .map(|e| {
+                    let admission = e.admits(now, &service.policy);
+                    let state = match (e.status, admission) {
+                        (Status::Up, Admission::Ejected) => "ejected",
+                        (Status::Up, Admission::Unhealthy) => "unhealthy",
+                        (Status::Up, _) => "up",
+                        (Status::Draining, _) => "draining",
+                        (Status::Down, _) => "down",
+                    };
+                    let outlier = &e.state.outlier;
+                    let ejected = outlier.is_ejected(now);
                     serde_json::json!({
                         "id": &*e.id,
                         "addr": &*e.addr,
-                        "state": e.status,
+                        "state": state,
+                        "registered": e.status,
+                        "health": e.state.health.get(),
+                        "reason": ejected.then(|| outlier.reason().as_str()),
+                        "until": ejected.then(|| unix_now + (outlier.ejected_until() - now)),
+                        "times_ejected": outlier.times_ejected(),
+                        "consecutive_failures": outlier.consecutive_failures(),
+                        "slow_start": e.state.ramp(now, service.policy.slow_start),
+                        "connections": e.pool.open_connections(),
                         "weight": e.weight,
                         "zone": e.zone,
                         "protocol": e.protocol,
                         "inflight": e.load.get(),
-                        "metadata": e.metadata,
+                        "metadata": redact(&e.metadata),
                     })
                 })
                 .collect();
-            (name.to_string(), serde_json::json!({ "live": service.live.len(), "instances": instances }))
+            let admitted = service.live.iter().filter(|e| e.admits(now, &service.policy) == Admission::Admit).count();
+            (
+                name.to_string(),
+                serde_json::json!({ "live": service.live.len(), "admitted": admitted, "instances": instances }),
+            )
         })
         .collect();
     let doc = serde_json::json!({ "version": table.version, "revision": table.revision, "services": services });
     format!("{doc:#}\n")
+}
+
+/// Metadata key parts whose values are never shown: a provider may register a
+/// connection string or a token as metadata, and `/upstreams` is unauthenticated.
+const SECRET_KEY_PARTS: [&str; 6] = ["password", "passwd", "secret", "token", "key", "credential"];
+
+/// Whether a metadata key looks secret: it contains one of [`SECRET_KEY_PARTS`], in any case.
+pub fn redacted(key: &str) -> bool {
+    let key = key.to_ascii_lowercase();
+    SECRET_KEY_PARTS.iter().any(|part| key.contains(part))
+}
+
+fn redact(metadata: &std::collections::BTreeMap<String, String>) -> serde_json::Map<String, serde_json::Value> {
+    metadata
+        .iter()
+        .map(|(k, v)| {
+            let v = if redacted(k) { "<redacted>" } else { v.as_str() };
+            (k.clone(), serde_json::Value::from(v))
+        })
+        .collect()
+}
+
+fn is_fd_exhaustion(e: &std::io::Error) -> bool {
+    // EMFILE (the process's limit) and ENFILE (the system's).
+    matches!(e.raw_os_error(), Some(24) | Some(23))
+}
+
+/// A few descriptors held open, released one at a time when accept runs out.
+struct FdReserve {
+    held: Vec<std::fs::File>,
+    want: usize,
+}
+
+impl FdReserve {
+    fn new(want: usize) -> FdReserve {
+        let mut reserve = FdReserve { held: Vec::with_capacity(want), want };
+        reserve.refill();
+        reserve
+    }
+
+    /// Closes one held descriptor; false when none is left.
+    fn release(&mut self) -> bool {
+        self.held.pop().is_some()
+    }
+
+    /// Takes descriptors back up to the reserve (as many as can be had now).
+    fn refill(&mut self) {
+        while self.held.len() < self.want {
+            match std::fs::File::open("/dev/null") {
+                Ok(f) => self.held.push(f),
+                Err(_) => return,
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn secret_looking_keys_are_redacted() {
+        for k in ["db_password", "API_KEY", "token", "client-secret", "Credentials", "ssh_key_id"] {
+            assert!(redacted(k), "{k}");
+        }
+        for k in ["zone", "weight", "protocol", "status", "version", "registered_at_ms"] {
+            assert!(!redacted(k), "{k}");
+        }
+        let meta: std::collections::BTreeMap<String, String> =
+            [("db_password", "hunter2"), ("zone", "a")].iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        let shown = serde_json::Value::Object(redact(&meta)).to_string();
+        assert_eq!(shown, r#"{"db_password":"<redacted>","zone":"a"}"#);
+    }
+
+    #[test]
+    fn the_fd_reserve_releases_and_refills() {
+        let mut r = FdReserve::new(2);
+        assert_eq!(r.held.len(), 2);
+        assert!(r.release() && r.release());
+        assert!(!r.release());
+        r.refill();
+        assert_eq!(r.held.len(), 2);
+    }
 }

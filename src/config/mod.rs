@@ -4,6 +4,7 @@
 
 mod duration;
 pub mod host;
+mod policy;
 mod raw;
 #[cfg(test)]
 mod tests;
@@ -17,6 +18,7 @@ use http::HeaderName;
 
 pub use duration::parse_duration;
 pub use host::HostPattern;
+pub use policy::*;
 pub use validate::{ConfigError, ConfigErrors};
 
 pub const DEFAULT_ADMIN_LISTEN: &str = "127.0.0.1:9901";
@@ -33,6 +35,21 @@ pub const DEFAULT_TCP_IDLE: Duration = Duration::from_secs(300);
 pub const DEFAULT_SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
 pub const DEFAULT_MAX_CONNECTIONS: usize = 65_536;
 pub const DEFAULT_UPSTREAM_IDLE_PER_HOST: usize = 256;
+/// How long an unused upstream connection is kept (nginx's upstream `keepalive_timeout`
+/// is 60 s, HAProxy's `timeout server` default none; 90 s outlives common 60 s backend
+/// keep-alives less often than it is reused).
+pub const DEFAULT_UPSTREAM_IDLE: Duration = Duration::from_secs(90);
+/// nginx `send_timeout` (60 s).
+pub const DEFAULT_SEND_TIMEOUT: Duration = Duration::from_secs(60);
+/// Like `tcp_idle`: an upgraded connection is a byte relay.
+pub const DEFAULT_TUNNEL_IDLE: Duration = Duration::from_secs(300);
+/// Envoy answers 431 above 60 KiB; nginx allows 4 × 8 KiB buffers, HAProxy 16 KiB.
+pub const DEFAULT_MAX_REQUEST_HEAD: usize = 64 * 1024;
+/// Envoy `max_headers_count` (100), also hyper's default.
+pub const DEFAULT_MAX_REQUEST_HEADERS: usize = 100;
+/// nginx `http2_max_concurrent_streams` (128); HAProxy uses 100.
+pub const DEFAULT_H2_MAX_CONCURRENT_STREAMS: usize = 128;
+pub const DEFAULT_ADMIN_MAX_CONNECTIONS: usize = 32;
 
 /// The quick-start configuration compiled into the binary (`switchyard demo`).
 pub const EMBEDDED_DEFAULT: &str = include_str!("../../config/quickstart.toml");
@@ -94,12 +111,26 @@ pub struct Timeouts {
     pub tcp_idle: Duration,
     /// How long in-flight requests may run after SIGTERM.
     pub shutdown_grace: Duration,
+    /// How long an unused pooled upstream connection is kept.
+    pub upstream_idle: Duration,
+    /// A client connection with no request in flight (HTTP/1.1 keep-alive, HTTP/2),
+    /// or with requests in flight but no bytes either way.
+    pub client_idle: Duration,
+    /// A response write the client does not take (it stopped reading).
+    pub send: Duration,
+    /// An upgraded (e.g. WebSocket) connection with no bytes either way.
+    pub tunnel_idle: Duration,
 }
 
 #[derive(Debug, Clone)]
 pub struct Limits {
     pub max_connections: usize,
     pub upstream_idle_per_host: usize,
+    /// Bytes of an HTTP/1.1 request head (431 above), and of an HTTP/2 header list.
+    pub max_request_head: usize,
+    pub max_request_headers: usize,
+    pub h2_max_concurrent_streams: usize,
+    pub admin_max_connections: usize,
 }
 
 #[derive(Debug, Clone)]
@@ -107,6 +138,9 @@ pub struct Listener {
     pub name: String,
     pub listen: SocketAddr,
     pub kind: ListenerKind,
+    /// HTTP listeners: dot-segments and unreserved percent-escapes in paths are
+    /// normalised before routing (Envoy's `normalize_path`).
+    pub normalize_path: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -142,6 +176,12 @@ pub struct Route {
     pub grpc_service: Option<String>,
     pub service: String,
     pub balance: Balance,
+    /// This route's request deadline; `None`: `timeouts.request`.
+    pub timeout: Option<Duration>,
+    /// What may be retried after a request was sent; `None`: [`RetryPolicy::default`].
+    pub retry: Option<RetryPolicy>,
+    /// `CONNECT` requests are answered 405 unless the route that matches them allows them.
+    pub allow_connect: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -171,6 +211,8 @@ pub struct ServerCert {
 pub struct ServiceConfig {
     pub name: String,
     pub upstream_tls: Option<ClientTls>,
+    /// Outlier ejection, health checks, limits, slow start and the retry budget.
+    pub policy: ServicePolicy,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -201,5 +243,19 @@ impl Config {
     /// Parses and validates TOML text.
     pub fn parse(text: &str) -> Result<Config, ConfigErrors> {
         validate::parse(text)
+    }
+
+    /// Valid but risky settings, for `check` and start-up to print.
+    pub fn warnings(&self) -> Vec<String> {
+        let mut warnings = Vec::new();
+        if !self.admin_listen.ip().is_loopback() {
+            // The admin listener has no authentication: /upstreams shows every backend address.
+            warnings.push(format!(
+                "admin.listen: {} is not a loopback address; the admin endpoints (/metrics, /upstreams) \
+                 have no authentication, so anyone who can reach it can read them",
+                self.admin_listen
+            ));
+        }
+        warnings
     }
 }

@@ -71,6 +71,10 @@ pub struct RawTimeouts {
     pub header_read: Option<String>,
     pub tcp_idle: Option<String>,
     pub shutdown_grace: Option<String>,
+    pub upstream_idle: Option<String>,
+    pub client_idle: Option<String>,
+    pub send: Option<String>,
+    pub tunnel_idle: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -78,6 +82,10 @@ pub struct RawTimeouts {
 pub struct RawLimits {
     pub max_connections: Option<i64>,
     pub upstream_idle_per_host: Option<i64>,
+    pub max_request_head: Option<i64>,
+    pub max_request_headers: Option<i64>,
+    pub h2_max_concurrent_streams: Option<i64>,
+    pub admin_max_connections: Option<i64>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -94,6 +102,8 @@ pub struct RawListener {
     pub service: Option<String>,
     pub balance: Option<String>,
     pub hash_key: Option<String>,
+    // http and https listeners
+    pub normalize_path: Option<bool>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -108,6 +118,9 @@ pub struct RawRoute {
     pub service: Option<String>,
     pub balance: Option<String>,
     pub hash_key: Option<String>,
+    pub timeout: Option<String>,
+    pub retry: Option<RawRetry>,
+    pub allow_connect: Option<bool>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -130,4 +143,59 @@ pub struct RawServerCert {
 pub struct RawService {
     pub name: Option<String>,
     pub upstream_tls: Option<RawClientTls>,
+    pub outlier: Option<RawOutlier>,
+    pub health_check: Option<RawHealthCheck>,
+    pub max_connections: Option<i64>,
+    pub max_inflight: Option<i64>,
+    pub max_pending: Option<i64>,
+    pub slow_start: Option<String>,
+    pub retry_budget: Option<RawRetryBudget>,
+}
+
+/// `listener.route.retry`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawRetry {
+    pub attempts: Option<i64>,
+    pub on: Option<Vec<String>>,
+    pub per_try_timeout: Option<String>,
+    pub non_idempotent: Option<bool>,
+    pub buffer: Option<i64>,
+}
+
+/// `service.outlier`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawOutlier {
+    pub enabled: Option<bool>,
+    pub consecutive_failures: Option<i64>,
+    pub consecutive_connect_failures: Option<i64>,
+    pub base_ejection: Option<String>,
+    pub max_ejection: Option<String>,
+    pub max_ejected_percent: Option<i64>,
+}
+
+/// `service.health_check`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawHealthCheck {
+    pub kind: Option<String>,
+    pub path: Option<String>,
+    pub host: Option<String>,
+    pub status: Option<String>,
+    pub grpc_service: Option<String>,
+    pub interval: Option<String>,
+    pub jitter: Option<String>,
+    pub timeout: Option<String>,
+    pub healthy_threshold: Option<i64>,
+    pub unhealthy_threshold: Option<i64>,
+    pub unchecked: Option<String>,
+}
+
+/// `service.retry_budget`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawRetryBudget {
+    pub percent: Option<i64>,
+    pub min_concurrency: Option<i64>,
 }

@@ -146,3 +146,33 @@ listen = "nowhere"
         ]
     );
 }
+
+#[test]
+fn hardening_defaults_and_bounds() {
+    // The values docs/hardening.md documents, written out.
+    let c = Config::parse(MINIMAL).unwrap();
+    assert_eq!(c.timeouts.client_idle, Duration::from_secs(60));
+    assert_eq!(c.timeouts.send, Duration::from_secs(60));
+    assert_eq!(c.timeouts.tunnel_idle, Duration::from_secs(300));
+    assert_eq!(c.limits.max_request_head, 65_536);
+    assert_eq!(c.limits.max_request_headers, 100);
+    assert_eq!(c.limits.h2_max_concurrent_streams, 128);
+    assert_eq!(c.limits.admin_max_connections, 32);
+    assert!(c.listeners[0].normalize_path);
+    assert!(c.warnings().is_empty(), "{:?}", c.warnings());
+    let e = errors(&format!("[limits]\nmax_request_head = 100\nh2_max_concurrent_streams = 0\n{MINIMAL}"));
+    assert_eq!(
+        e,
+        [
+            "limits.max_request_head: must be between 8192 and 16777216, got 100",
+            "limits.h2_max_concurrent_streams: must be between 1 and 10000, got 0",
+        ]
+    );
+    let e = errors(
+        "[[listener]]\nname = \"t\"\nprotocol = \"tcp\"\nlisten = \"127.0.0.1:1\"\nservice = \"s\"\nnormalize_path = false\n",
+    );
+    assert_eq!(e, ["listener[0].normalize_path: not used by protocol = \"tcp\""]);
+    let open = Config::parse(&format!("[admin]\nlisten = \"0.0.0.0:9901\"\n{MINIMAL}")).unwrap();
+    assert_eq!(open.warnings().len(), 1);
+    assert!(open.warnings()[0].starts_with("admin.listen: 0.0.0.0:9901 is not a loopback address"));
+}

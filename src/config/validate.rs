@@ -76,12 +76,12 @@ pub(super) fn parse(text: &str) -> Result<Config, ConfigErrors> {
 }
 
 #[derive(Default)]
-struct Validator {
+pub(super) struct Validator {
     errors: Vec<ConfigError>,
 }
 
 impl Validator {
-    fn error(&mut self, path: impl Into<String>, reason: impl Into<String>) {
+    pub(super) fn error(&mut self, path: impl Into<String>, reason: impl Into<String>) {
         self.errors.push(ConfigError { path: path.into(), reason: reason.into() });
     }
 
@@ -103,6 +103,30 @@ impl Validator {
                 "limits.upstream_idle_per_host",
                 raw.limits.upstream_idle_per_host,
                 DEFAULT_UPSTREAM_IDLE_PER_HOST,
+            ),
+            max_request_head: self.bounded(
+                "limits.max_request_head",
+                raw.limits.max_request_head,
+                DEFAULT_MAX_REQUEST_HEAD,
+                // hyper's read buffer cannot be smaller than 8 KiB.
+                8192..=16 << 20,
+            ),
+            max_request_headers: self.bounded(
+                "limits.max_request_headers",
+                raw.limits.max_request_headers,
+                DEFAULT_MAX_REQUEST_HEADERS,
+                1..=10_000,
+            ),
+            h2_max_concurrent_streams: self.bounded(
+                "limits.h2_max_concurrent_streams",
+                raw.limits.h2_max_concurrent_streams,
+                DEFAULT_H2_MAX_CONCURRENT_STREAMS,
+                1..=10_000,
+            ),
+            admin_max_connections: self.count(
+                "limits.admin_max_connections",
+                raw.limits.admin_max_connections,
+                DEFAULT_ADMIN_MAX_CONNECTIONS,
             ),
         };
         let mut names = HashSet::new();
@@ -140,12 +164,13 @@ impl Validator {
             .enumerate()
             .filter_map(|(i, s)| {
                 let path = format!("service[{i}]");
-                let name = self.required(&format!("{path}.name"), s.name)?;
+                let name = self.required(&format!("{path}.name"), s.name.clone())?;
                 if !service_names.insert(name.clone()) {
                     self.error(format!("{path}.name"), format!("duplicate service {name:?}"));
                 }
+                let policy = self.service_policy(&path, &s);
                 let upstream_tls = s.upstream_tls.map(|t| self.client_tls(&format!("{path}.upstream_tls"), t));
-                Some(ServiceConfig { name, upstream_tls })
+                Some(ServiceConfig { name, upstream_tls, policy })
             })
             .collect();
         Config { workers, admin_listen, discovery, timeouts, limits, listeners, services }
@@ -278,6 +303,10 @@ impl Validator {
                 t.shutdown_grace.as_deref(),
                 DEFAULT_SHUTDOWN_GRACE,
             ),
+            upstream_idle: self.duration("timeouts.upstream_idle", t.upstream_idle.as_deref(), DEFAULT_UPSTREAM_IDLE),
+            client_idle: self.duration("timeouts.client_idle", t.client_idle.as_deref(), DEFAULT_CLIENT_IDLE),
+            send: self.duration("timeouts.send", t.send.as_deref(), DEFAULT_SEND_TIMEOUT),
+            tunnel_idle: self.duration("timeouts.tunnel_idle", t.tunnel_idle.as_deref(), DEFAULT_TUNNEL_IDLE),
         }
     }
 
@@ -293,6 +322,9 @@ impl Validator {
         };
         let l4_fields =
             [("service", l.service.is_some()), ("balance", l.balance.is_some()), ("hash_key", l.hash_key.is_some())];
+        if !matches!(protocol.as_str(), "http" | "https") {
+            self.not_for(path, &protocol, &[("normalize_path", l.normalize_path.is_some())]);
+        }
         let kind = match protocol.as_str() {
             "http" | "https" => {
                 self.not_for(path, &protocol, &l4_fields);
@@ -349,7 +381,7 @@ impl Validator {
                 return None;
             }
         };
-        Some(Listener { name: name?, listen: listen?, kind })
+        Some(Listener { name: name?, listen: listen?, kind, normalize_path: l.normalize_path.unwrap_or(true) })
     }
 
     fn not_for(&mut self, path: &str, protocol: &str, fields: &[(&str, bool)]) {
@@ -396,6 +428,9 @@ impl Validator {
         let host = r.host.map(|h| h.to_ascii_lowercase());
         let service = self.required(&format!("{path}.service"), r.service);
         let balance = self.balance(path, r.balance.as_deref(), r.hash_key.as_deref(), false);
+        let timeout =
+            r.timeout.as_deref().map(|t| self.duration(&format!("{path}.timeout"), Some(t), DEFAULT_REQUEST_TIMEOUT));
+        let retry = r.retry.map(|retry| self.retry(&format!("{path}.retry"), retry));
         Some(Route {
             host,
             path_prefix: r.path_prefix,
@@ -404,6 +439,9 @@ impl Validator {
             grpc_service: r.grpc_service,
             service: service?,
             balance: balance?,
+            timeout,
+            retry,
+            allow_connect: r.allow_connect.unwrap_or(false),
         })
     }
 
@@ -414,6 +452,9 @@ impl Validator {
             ("strip_prefix", r.strip_prefix.is_some()),
             ("header", r.header.is_some()),
             ("grpc_service", r.grpc_service.is_some()),
+            ("timeout", r.timeout.is_some()),
+            ("retry", r.retry.is_some()),
+            ("allow_connect", r.allow_connect.is_some()),
         ];
         for (field, set) in fields {
             if set {
@@ -512,7 +553,7 @@ impl Validator {
         })
     }
 
-    fn duration(&mut self, path: &str, text: Option<&str>, default: Duration) -> Duration {
+    pub(super) fn duration(&mut self, path: &str, text: Option<&str>, default: Duration) -> Duration {
         match text.map(parse_duration) {
             None => default,
             Some(Ok(d)) if !d.is_zero() => d,
@@ -527,7 +568,24 @@ impl Validator {
         }
     }
 
-    fn count(&mut self, path: &str, value: Option<i64>, default: usize) -> usize {
+    fn bounded(
+        &mut self,
+        path: &str,
+        value: Option<i64>,
+        default: usize,
+        range: std::ops::RangeInclusive<usize>,
+    ) -> usize {
+        match value {
+            None => default,
+            Some(n) if n >= 0 && range.contains(&(n as usize)) => n as usize,
+            Some(n) => {
+                self.error(path, format!("must be between {} and {}, got {n}", range.start(), range.end()));
+                default
+            }
+        }
+    }
+
+    pub(super) fn count(&mut self, path: &str, value: Option<i64>, default: usize) -> usize {
         match value {
             None => default,
             Some(n) if n >= 1 => n as usize,

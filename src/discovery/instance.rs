@@ -2,10 +2,27 @@
 //! value formats of the etcd contract: our JSON instance (field names matched
 //! without regard to case, so Go's `Instance{ID, Name, Addr, MetaData}` reads as
 //! is), etcd's `naming/endpoints` JSON, and a bare `host:port`.
+//!
+//! Also the guard between every source and the table writer ([`refuse_own`]):
+//! an instance at one of the gateway's own addresses, or at an unspecified
+//! address (`0.0.0.0`, `::`), would make the gateway proxy to itself — one
+//! request looping until every file descriptor is gone — so it never reaches
+//! the table.
 
 use std::collections::BTreeMap;
+use std::net::{IpAddr, SocketAddr};
 
 use serde_json::Value;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use super::{Change, Update};
+use crate::metrics as m;
+
+/// Values above this are refused before parsing: a registration is a few hundred
+/// bytes, and etcd's own request limit (1.5 MiB) would let one key cost
+/// megabytes per table build. Envoy's and HAProxy's header limits are of the same order.
+pub const MAX_VALUE_BYTES: usize = 64 * 1024;
 
 /// One backend of one service, as a discovery source reports it.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -34,12 +51,17 @@ pub enum DecodeError {
     NotAnAdd(i64),
     #[error("value is neither JSON nor host:port")]
     Unrecognized,
+    #[error("value is {0} bytes, more than the limit of {MAX_VALUE_BYTES}")]
+    TooLarge(usize),
 }
 
 /// Reads an instance value. `service` and `id` come from the key; a JSON `id`
 /// or `name` in the value does not override them, because the key is what a
 /// delete will name.
 pub fn decode(service: &str, id: &str, value: &[u8]) -> Result<Instance, DecodeError> {
+    if value.len() > MAX_VALUE_BYTES {
+        return Err(DecodeError::TooLarge(value.len()));
+    }
     let text = std::str::from_utf8(value).map_err(|_| DecodeError::Unrecognized)?.trim();
     if text.is_empty() {
         return Err(DecodeError::Empty);
@@ -103,6 +125,114 @@ pub fn check_addr(addr: &str) -> Result<(), DecodeError> {
         return Err(bad());
     }
     Ok(())
+}
+
+/// Why an instance is refused although its value could be read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refusal {
+    /// One of the gateway's own listener or admin addresses.
+    OwnAddress,
+    /// `0.0.0.0` or `::`: "this host", which connects to the gateway's own ports too.
+    Unspecified,
+}
+
+impl Refusal {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Refusal::OwnAddress => "own_address",
+            Refusal::Unspecified => "unspecified_address",
+        }
+    }
+}
+
+/// The addresses the gateway itself listens on (after binding, so port 0 is resolved).
+#[derive(Debug, Clone, Default)]
+pub struct OwnAddresses(Vec<SocketAddr>);
+
+impl OwnAddresses {
+    pub fn new(addrs: impl IntoIterator<Item = SocketAddr>) -> OwnAddresses {
+        OwnAddresses(addrs.into_iter().collect())
+    }
+
+    /// Whether the gateway would refuse an instance at `addr` (`host:port`, as decoded).
+    /// A name other than `localhost` is not resolved: that is left to the `Via` loop check.
+    pub fn refuses(&self, addr: &str) -> Option<Refusal> {
+        let (host, port) = addr.rsplit_once(':')?;
+        let port: u16 = port.parse().ok()?;
+        let host = host.trim_start_matches('[').trim_end_matches(']');
+        let ip: Option<IpAddr> =
+            if host.eq_ignore_ascii_case("localhost") { Some(IpAddr::from([127, 0, 0, 1])) } else { host.parse().ok() };
+        let ip = ip?;
+        if ip.is_unspecified() {
+            return Some(Refusal::Unspecified);
+        }
+        let ip = match ip {
+            IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(IpAddr::V6(v6), IpAddr::V4),
+            v4 => v4,
+        };
+        let own = self.0.iter().any(|a| {
+            a.port() == port
+                && (a.ip() == ip
+                    // A listener on 0.0.0.0/:: answers on every local address; loopback
+                    // and addresses this host holds are known without a lookup.
+                    || (a.ip().is_unspecified() && (ip.is_loopback() || is_local(ip))))
+        });
+        own.then_some(Refusal::OwnAddress)
+    }
+
+    /// Drops the refused instances of an update, counting and logging each one.
+    pub fn filter(&self, update: Update, source: &'static str) -> Update {
+        let keep = |i: &Instance| match self.refuses(&i.addr) {
+            None => true,
+            Some(why) => {
+                tracing::warn!(service = %i.service, id = %i.id, addr = %i.addr, reason = why.as_str(),
+                    "instance refused: it points at the gateway itself");
+                metrics::counter!(m::DISCOVERY_INVALID_VALUES, "source" => source, "kind" => why.as_str()).increment(1);
+                false
+            }
+        };
+        match update {
+            Update::Replace { mut instances, revision } => {
+                instances.retain(keep);
+                Update::Replace { instances, revision }
+            }
+            Update::Apply { mut changes, revision } => {
+                // A refused put is skipped like an unreadable value: the key's previous instance stays.
+                changes.retain(|c| match c {
+                    Change::Put(i) => keep(i),
+                    Change::Delete { .. } => true,
+                });
+                Update::Apply { changes, revision }
+            }
+        }
+    }
+}
+
+/// Whether `ip` is assigned to this host: binding a UDP socket to it succeeds only then.
+fn is_local(ip: IpAddr) -> bool {
+    std::net::UdpSocket::bind(SocketAddr::new(ip, 0)).is_ok()
+}
+
+/// Forwards updates from a source to the table writer through [`OwnAddresses::filter`].
+pub async fn refuse_own(
+    mut from: mpsc::Receiver<Update>,
+    to: mpsc::Sender<Update>,
+    own: OwnAddresses,
+    source: &'static str,
+    shutdown: CancellationToken,
+) {
+    loop {
+        let update = tokio::select! {
+            _ = shutdown.cancelled() => return,
+            u = from.recv() => match u {
+                Some(u) => u,
+                None => return,
+            },
+        };
+        if to.send(own.filter(update, source)).await.is_err() {
+            return;
+        }
+    }
 }
 
 #[cfg(test)]
@@ -179,6 +309,79 @@ mod tests {
                 "{:?}",
                 String::from_utf8_lossy(value)
             );
+        }
+    }
+
+    #[test]
+    fn values_over_the_limit_are_refused_before_parsing() {
+        let big = format!("{{\"addr\":\"h:1\",\"metadata\":{{\"x\":\"{}\"}}}}", "a".repeat(MAX_VALUE_BYTES));
+        assert_eq!(decode("s", "x", big.as_bytes()), Err(DecodeError::TooLarge(big.len())));
+        let fits = format!("{{\"addr\":\"h:1\",\"metadata\":{{\"x\":\"{}\"}}}}", "a".repeat(1000));
+        assert!(decode("s", "x", fits.as_bytes()).is_ok());
+    }
+
+    #[test]
+    fn own_and_unspecified_addresses_are_refused() {
+        let own = OwnAddresses::new(["127.0.0.1:8080".parse().unwrap(), "0.0.0.0:9000".parse().unwrap()]);
+        assert_eq!(own.refuses("127.0.0.1:8080"), Some(Refusal::OwnAddress));
+        assert_eq!(own.refuses("localhost:8080"), Some(Refusal::OwnAddress));
+        assert_eq!(own.refuses("[::ffff:127.0.0.1]:8080"), Some(Refusal::OwnAddress));
+        assert_eq!(own.refuses("127.0.0.1:8081"), None);
+        // The listener on 0.0.0.0:9000 answers on every local address.
+        assert_eq!(own.refuses("127.0.0.2:9000"), Some(Refusal::OwnAddress));
+        assert_eq!(own.refuses("[::1]:9000"), Some(Refusal::OwnAddress));
+        assert_eq!(own.refuses("192.0.2.1:9000"), None, "TEST-NET-1 is no address of this host");
+        assert_eq!(own.refuses("0.0.0.0:1234"), Some(Refusal::Unspecified));
+        assert_eq!(own.refuses("[::]:1234"), Some(Refusal::Unspecified));
+        assert_eq!(own.refuses("backend.internal:8080"), None);
+        let update = Update::Apply {
+            changes: vec![
+                Change::Put(Instance {
+                    service: "s".into(),
+                    id: "a".into(),
+                    addr: "127.0.0.1:8080".into(),
+                    metadata: BTreeMap::new(),
+                }),
+                Change::Put(Instance {
+                    service: "s".into(),
+                    id: "b".into(),
+                    addr: "127.0.0.1:1".into(),
+                    metadata: BTreeMap::new(),
+                }),
+                Change::Delete { service: "s".into(), id: "c".into() },
+            ],
+            revision: 7,
+        };
+        let Update::Apply { changes, revision } = own.filter(update, "etcd") else { panic!() };
+        assert_eq!(revision, 7);
+        assert_eq!(changes.len(), 2);
+        assert!(matches!(&changes[0], Change::Put(i) if i.id == "b"));
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig { cases: 256, ..Default::default() })]
+
+        /// Any bytes: decoding never panics, and what it accepts has a valid address.
+        #[test]
+        fn decode_never_panics_and_accepts_only_valid_addresses(value in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..512)) {
+            if let Ok(i) = decode("s", "x", &value) {
+                proptest::prop_assert!(check_addr(&i.addr).is_ok());
+            }
+        }
+
+        /// Our JSON form round-trips: whatever host, port and metadata went in come out.
+        #[test]
+        fn json_instances_round_trip(
+            host in "[a-z][a-z0-9.-]{0,20}",
+            port in 1u16..,
+            meta in proptest::collection::btree_map("[a-zA-Z_]{1,8}", "[ -~]{0,16}", 0..4),
+            upper in proptest::prelude::any::<bool>(),
+        ) {
+            let addr = format!("{host}:{port}");
+            let value = serde_json::json!({ if upper { "Addr" } else { "addr" }: addr, if upper { "MetaData" } else { "metadata" }: meta });
+            let i = decode("s", "x", value.to_string().as_bytes()).unwrap();
+            proptest::prop_assert_eq!(i.addr, addr);
+            proptest::prop_assert_eq!(i.metadata, meta);
         }
     }
 }

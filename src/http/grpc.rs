@@ -77,6 +77,7 @@ pub fn status_for(kind: UpstreamError) -> (Code, &'static str) {
         UpstreamError::Connect => (Code::Unavailable, "switchyard: upstream connect failed"),
         UpstreamError::Protocol => (Code::Unavailable, "switchyard: upstream connection failed"),
         UpstreamError::Timeout => (Code::DeadlineExceeded, "switchyard: upstream timed out"),
+        UpstreamError::Overloaded => (Code::Unavailable, "switchyard: upstream overloaded"),
     }
 }
 

@@ -1,29 +1,33 @@
-//! The L7 proxy: one hyper server per connection (HTTP/1.1 and h2c on the same
-//! port, or behind TLS), and the request path: route → one table `load()` → pick
-//! → forward over a pooled upstream connection, streaming bodies (and gRPC
-//! trailers) both ways. gRPC requests get gRPC-shaped errors and honour
-//! `grpc-timeout`; `Upgrade` requests are relayed after the 101 (see `upgrade`).
+//! The L7 proxy's request path, in named phases: route (one table `load()`, the
+//! matching route and service) → plan (`plan`: deadline, retry policy, body
+//! buffering) → rewrite (hop-by-hop headers, `Host`, `X-Forwarded-*`) → send
+//! (`send`: the one retry loop over the service's candidates) → finish (the
+//! response or the gateway's own error, counted). Bodies (and gRPC trailers)
+//! stream both ways unless kept for a retry. gRPC requests get gRPC-shaped errors
+//! and honour `grpc-timeout`; `Upgrade` requests are relayed after the 101.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use http::header::{self, HeaderValue};
-use http::uri::{PathAndQuery, Scheme, Uri};
+use http::uri::PathAndQuery;
 use http::{Request, Response, StatusCode, Version};
-use http_body_util::Either;
-use hyper::body::Incoming;
+use http_body_util::{BodyExt, Either};
+use hyper::body::{Body as _, Incoming};
 
+use super::admit::Admission;
 use super::grpc;
 use super::headers::{add_forwarded, strip_hop_by_hop};
+use super::plan;
 use super::respond::{self, ProxyBody};
 use super::route::{request_host, RequestView, Router, Target};
+use super::send::{self, Body, Failed, Outgoing};
 use super::upgrade::{self, Upgrades};
 use crate::config::{Config, Route};
 use crate::metrics as m;
-use crate::upstream::conn::pool::PoolError;
-use crate::upstream::conn::{UpstreamError, Upstreams, Via};
-use crate::upstream::{Endpoint, Protocol, SharedTable};
+use crate::upstream::conn::{UpstreamError, Upstreams};
+use crate::upstream::SharedTable;
 
 pub struct HttpProxy {
     router: Router,
@@ -34,6 +38,8 @@ pub struct HttpProxy {
     proto: &'static str,
     refused_absolute: metrics::Counter,
     upgrades: Upgrades,
+    /// Loop, tunnel and canonical-request checks before routing.
+    admit: Admission,
 }
 
 impl HttpProxy {
@@ -46,8 +52,12 @@ impl HttpProxy {
         upgrades: Upgrades,
         config: &Config,
     ) -> HttpProxy {
+        let router = Router::new(routes);
+        let normalize_path = config.listeners.iter().find(|l| l.name == listener).is_none_or(|l| l.normalize_path);
+        let admit = Admission::new(listener, &router, normalize_path);
         HttpProxy {
-            router: Router::new(routes),
+            admit,
+            router,
             table,
             upstreams,
             request_timeout: config.timeouts.request,
@@ -66,6 +76,11 @@ impl HttpProxy {
     ) -> Response<ProxyBody> {
         let start = Instant::now();
         let is_grpc = grpc::is_grpc(req.headers());
+        if let Some(refused) = self.admit.check(&mut req, is_grpc) {
+            return refused;
+        }
+        let client_version = req.version();
+        let on_relay = req.extensions_mut().remove::<upgrade::RelayHook>();
         let host = request_host(req.uri(), req.headers());
         let absolute_form = req.version() < Version::HTTP_2 && req.uri().scheme().is_some();
         let view = RequestView {
@@ -75,7 +90,11 @@ impl HttpProxy {
             headers: req.headers(),
             client_ip: client.ip(),
         };
-        let Some(target) = self.router.route(&view) else {
+        let target = self.router.route(&view);
+        if let Some(refused) = self.admit.connect(req.method(), target.as_ref(), is_grpc) {
+            return refused;
+        }
+        let Some(target) = target else {
             return respond::no_route(is_grpc);
         };
         let table = self.table.load();
@@ -96,12 +115,13 @@ impl HttpProxy {
                 is_grpc,
             );
         }
-        let Some(endpoint) = service.pick(target.pick(&view)).cloned() else {
-            service.state.stats.error(UpstreamError::NoInstance);
-            service.state.stats.response(StatusCode::SERVICE_UNAVAILABLE, start.elapsed().as_secs_f64());
-            return respond::upstream_error(UpstreamError::NoInstance, &service.name, is_grpc);
+        // Plan: deadline, retry policy, whether the body is kept for a retry.
+        let route = match &target {
+            Target::Route(r) => Some(&r.route),
+            Target::Host(_) => None,
         };
-        let state = service.state.clone();
+        let how = target.pick(&view);
+        let service = service.clone();
         let path_and_query = match target.upstream_path(view.path) {
             std::borrow::Cow::Borrowed(_) => req.uri().path_and_query().cloned(),
             std::borrow::Cow::Owned(p) => {
@@ -112,79 +132,69 @@ impl HttpProxy {
                 PathAndQuery::try_from(full).ok()
             }
         };
-        let original_host = req.uri().authority().and_then(|a| HeaderValue::from_str(a.as_str()).ok());
+        drop(table);
         // An upgrade needs HTTP/1.1 on both sides: its pool is chosen for that, whatever the metadata.
         let upgrade = if req.version() == Version::HTTP_11 { upgrade::requested(req.headers()) } else { None };
-        let protocol = match (&upgrade, endpoint.protocol) {
-            (Some(_), Protocol::H2c) => Protocol::Http1,
-            (Some(_), Protocol::H2) => Protocol::Https,
-            (_, p) => p,
-        };
-        let via = self.upstreams.client(&service.name, protocol);
-        let service_name = service.name.clone();
-        drop(table);
+        let body_upper = if req.body().is_end_stream() { Some(0) } else { req.body().size_hint().upper() };
+        let plan = plan::plan(
+            req.method(),
+            req.headers(),
+            body_upper,
+            route.and_then(|r| r.retry.as_ref()),
+            route.and_then(|r| r.timeout).unwrap_or(self.request_timeout),
+            upgrade.is_some(),
+        );
 
-        let path_and_query = path_and_query.unwrap_or_else(|| PathAndQuery::from_static("/"));
-        let uri = match via {
-            // The instance's own HTTP/1.1 connection takes the origin form.
-            Via::Instance { h2: false } => Uri::from(path_and_query),
-            Via::Instance { h2: true } | Via::Shared(_) => {
-                let tls = matches!(via, Via::Shared(_));
-                let mut parts = http::uri::Parts::default();
-                parts.scheme = Some(if tls { Scheme::HTTPS } else { Scheme::HTTP });
-                parts.authority = Some(endpoint.authority.clone());
-                parts.path_and_query = Some(path_and_query);
-                match Uri::from_parts(parts) {
-                    Ok(uri) => uri,
-                    Err(_) => return respond::refused(StatusCode::BAD_REQUEST, "malformed request target\n", is_grpc),
+        // Rewrite: hop-by-hop headers, Host, X-Forwarded-*.
+        let on_client_upgrade = upgrade.is_some().then(|| hyper::upgrade::on(&mut req));
+        let original_host = req.uri().authority().and_then(|a| HeaderValue::from_str(a.as_str()).ok());
+        let (parts, body) = req.into_parts();
+        let mut headers = parts.headers;
+        strip_hop_by_hop(&mut headers);
+        if let Some(protocol) = &upgrade {
+            upgrade::restore(&mut headers, protocol.clone());
+        }
+        // HTTP/2 clients name the host in `:authority`; an HTTP/1.0 client may name none.
+        let host = headers
+            .get(header::HOST)
+            .cloned()
+            .or(original_host)
+            .unwrap_or_else(|| HeaderValue::from_static("localhost"));
+        add_forwarded(&mut headers, client_ip, self.proto, Some(host.clone()));
+        self.admit.add_via(&mut headers, client_version);
+        let body = if plan.buffer_body {
+            match tokio::time::timeout(plan.deadline, body.collect()).await {
+                Ok(Ok(collected)) => Body::Buffered(collected.to_bytes()),
+                Ok(Err(_)) => return self.admit.malformed_body(is_grpc),
+                Err(_) => {
+                    return respond::refused(
+                        StatusCode::REQUEST_TIMEOUT,
+                        "request body not received in time\n",
+                        is_grpc,
+                    )
                 }
             }
-        };
-        *req.uri_mut() = uri;
-        *req.version_mut() = if protocol.is_h2() { Version::HTTP_2 } else { Version::HTTP_11 };
-        let on_client_upgrade = upgrade.is_some().then(|| hyper::upgrade::on(&mut req));
-        let timeout =
-            if is_grpc { grpc::request_timeout(req.headers(), self.request_timeout) } else { self.request_timeout };
-        let headers = req.headers_mut();
-        strip_hop_by_hop(headers);
-        if let Some(protocol) = upgrade {
-            upgrade::restore(headers, protocol);
-        }
-        if !headers.contains_key(header::HOST) {
-            // HTTP/2 clients name the host in `:authority`; an HTTP/1.0 client may name none.
-            let host = original_host.unwrap_or_else(|| {
-                HeaderValue::from_maybe_shared(bytes::Bytes::copy_from_slice(endpoint.authority.as_str().as_bytes()))
-                    .unwrap_or_else(|_| HeaderValue::from_static("localhost"))
-            });
-            headers.insert(header::HOST, host);
-        }
-        let forwarded_host = if protocol.is_h2() {
-            // HTTP/2 carries the target in `:authority` (the instance address, from the URI);
-            // a `Host` that disagrees with it is refused by strict servers (nginx: 400
-            // "duplicate host header"). The client's host travels in X-Forwarded-Host.
-            headers.remove(header::HOST)
         } else {
-            headers.get(header::HOST).cloned()
+            Body::Stream(Some(body))
         };
-        add_forwarded(headers, client_ip, self.proto, forwarded_host);
+        let out = Outgoing {
+            method: parts.method,
+            path_and_query: path_and_query.unwrap_or_else(|| PathAndQuery::from_static("/")),
+            headers,
+            host,
+            upgrade: upgrade.is_some(),
+            body,
+        };
 
-        let result = match via {
-            Via::Instance { h2 } => {
-                let sent = self.send_to_instances(req, endpoint.clone(), &service_name, h2);
-                tokio::time::timeout(timeout, sent).await.map(|r| r.map_err(|(e, _)| SendFailure::from(e)))
-            }
-            Via::Shared(client) => {
-                let _inflight = endpoint.load.start();
-                let sent = client.request(req);
-                tokio::time::timeout(timeout, async { sent.await.map_err(SendFailure::from) }).await
-            }
-        };
-        let failure = match result {
-            Ok(Ok(mut res)) => {
+        // Send, with the one retry loop; then finish.
+        let sent = send::send(&self.upstreams, &service, how, &plan, out, start.into()).await;
+        let state = &service.state;
+        match sent {
+            Ok(mut res) => {
                 let upgraded = match on_client_upgrade {
                     Some(on_client) if res.status() == StatusCode::SWITCHING_PROTOCOLS => {
                         let protocol = res.headers().get(header::UPGRADE).cloned();
-                        self.upgrades.relay(on_client, hyper::upgrade::on(&mut res));
+                        self.upgrades.relay(on_client, hyper::upgrade::on(&mut res), on_relay);
                         protocol
                     }
                     _ => None,
@@ -193,79 +203,31 @@ impl HttpProxy {
                 if let Some(protocol) = upgraded {
                     upgrade::restore(res.headers_mut(), protocol);
                 }
+                self.own_response(&mut res, client_version);
                 state.stats.response(res.status(), start.elapsed().as_secs_f64());
-                return res.map(Either::Left);
+                res.map(Either::Left)
             }
-            Ok(Err(failure)) => {
-                tracing::debug!(id = %endpoint.id, addr = %endpoint.addr, "upstream request failed: {}", failure.detail);
-                failure.kind
-            }
-            Err(_) => UpstreamError::Timeout,
-        };
-        state.stats.error(failure);
-        let res = respond::upstream_error(failure, &service_name, is_grpc);
-        state.stats.response(res.status(), start.elapsed().as_secs_f64());
-        res
-    }
-}
-
-impl HttpProxy {
-    /// Sends over the instances' own pools (HTTP/1.1, or h2c when `h2`). A
-    /// request that no connection could carry reached no instance, so it goes to
-    /// another live one of the same protocol (each at most once): an instance that
-    /// stopped before it was deregistered costs a retry, not a failed request.
-    async fn send_to_instances(
-        &self,
-        mut req: Request<Incoming>,
-        mut endpoint: Arc<Endpoint>,
-        service: &str,
-        h2: bool,
-    ) -> Result<Response<Incoming>, (PoolError, Arc<Endpoint>)> {
-        let mut failed: Vec<Arc<str>> = Vec::new();
-        loop {
-            let result = {
-                let _inflight = endpoint.load.start();
-                if h2 {
-                    endpoint.pool.send_h2(req, self.upstreams.instance_pools).await
-                } else {
-                    endpoint.pool.send(req, self.upstreams.instance_pools).await
+            Err(Failed::ClientBody) => self.admit.malformed_body(is_grpc),
+            Err(Failed::Upstream(failure)) => {
+                if matches!(failure, UpstreamError::NoInstance | UpstreamError::Overloaded) {
+                    state.stats.error(failure);
                 }
-            };
-            match result {
-                Ok(res) => return Ok(res),
-                Err((e, Some(unsent))) => {
-                    tracing::debug!(id = %endpoint.id, addr = %endpoint.addr, "upstream connect failed, trying another instance: {e}");
-                    failed.push(endpoint.id.clone());
-                    let table = self.table.load();
-                    let Some(service) = table.service(service) else { return Err((e, endpoint)) };
-                    let next = service.live.iter().find(|e| e.protocol == endpoint.protocol && !failed.contains(&e.id));
-                    let Some(next) = next else { return Err((e, endpoint)) };
-                    // The last failure is counted by the caller; retried ones here.
-                    service.state.stats.error(UpstreamError::Connect);
-                    (req, endpoint) = (unsent, next.clone());
-                }
-                Err((e, None)) => return Err((e, endpoint)),
+                let res = respond::upstream_error(failure, &service.name, is_grpc);
+                state.stats.response(res.status(), start.elapsed().as_secs_f64());
+                res
             }
         }
     }
 }
 
-/// A failed send: what kind of failure, and what happened, for the log.
-struct SendFailure {
-    kind: UpstreamError,
-    detail: String,
-}
-
-impl From<PoolError> for SendFailure {
-    fn from(e: PoolError) -> SendFailure {
-        let kind = if e.is_connect() { UpstreamError::Connect } else { UpstreamError::Protocol };
-        SendFailure { kind, detail: e.to_string() }
-    }
-}
-
-impl From<hyper_util::client::legacy::Error> for SendFailure {
-    fn from(e: hyper_util::client::legacy::Error) -> SendFailure {
-        let kind = if e.is_connect() { UpstreamError::Connect } else { UpstreamError::Protocol };
-        SendFailure { kind, detail: format!("{e:?}") }
+impl HttpProxy {
+    /// A backend's response as the gateway's own: the client's protocol version
+    /// (an HTTP/1.0 backend's status line is not passed on; RFC 9110 §6.2) and a `Via`.
+    fn own_response<B>(&self, res: &mut Response<B>, client_version: Version) {
+        let version = res.version();
+        self.admit.add_via(res.headers_mut(), version);
+        if client_version < Version::HTTP_2 {
+            *res.version_mut() = Version::HTTP_11;
+        }
     }
 }

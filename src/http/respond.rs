@@ -45,6 +45,7 @@ pub fn upstream_error(kind: UpstreamError, service: &str, is_grpc: bool) -> Resp
         UpstreamError::Connect => (StatusCode::BAD_GATEWAY, "upstream connect failed"),
         UpstreamError::Protocol => (StatusCode::BAD_GATEWAY, "upstream connection failed"),
         UpstreamError::Timeout => (StatusCode::GATEWAY_TIMEOUT, "upstream timed out"),
+        UpstreamError::Overloaded => (StatusCode::SERVICE_UNAVAILABLE, "upstream overloaded"),
     };
     text(status, format!("{what}: service {service:?}\n"))
 }

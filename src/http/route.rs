@@ -64,6 +64,11 @@ impl<'r, 'q> Target<'r, 'q> {
         path.into()
     }
 
+    /// Whether a `CONNECT` may take this route (only a route that says so).
+    pub fn allows_connect(&self) -> bool {
+        matches!(self, Target::Route(r) if r.route.allow_connect)
+    }
+
     /// The balancing decision for this request.
     pub fn pick(&self, req: &RequestView<'_>) -> Pick {
         let Target::Route(r) = self else { return Pick::RoundRobin };
@@ -132,6 +137,22 @@ impl Router {
         Router { routes }
     }
 
+    /// The request headers that routing matches or hashes on (besides Host).
+    pub fn routing_headers(&self) -> Vec<http::HeaderName> {
+        let mut names = Vec::new();
+        for r in &self.routes {
+            if let Some(h) = &r.route.header {
+                names.push(h.name.clone());
+            }
+            match &r.route.balance {
+                Balance::Hash(HashKey::Header(name)) => names.push(name.clone()),
+                Balance::Hash(HashKey::Cookie(_)) => names.push(http::header::COOKIE),
+                _ => {}
+            }
+        }
+        names
+    }
+
     /// Whether some route names this host explicitly (for absolute-form requests).
     pub fn serves_host(&self, host: &str) -> bool {
         self.routes.iter().any(|r| r.host.as_ref().is_some_and(|p| p.matches(host)))
@@ -185,6 +206,9 @@ mod tests {
             grpc_service: None,
             service: service.into(),
             balance: Balance::RoundRobin,
+            timeout: None,
+            retry: None,
+            allow_connect: false,
         }
     }
 

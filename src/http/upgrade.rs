@@ -4,6 +4,8 @@
 //! taken over from hyper and relayed byte for byte. Relays are counted in a gauge
 //! and tracked, so shutdown waits for them up to the grace period and then ends them.
 
+use std::sync::Arc;
+
 use http::header::{self, HeaderMap, HeaderValue};
 use hyper::upgrade::OnUpgrade;
 use hyper_util::rt::TokioIo;
@@ -26,6 +28,15 @@ pub fn requested(headers: &HeaderMap) -> Option<HeaderValue> {
 pub fn restore(headers: &mut HeaderMap, protocol: HeaderValue) {
     headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
     headers.insert(header::UPGRADE, protocol);
+}
+
+/// Put into an upgrade request's extensions by the listener: told when the
+/// client connection becomes a relay, so its idle deadline becomes `timeouts.tunnel_idle`.
+#[derive(Clone)]
+pub struct RelayHook(pub Arc<dyn Relayed>);
+
+pub trait Relayed: Send + Sync {
+    fn relaying(&self);
 }
 
 /// Spawns the relays of one listener's upgraded connections.
@@ -51,7 +62,7 @@ impl Upgrades {
 
     /// Relays between the client and the upstream once hyper hands both over
     /// (the client's after the 101 has been written to it).
-    pub fn relay(&self, client: OnUpgrade, upstream: OnUpgrade) {
+    pub fn relay(&self, client: OnUpgrade, upstream: OnUpgrade, hook: Option<RelayHook>) {
         let active = self.active.clone();
         let hard_stop = self.hard_stop.clone();
         self.tracker.spawn(async move {
@@ -62,6 +73,9 @@ impl Upgrades {
                     return;
                 }
             };
+            if let Some(RelayHook(conn)) = hook {
+                conn.relaying();
+            }
             active.increment(1.0);
             let _active = Active(active);
             let (mut client, mut upstream) = (TokioIo::new(client), TokioIo::new(upstream));

@@ -5,7 +5,7 @@
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::{TcpListener, TcpStream};
@@ -55,6 +55,15 @@ pub(crate) struct ConnectionSlot {
     active: metrics::Gauge,
 }
 
+impl ConnectionSlot {
+    /// A slot under a limit of its own, for unit tests of what holds one.
+    #[cfg(test)]
+    pub fn detached() -> ConnectionSlot {
+        let permit = Arc::new(Semaphore::new(1)).try_acquire_owned().expect("a fresh semaphore has a permit");
+        ConnectionSlot { _permit: permit, active: metrics::gauge!("switchyard_test_slots") }
+    }
+}
+
 impl Drop for ConnectionSlot {
     fn drop(&mut self) {
         self.active.decrement(1.0);
@@ -70,6 +79,7 @@ pub(crate) async fn accept_loop(
 ) {
     let accepted = metrics::counter!(m::CONNECTIONS, "listener" => name.to_string());
     let active = metrics::gauge!(m::CONNECTIONS_ACTIVE, "listener" => name.to_string());
+    let mut errors = AcceptErrors::new(name);
     loop {
         let permit = tokio::select! {
             _ = ctx.shutdown.cancelled() => return,
@@ -80,16 +90,87 @@ pub(crate) async fn accept_loop(
             a = socket.accept() => match a {
                 Ok(a) => a,
                 Err(e) => {
-                    // EMFILE and friends: back off instead of spinning.
-                    tracing::warn!(listener = %name, "accept failed: {e}");
-                    tokio::time::sleep(Duration::from_millis(20)).await;
+                    let pause = errors.failed(&e);
+                    tokio::select! {
+                        _ = ctx.shutdown.cancelled() => return,
+                        _ = tokio::time::sleep(pause) => {}
+                    }
                     continue;
                 }
             },
         };
+        errors.succeeded();
         let _ = stream.set_nodelay(true);
         accepted.increment(1);
         active.increment(1.0);
         on_accept(Accepted { stream, peer, slot: ConnectionSlot { _permit: permit, active: active.clone() } });
+    }
+}
+
+/// Accept failures of one listener: counted, logged at most once a second, and
+/// answered with a growing pause. Running out of file descriptors (EMFILE) makes
+/// every accept fail at once; retrying at full speed would spin a core and
+/// flood the log. nginx pauses accepting for 500 ms in that case; the pause
+/// here starts at 10 ms and doubles up to 1 s, and is reset by a success.
+pub(crate) struct AcceptErrors {
+    listener: String,
+    counter: metrics::Counter,
+    pause: Duration,
+    last_log: Option<Instant>,
+    suppressed: u64,
+}
+
+impl AcceptErrors {
+    const FIRST_PAUSE: Duration = Duration::from_millis(10);
+    const MAX_PAUSE: Duration = Duration::from_secs(1);
+    const LOG_EVERY: Duration = Duration::from_secs(1);
+
+    pub fn new(listener: &str) -> AcceptErrors {
+        AcceptErrors {
+            listener: listener.to_string(),
+            counter: metrics::counter!(m::ACCEPT_ERRORS, "listener" => listener.to_string()),
+            pause: Self::FIRST_PAUSE,
+            last_log: None,
+            suppressed: 0,
+        }
+    }
+
+    /// Records a failure; returns how long to pause before the next accept.
+    pub fn failed(&mut self, e: &std::io::Error) -> Duration {
+        self.counter.increment(1);
+        let now = Instant::now();
+        if self.last_log.is_none_or(|t| now.duration_since(t) >= Self::LOG_EVERY) {
+            tracing::warn!(listener = %self.listener, suppressed = self.suppressed, "accept failed: {e}");
+            self.last_log = Some(now);
+            self.suppressed = 0;
+        } else {
+            self.suppressed += 1;
+        }
+        let pause = self.pause;
+        self.pause = (self.pause * 2).min(Self::MAX_PAUSE);
+        pause
+    }
+
+    pub fn succeeded(&mut self) {
+        self.pause = Self::FIRST_PAUSE;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn accept_errors_back_off_to_a_second_and_log_once_a_second() {
+        let mut errors = AcceptErrors::new("t");
+        let e = std::io::Error::from_raw_os_error(24); // EMFILE
+        let pauses: Vec<Duration> = (0..10).map(|_| errors.failed(&e)).collect();
+        assert_eq!(pauses[0], Duration::from_millis(10));
+        assert_eq!(pauses[1], Duration::from_millis(20));
+        assert_eq!(*pauses.last().unwrap(), Duration::from_secs(1));
+        // Ten failures within a second: one line logged, nine suppressed.
+        assert_eq!(errors.suppressed, 9);
+        errors.succeeded();
+        assert_eq!(errors.failed(&e), Duration::from_millis(10));
     }
 }

@@ -17,6 +17,7 @@ use tokio_rustls::TlsAcceptor;
 use super::accept::{accept_loop, ListenerContext};
 use super::certs::{reload_loop, server_config, CertSet, SniResolver, TlsError};
 use super::http::HttpServer;
+use super::watchdog::{ConnState, Guarded};
 use crate::config::{Config, ServerCert};
 use crate::metrics as m;
 
@@ -63,6 +64,10 @@ impl HandshakeFailure {
 
     /// Classifies the error tokio-rustls returns (a rustls error wrapped in `io::Error`).
     pub fn of(e: &io::Error) -> HandshakeFailure {
+        if e.kind() == io::ErrorKind::TimedOut {
+            // The connection's head deadline (see `watchdog`) passed mid-handshake.
+            return HandshakeFailure::Timeout;
+        }
         let Some(tls) = e.get_ref().and_then(|inner| inner.downcast_ref::<rustls::Error>()) else {
             return HandshakeFailure::Io;
         };
@@ -144,13 +149,16 @@ impl HttpsListener {
             // finishes during the drain is still drained, not cut.
             let watcher = ctx.graceful.watcher();
             let shutdown = ctx.shutdown.clone();
+            // The deadlines start now: the handshake is part of the first request head.
+            let conn = ConnState::new(server.deadlines.clone());
+            let io = Guarded::new(a.stream, a.slot, conn.clone());
             ctx.tracker.spawn(async move {
                 let result = tokio::select! {
-                    r = tokio::time::timeout(handshake_timeout, acceptor.accept(a.stream)) => r,
+                    r = tokio::time::timeout(handshake_timeout, acceptor.accept(io)) => r,
                     _ = shutdown.cancelled() => return,
                 };
                 match result {
-                    Ok(Ok(tls)) => server.spawn_connection(tls, a.peer, watcher, move || drop(a.slot)),
+                    Ok(Ok(tls)) => server.spawn_connection(tls, a.peer, watcher, conn),
                     Ok(Err(e)) => errors.record(HandshakeFailure::of(&e), a.peer, &e),
                     Err(_) => errors.record(HandshakeFailure::Timeout, a.peer, &"timed out"),
                 }

@@ -13,6 +13,7 @@ mod https;
 mod sni;
 mod tcp;
 mod tls_passthrough;
+mod watchdog;
 
 use std::sync::Arc;
 

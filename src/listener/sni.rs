@@ -461,4 +461,37 @@ mod tests {
         let err = read_client_hello(&mut server, Duration::from_secs(5)).await.unwrap_err();
         assert!(matches!(err, SniError::TooLarge), "{err}");
     }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig { cases: 128, ..Default::default() })]
+
+        /// A real hello for any DNS name, re-framed into records of any size, with any
+        /// bytes after it: the name comes back, and every proper prefix is incomplete.
+        #[test]
+        fn any_name_in_any_framing_is_read(
+            labels in proptest::collection::vec("[a-z0-9]([a-z0-9-]{0,10}[a-z0-9])?", 1..4),
+            chunk in 1usize..600,
+            tail in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..32),
+        ) {
+            let name = format!("{}.example", labels.join("."));
+            let mut bytes = split_records(&client_hello(&name), chunk);
+            let whole = bytes.len();
+            for cut in [0, 1, RECORD_HEADER, whole / 2, whole - 1] {
+                let r = parse(&bytes[..cut]);
+                proptest::prop_assert!(matches!(r, Ok(Hello::Incomplete)), "cut at {}: {:?}", cut, r);
+            }
+            bytes.extend_from_slice(&tail);
+            let r = parse(&bytes);
+            proptest::prop_assert!(matches!(&r, Ok(Hello::Complete { sni: Some(n) }) if *n == name), "{:?}", r);
+        }
+
+        /// Arbitrary bytes behind a handshake record header: an answer or an error, never a panic.
+        #[test]
+        fn arbitrary_records_never_panic(body in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..2048)) {
+            let mut bytes = vec![22, 3, 1];
+            bytes.extend_from_slice(&(body.len() as u16).to_be_bytes());
+            bytes.extend_from_slice(&body);
+            let _ = parse(&bytes);
+        }
+    }
 }

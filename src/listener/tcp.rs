@@ -1,9 +1,11 @@
 //! The L4 proxy: `tcp` listeners, and the relay that `tls_passthrough` listeners
 //! use once they know the service.
 //!
-//! Per connection: one table `load()`, a pick (round-robin, or Maglev on the client
-//! IP), a connect within `timeouts.connect` — and when that fails, the next live
-//! instance, each at most once — then a relay both ways until both sides have
+//! Per connection: one table `load()`, the service's candidates (round-robin, or
+//! Maglev on the client IP, then the fallback order, skipping ejected and unhealthy
+//! instances), a connect within `timeouts.connect` — and when that fails, the next
+//! candidate, each at most once, every outcome reported to the service's outlier
+//! detection — then a relay both ways until both sides have
 //! closed. Half-close is kept: when one side stops sending, the other side's write
 //! half is shut down and the opposite direction goes on. A connection with no bytes
 //! either way for `timeouts.tcp_idle` is closed.
@@ -30,6 +32,8 @@ use crate::config::{Balance, Config, HashKey, Timeouts};
 use crate::http::route::client_ip_key;
 use crate::metrics as m;
 use crate::upstream::conn::UpstreamError;
+use crate::upstream::instance::now_ms;
+use crate::upstream::outlier::Outcome;
 use crate::upstream::{Endpoint, Pick, Service, SharedTable};
 
 /// Bytes buffered per direction of a relay. 32 KiB moves bulk data in few
@@ -138,39 +142,44 @@ impl L4Proxy {
             return Err(TcpError::UnknownService(name.to_string()));
         };
         let (mut upstream, endpoint) = self.connect(&service, pick_for(balance, peer)).await?;
+
         let _inflight = endpoint.load.start();
         tracing::debug!(listener = %self.listener, %peer, service = %service.name, upstream = %endpoint.addr, "relaying");
         relay(client, &mut upstream, first_bytes, self.idle_timeout, &self.stats).await
     }
 
-    /// The picked instance, or when it refuses, the next live ones in table order,
-    /// each tried at most once.
+    /// The candidates in order (the picked instance, then the fallback order,
+    /// skipping ejected, unhealthy and full ones), each tried at most once; every
+    /// try reports its outcome to the service, so a refusing instance is ejected.
     async fn connect(&self, service: &Service, how: Pick) -> Result<(TcpStream, Arc<Endpoint>), TcpError> {
-        let Some(first) = service.pick(how) else {
-            service.state.stats.error(UpstreamError::NoInstance);
-            return Err(TcpError::NoInstance(service.name.clone()));
-        };
-        let live = &service.live;
-        let start = live.iter().position(|e| Arc::ptr_eq(e, first)).unwrap_or(0);
+        let mut candidates = service.candidates(how, now_ms());
         let mut last = None;
-        for (attempt, endpoint) in live.iter().cycle().skip(start).take(live.len()).enumerate() {
+        let mut attempts = 0;
+        for endpoint in candidates.by_ref() {
+            attempts += 1;
             match connect_one(&endpoint.addr, self.connect_timeout).await {
                 Ok(stream) => {
-                    if attempt > 0 {
-                        tracing::debug!(listener = %self.listener, service = %service.name, upstream = %endpoint.addr, attempt, "connected after failover");
+                    if attempts > 1 {
+                        tracing::debug!(listener = %self.listener, service = %service.name, upstream = %endpoint.addr, attempts, "connected after failover");
                     }
+                    service.observe(endpoint, Outcome::Success);
                     return Ok((stream, endpoint.clone()));
                 }
                 Err(e) => {
                     self.stats.connect_failures.increment(1);
                     service.state.stats.error(UpstreamError::Connect);
+                    service.observe(endpoint, Outcome::ConnectFailure);
                     tracing::debug!(listener = %self.listener, service = %service.name, upstream = %endpoint.addr, "connect failed: {e}");
                     last = Some((endpoint.addr.clone(), e));
                 }
             }
         }
-        let (addr, source) = last.unwrap_or_else(|| (Arc::from(""), io::ErrorKind::NotFound.into()));
-        Err(TcpError::Connect { service: service.name.clone(), attempts: live.len(), addr, source })
+        let Some((addr, source)) = last else {
+            let kind = if candidates.overloaded() { UpstreamError::Overloaded } else { UpstreamError::NoInstance };
+            service.state.stats.error(kind);
+            return Err(TcpError::NoInstance(service.name.clone()));
+        };
+        Err(TcpError::Connect { service: service.name.clone(), attempts, addr, source })
     }
 }
 

@@ -9,8 +9,11 @@ use std::sync::Arc;
 use http::uri::Authority;
 
 use super::balance::weighted::MAX_WEIGHT;
+use super::conn::pool::InstancePool;
+use super::conn::Protocol;
+use super::instance::{Admission, InstanceState};
+use crate::config::ServicePolicy;
 use crate::discovery::Instance;
-use crate::upstream::conn::pool::InstancePool;
 
 pub const DEFAULT_WEIGHT: u32 = 1;
 
@@ -23,25 +26,6 @@ pub enum Status {
     Draining,
     /// Excluded.
     Down,
-}
-
-/// How the gateway talks to this instance (metadata `protocol`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Protocol {
-    Http1,
-    H2c,
-    Https,
-    H2,
-}
-
-impl Protocol {
-    pub fn is_tls(self) -> bool {
-        matches!(self, Protocol::Https | Protocol::H2)
-    }
-    pub fn is_h2(self) -> bool {
-        matches!(self, Protocol::H2c | Protocol::H2)
-    }
 }
 
 #[derive(Debug, Default)]
@@ -82,6 +66,8 @@ pub struct Endpoint {
     pub load: Arc<Load>,
     /// Keep-alive HTTP/1.1 connections to `addr` (plain-text instances).
     pub pool: Arc<InstancePool>,
+    /// Outlier, health and slow-start state; survives swaps like `load` and `pool`.
+    pub state: Arc<InstanceState>,
 }
 
 /// A metadata value that was present but meant nothing; the instance is still used.
@@ -98,6 +84,7 @@ impl Endpoint {
         instance: &Instance,
         load: Arc<Load>,
         pool: Arc<InstancePool>,
+        state: Arc<InstanceState>,
     ) -> Result<(Endpoint, Vec<MetadataWarning>), String> {
         let authority: Authority = instance.addr.parse().map_err(|e| format!("addr {:?}: {e}", instance.addr))?;
         let mut warnings = Vec::new();
@@ -144,8 +131,14 @@ impl Endpoint {
             metadata: meta.clone(),
             load,
             pool,
+            state,
         };
         Ok((endpoint, warnings))
+    }
+
+    /// Whether this instance takes a new request now (see [`InstanceState::admits`]).
+    pub fn admits(&self, now_ms: u64, policy: &ServicePolicy) -> Admission {
+        self.state.admits(now_ms, self.load.get(), policy)
     }
 }
 
@@ -168,6 +161,7 @@ mod tests {
             &instance(&[("weight", "7"), ("status", "draining"), ("protocol", "h2c"), ("zone", "a")]),
             Default::default(),
             Arc::new(InstancePool::new("127.0.0.1:80")),
+            Arc::new(InstanceState::new(false)),
         )
         .unwrap();
         assert!(w.is_empty());
@@ -183,6 +177,7 @@ mod tests {
             &instance(&[("weight", "0"), ("status", "sleepy"), ("protocol", "smtp")]),
             Default::default(),
             Arc::new(InstancePool::new("127.0.0.1:80")),
+            Arc::new(InstanceState::new(false)),
         )
         .unwrap();
         assert_eq!((e.weight, e.status, e.protocol), (1, Status::Up, Protocol::Http1));
@@ -191,6 +186,7 @@ mod tests {
             &instance(&[("weight", "1001")]),
             Default::default(),
             Arc::new(InstancePool::new("127.0.0.1:80")),
+            Arc::new(InstanceState::new(false)),
         )
         .unwrap();
         assert_eq!((e.weight, w.len()), (1, 1));

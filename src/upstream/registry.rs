@@ -6,8 +6,10 @@
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
 
-use super::endpoint::{Endpoint, Load};
+use super::endpoint::{Endpoint, Load, Status};
+use super::instance::InstanceState;
 use super::table::{Service, ServiceState, Table};
+use crate::config::ServicePolicy;
 use crate::discovery::{Change, Instance, Update};
 use crate::upstream::conn::pool::InstancePool;
 
@@ -25,12 +27,16 @@ pub struct Registry {
     hashed: HashSet<String>,
     services: HashMap<Arc<str>, Arc<Service>>,
     dirty: HashSet<String>,
+    /// `[[service]]` policies; other services get the defaults.
+    policies: HashMap<String, Arc<ServicePolicy>>,
+    default_policy: Arc<ServicePolicy>,
 }
 
 #[derive(Debug)]
 struct Carried {
     load: Arc<Load>,
     pool: Arc<InstancePool>,
+    state: Arc<InstanceState>,
 }
 
 /// The result of a build: the table, the services that were rebuilt for it
@@ -52,6 +58,12 @@ pub struct BuildWarning {
 impl Registry {
     pub fn new(hashed: HashSet<String>) -> Registry {
         Registry { hashed, ..Registry::default() }
+    }
+
+    /// The per-service policies of `[[service]]`.
+    pub fn with_policies(mut self, policies: HashMap<String, Arc<ServicePolicy>>) -> Registry {
+        self.policies = policies;
+        self
     }
 
     /// Applies one update; returns whether anything changed.
@@ -117,18 +129,33 @@ impl Registry {
     fn build_service(&mut self, name: &str, warnings: &mut Vec<BuildWarning>) -> Service {
         let empty = BTreeMap::new();
         let instances = self.instances.get(name).unwrap_or(&empty);
+        // Instances that join a service that already served ramp up (slow start); the
+        // first table's instances take their full share at once.
+        let ramp = self.services.contains_key(name);
         let carried = self.carried.entry(name.to_string()).or_default();
-        carried.retain(|id, c| instances.contains_key(id) || c.load.get() > 0);
+        carried.retain(|id, c| {
+            let keep = instances.contains_key(id);
+            if !keep {
+                // Removed: in-flight requests finish on their connections; idle ones close now.
+                c.pool.retire(true);
+            }
+            keep || c.load.get() > 0
+        });
         let mut endpoints = Vec::with_capacity(instances.len());
         for (id, instance) in instances {
-            let c = carried
-                .entry(id.clone())
-                .or_insert_with(|| Carried { load: Arc::default(), pool: Arc::new(InstancePool::new(&instance.addr)) });
-            // A new address for the same id: its old connections go to the wrong place.
+            let c = carried.entry(id.clone()).or_insert_with(|| Carried {
+                load: Arc::default(),
+                pool: Arc::new(InstancePool::new(&instance.addr)),
+                state: Arc::new(InstanceState::new(ramp)),
+            });
+            // A new address for the same id: its old connections go to the wrong place,
+            // and what was learnt about the old address says nothing about the new one.
             if c.pool.addr() != instance.addr {
+                c.pool.retire(true);
                 c.pool = Arc::new(InstancePool::new(&instance.addr));
+                c.state = Arc::new(InstanceState::new(ramp));
             }
-            match Endpoint::from_instance(instance, c.load.clone(), c.pool.clone()) {
+            match Endpoint::from_instance(instance, c.load.clone(), c.pool.clone(), c.state.clone()) {
                 Ok((endpoint, problems)) => {
                     for p in problems {
                         warnings.push(BuildWarning {
@@ -137,13 +164,16 @@ impl Registry {
                             message: format!("metadata {}={:?} ignored", p.key, p.value),
                         });
                     }
+                    // Draining or down: no new requests, so no use for idle connections.
+                    endpoint.pool.retire(endpoint.status != Status::Up);
                     endpoints.push(Arc::new(endpoint));
                 }
                 Err(message) => warnings.push(BuildWarning { service: name.to_string(), id: id.clone(), message }),
             }
         }
         let state = self.states.entry(name.to_string()).or_insert_with(|| Arc::new(ServiceState::new(name))).clone();
-        Service::new(name.into(), endpoints, state, self.hashed.contains(name))
+        let policy = self.policies.get(name).unwrap_or(&self.default_policy).clone();
+        Service::new(name.into(), endpoints, state, policy, self.hashed.contains(name))
     }
 }
 

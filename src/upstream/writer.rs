@@ -8,9 +8,9 @@ use std::sync::Arc;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
+use super::endpoint::Status;
 use super::registry::{Built, Registry};
 use super::table::{Service, SharedTable, Table};
-use super::Status;
 use crate::discovery::Update;
 use crate::metrics as m;
 

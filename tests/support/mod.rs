@@ -7,6 +7,7 @@ pub mod backend;
 pub mod etcd;
 pub mod grpc;
 pub mod l4;
+pub mod raw;
 pub mod tls;
 
 use std::net::SocketAddr;
@@ -256,10 +257,16 @@ impl GatewayProcess {
     /// Starts `switchyard run` with a config written into a temp dir; the config must use
     /// fixed ports (see [`reserve_port`]). Waits for `/readyz` on `admin`.
     pub async fn start(config: &str, admin: SocketAddr) -> GatewayProcess {
+        GatewayProcess::start_with_env(config, admin, &[]).await
+    }
+
+    /// [`GatewayProcess::start`] with extra environment variables.
+    pub async fn start_with_env(config: &str, admin: SocketAddr, env: &[(&str, &str)]) -> GatewayProcess {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("switchyard.toml");
         std::fs::write(&path, config.replace("{dir}", &dir.path().display().to_string())).unwrap();
         let child = Command::new(env!("CARGO_BIN_EXE_switchyard"))
+            .envs(env.iter().copied())
             .args(["run", "--config"])
             .arg(&path)
             .stdout(Stdio::null())

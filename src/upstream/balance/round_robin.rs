@@ -13,11 +13,19 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 /// distinct numbers to concurrent requests. `fetch_add` wraps at `usize::MAX`, so
 /// the counter never panics; the wrap skips the rotation by a few places once every
 /// 2^64 requests, which nobody can observe.
+#[cfg(test)]
 pub fn pick(cursor: &AtomicUsize, n: usize) -> Option<usize> {
+    pick_in_round(cursor, n).map(|(i, _)| i)
+}
+
+/// [`pick`], and which round of the rotation it is in (how many times the cursor
+/// went round): the fallback order uses it to spread a failed instance's retries.
+pub fn pick_in_round(cursor: &AtomicUsize, n: usize) -> Option<(usize, u64)> {
     if n == 0 {
         return None;
     }
-    Some(cursor.fetch_add(1, Ordering::Relaxed) % n)
+    let c = cursor.fetch_add(1, Ordering::Relaxed);
+    Some((c % n, (c / n) as u64))
 }
 
 #[cfg(test)]

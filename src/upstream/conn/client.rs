@@ -9,22 +9,36 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
+use http::{Request, Response};
 use hyper::body::Incoming;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 
-use super::pool::PoolSettings;
+use super::pool::{PoolError, PoolSettings, SendLimits};
 use super::tls::{TlsSettings, UpstreamConnector, UpstreamTlsError, ALPN_H2, ALPN_HTTP1};
+use super::{Protocol, UpstreamBody};
 use crate::config::{ClientTls, Config, ConfigError};
-use crate::upstream::Protocol;
+use crate::upstream::Endpoint;
 
-pub type HttpClient = Client<UpstreamConnector, Incoming>;
+pub type HttpClient = Client<UpstreamConnector, UpstreamBody>;
 
-/// How long an unused pooled connection is kept.
-const POOL_IDLE: Duration = Duration::from_secs(90);
+/// Why one send on one instance failed.
+#[derive(Debug)]
+pub struct SendError {
+    /// Nothing reached the instance (connect, TLS handshake).
+    pub connect: bool,
+    /// Refused at once by the service's `max_pending`.
+    pub overloaded: bool,
+    pub detail: String,
+    /// The client's request body failed (malformed, cut short): a client fault.
+    pub client_body: bool,
+    /// The request, when the transport could give it back unsent.
+    pub unsent: Option<Request<UpstreamBody>>,
+}
 
 /// How a request reaches its instance.
+#[derive(Clone, Copy)]
 pub enum Via<'a> {
     /// Plain HTTP/1.1 or h2c: the pool that lives with the endpoint (`Endpoint::pool`).
     Instance { h2: bool },
@@ -57,8 +71,12 @@ pub struct Upstreams {
 }
 
 impl Upstreams {
-    /// Loads every service's `upstream_tls` files; an error names the service's field.
-    pub fn build(config: &Config) -> Result<Upstreams, ConfigError> {
+    /// Loads every service's `upstream_tls` files. Each such failure names the
+    /// service's field and leaves the service out, so that the caller can go on
+    /// building (and report) everything else before it refuses to start; only the
+    /// shared TLS clients failing stops the build here.
+    pub fn build(config: &Config) -> Result<(Upstreams, Vec<ConfigError>), ConfigError> {
+        let mut errors = Vec::new();
         let mut connector = HttpConnector::new();
         connector.set_nodelay(true);
         connector.set_connect_timeout(Some(config.timeouts.connect));
@@ -67,7 +85,7 @@ impl Upstreams {
             let settings = |alpn| TlsSettings::new(tls, alpn).map(Some);
             let builder = || {
                 let mut b = Client::builder(TokioExecutor::new());
-                b.pool_idle_timeout(POOL_IDLE)
+                b.pool_idle_timeout(config.timeouts.upstream_idle)
                     .pool_max_idle_per_host(config.limits.upstream_idle_per_host)
                     .pool_timer(TokioTimer::new())
                     .timer(TokioTimer::new());
@@ -81,22 +99,26 @@ impl Upstreams {
         let mut services = HashMap::new();
         for (i, s) in config.services.iter().enumerate() {
             if let Some(tls) = &s.upstream_tls {
-                let pair = pair(Some(tls))
-                    .map_err(|e| ConfigError { path: format!("service[{i}].upstream_tls"), reason: e.to_string() })?;
-                services.insert(s.name.as_str().into(), pair);
+                match pair(Some(tls)) {
+                    Ok(pair) => drop(services.insert(s.name.as_str().into(), pair)),
+                    Err(e) => {
+                        errors.push(ConfigError { path: format!("service[{i}].upstream_tls"), reason: e.to_string() })
+                    }
+                }
             }
         }
-        // The system trust store: a machine without one serves plain-text instances only.
-        let tls =
-            pair(None).map_err(|e| ConfigError { path: String::new(), reason: format!("system TLS roots: {e}") })?;
-        Ok(Upstreams {
+        // The system trust store is optional (see `tls::roots`): no file can fail this.
+        let tls = pair(None).map_err(|e| ConfigError { path: String::new(), reason: format!("upstream TLS: {e}") })?;
+        let upstreams = Upstreams {
             instance_pools: PoolSettings {
                 connect_timeout: config.timeouts.connect,
                 max_idle: config.limits.upstream_idle_per_host,
+                idle_timeout: config.timeouts.upstream_idle,
             },
             tls,
             services,
-        })
+        };
+        Ok((upstreams, errors))
     }
 
     /// Where one request goes: the instance's own pool (plain text), or a shared TLS pool.
@@ -112,4 +134,55 @@ impl Upstreams {
             Protocol::Https | Protocol::H2 => Via::Shared(self.tls.get(protocol.is_h2())),
         }
     }
+}
+
+impl Upstreams {
+    /// Sends `req` on `endpoint`'s connection the way `via` says (its URI and
+    /// version already set for it). The one place the retry loop reaches the
+    /// network, so a new transport only changes this function.
+    pub async fn send(
+        &self,
+        via: Via<'_>,
+        endpoint: &Endpoint,
+        req: Request<UpstreamBody>,
+        limits: SendLimits<'_>,
+    ) -> Result<Response<Incoming>, SendError> {
+        let pool_error = |(e, unsent): (PoolError, Option<Request<UpstreamBody>>)| SendError {
+            connect: e.is_connect() || matches!(e, PoolError::Pending),
+            overloaded: matches!(e, PoolError::Pending),
+            client_body: matches!(&e, PoolError::Request(he) if client_body_failed(he)),
+            detail: e.to_string(),
+            unsent,
+        };
+        match via {
+            Via::Instance { h2: false } => {
+                endpoint.pool.send(req, self.instance_pools, limits).await.map_err(pool_error)
+            }
+            Via::Instance { h2: true } => endpoint.pool.send_h2(req, self.instance_pools).await.map_err(pool_error),
+            Via::Shared(client) => client.request(req).await.map_err(|e| SendError {
+                connect: e.is_connect(),
+                overloaded: false,
+                client_body: client_body_failed(&e),
+                detail: format!("{e:?}"),
+                unsent: None,
+            }),
+        }
+    }
+}
+
+/// Whether an upstream send failed because the request body did: hyper's client
+/// reports a failing body as a user error whose source is the body's own error —
+/// here the `hyper::Error` of the client connection's `Incoming`. Failures of the
+/// upstream connection have I/O or protocol errors as their source instead.
+fn client_body_failed(e: &(dyn std::error::Error + 'static)) -> bool {
+    let mut cur = Some(e);
+    while let Some(err) = cur {
+        if let Some(he) = err.downcast_ref::<hyper::Error>() {
+            if he.is_user() {
+                return std::error::Error::source(he).is_some_and(|s| s.downcast_ref::<hyper::Error>().is_some());
+            }
+        }
+        cur = err.source();
+    }
+    false
 }

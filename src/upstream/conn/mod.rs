@@ -9,6 +9,29 @@ pub(crate) mod tls;
 
 pub(crate) use client::{Upstreams, Via};
 
+/// How the gateway talks to this instance (metadata `protocol`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Protocol {
+    Http1,
+    H2c,
+    Https,
+    H2,
+}
+
+impl Protocol {
+    pub fn is_tls(self) -> bool {
+        matches!(self, Protocol::Https | Protocol::H2)
+    }
+    pub fn is_h2(self) -> bool {
+        matches!(self, Protocol::H2c | Protocol::H2)
+    }
+}
+
+/// What the gateway sends upstream: a body kept in memory (so it can be sent again
+/// on a retry), or the client's body streamed once.
+pub type UpstreamBody = http_body_util::Either<http_body_util::Full<bytes::Bytes>, hyper::body::Incoming>;
+
 /// Why talking to an upstream failed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum UpstreamError {
@@ -20,11 +43,18 @@ pub enum UpstreamError {
     Timeout,
     /// The connection failed after it was established.
     Protocol,
+    /// Every admissible instance is at its limit, or too many requests wait: refused at once.
+    Overloaded,
 }
 
 impl UpstreamError {
-    pub(crate) const ALL: [UpstreamError; 4] =
-        [UpstreamError::NoInstance, UpstreamError::Connect, UpstreamError::Timeout, UpstreamError::Protocol];
+    pub(crate) const ALL: [UpstreamError; 5] = [
+        UpstreamError::NoInstance,
+        UpstreamError::Connect,
+        UpstreamError::Timeout,
+        UpstreamError::Protocol,
+        UpstreamError::Overloaded,
+    ];
 
     pub fn as_str(self) -> &'static str {
         match self {
@@ -32,6 +62,7 @@ impl UpstreamError {
             UpstreamError::Connect => "connect",
             UpstreamError::Timeout => "timeout",
             UpstreamError::Protocol => "protocol",
+            UpstreamError::Overloaded => "overloaded",
         }
     }
 }

@@ -4,8 +4,15 @@
 //! the instance's in-flight count), so a request reaches it through the picked
 //! endpoint without a map lookup. Its locks are held for a push, a pop or a clone,
 //! never across an `.await`. TLS instances use the shared pools in `client`.
+//!
+//! Bounded: at most `max_connections` open HTTP/1.1 connections per instance. A
+//! request that finds them all busy waits (counted against the service's
+//! `max_pending`; over it, it is refused at once) for one to finish, so a burst
+//! never opens connections without bound. A retired pool (its instance draining or
+//! removed) keeps no idle connection.
 
-use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use http::{Request, Response};
@@ -14,9 +21,9 @@ use hyper::client::conn::http1::{self, SendRequest};
 use hyper::client::conn::http2;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::net::TcpStream;
+use tokio::sync::Notify;
 
-/// How long an unused connection is kept.
-const IDLE_TIMEOUT: Duration = Duration::from_secs(90);
+use super::UpstreamBody;
 
 #[derive(Debug, thiserror::Error)]
 pub enum PoolError {
@@ -28,11 +35,14 @@ pub enum PoolError {
     Handshake(hyper::Error),
     #[error("request: {0}")]
     Request(hyper::Error),
+    #[error("too many requests waiting for a connection")]
+    Pending,
 }
 
 impl PoolError {
+    /// Whether the request never reached the instance's application.
     pub fn is_connect(&self) -> bool {
-        !matches!(self, PoolError::Request(_))
+        matches!(self, PoolError::Connect { .. } | PoolError::ConnectTimeout { .. } | PoolError::Handshake(_))
     }
 }
 
@@ -41,12 +51,17 @@ pub struct InstancePool {
     addr: Box<str>,
     idle: Mutex<Vec<Idle>>,
     /// The h2c connection, shared by every request (cloned per request).
-    h2: Mutex<Option<http2::SendRequest<Incoming>>>,
+    h2: Mutex<Option<http2::SendRequest<UpstreamBody>>>,
+    /// Open HTTP/1.1 connections (idle, busy or being made).
+    open: Arc<AtomicUsize>,
+    /// Signalled when a connection is returned or closes: waiters look again.
+    freed: Arc<Notify>,
+    retired: AtomicBool,
 }
 
 #[derive(Debug)]
 struct Idle {
-    sender: SendRequest<Incoming>,
+    sender: SendRequest<UpstreamBody>,
     since: Instant,
 }
 
@@ -55,15 +70,64 @@ struct Idle {
 pub struct PoolSettings {
     pub connect_timeout: Duration,
     pub max_idle: usize,
+    /// How long an unused connection is kept (`timeouts.upstream_idle`).
+    pub idle_timeout: Duration,
+}
+
+/// The limits of one send: the instance's connection cap and the service's queue.
+#[derive(Debug, Clone, Copy)]
+pub struct SendLimits<'a> {
+    pub max_connections: usize,
+    pub max_pending: usize,
+    pub pending: &'a AtomicUsize,
+}
+
+/// Counts one waiting request until dropped.
+struct PendingGuard<'a>(&'a AtomicUsize);
+
+impl Drop for PendingGuard<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// A connection for one request.
+enum Lease {
+    Ready(SendRequest<UpstreamBody>),
+    /// A slot in `open` is reserved: connect.
+    Connect,
 }
 
 impl InstancePool {
     pub fn new(addr: &str) -> InstancePool {
-        InstancePool { addr: addr.into(), idle: Mutex::new(Vec::new()), h2: Mutex::new(None) }
+        InstancePool {
+            addr: addr.into(),
+            idle: Mutex::new(Vec::new()),
+            h2: Mutex::new(None),
+            open: Arc::new(AtomicUsize::new(0)),
+            freed: Arc::new(Notify::new()),
+            retired: AtomicBool::new(false),
+        }
     }
 
     pub fn addr(&self) -> &str {
         &self.addr
+    }
+
+    /// Open HTTP/1.1 connections.
+    pub fn open_connections(&self) -> usize {
+        self.open.load(Ordering::Relaxed)
+    }
+
+    /// Closes every idle connection now; with `retire`, none are kept from now on
+    /// (the instance is draining or gone: in-flight requests finish, then their
+    /// connections close).
+    pub fn retire(&self, retire: bool) {
+        self.retired.store(retire, Ordering::Relaxed);
+        if retire {
+            self.idle.lock().unwrap_or_else(|e| e.into_inner()).clear();
+            self.h2.lock().unwrap_or_else(|e| e.into_inner()).take();
+        }
     }
 
     /// Sends `req` (origin-form URI) on a pooled connection, or a new one. A
@@ -72,33 +136,73 @@ impl InstancePool {
     /// connection can be made the request comes back untouched, for another instance.
     pub async fn send(
         &self,
-        mut req: Request<Incoming>,
+        mut req: Request<UpstreamBody>,
         settings: PoolSettings,
-    ) -> Result<Response<Incoming>, (PoolError, Option<Request<Incoming>>)> {
-        while let Some(mut sender) = self.checkout() {
+        limits: SendLimits<'_>,
+    ) -> Result<Response<Incoming>, (PoolError, Option<Request<UpstreamBody>>)> {
+        loop {
+            let mut sender = match self.lease(settings, limits).await {
+                Ok(Lease::Ready(sender)) => sender,
+                Ok(Lease::Connect) => match self.connect(settings).await {
+                    Ok(sender) => sender,
+                    Err(e) => return Err((e, Some(req))),
+                },
+                Err(e) => return Err((e, Some(req))),
+            };
             match sender.try_send_request(req).await {
                 Ok(res) => {
                     self.checkin(sender, settings);
                     return Ok(res);
                 }
                 Err(mut e) => match e.take_message() {
+                    // The connection closed before taking it: nothing was sent, try another.
                     Some(unsent) => req = unsent,
                     None => return Err((PoolError::Request(e.into_error()), None)),
                 },
             }
         }
-        let mut sender = match self.connect(settings).await {
-            Ok(sender) => sender,
-            Err(e) => return Err((e, Some(req))),
-        };
-        let res = sender.send_request(req).await.map_err(|e| (PoolError::Request(e), None))?;
-        self.checkin(sender, settings);
-        Ok(res)
+    }
+
+    /// A ready connection, a reserved slot for a new one, or — at the cap — a wait
+    /// for one to free up.
+    async fn lease(&self, settings: PoolSettings, limits: SendLimits<'_>) -> Result<Lease, PoolError> {
+        let mut waiting: Option<PendingGuard<'_>> = None;
+        loop {
+            // Registered before looking, so a return between the look and the wait is not missed.
+            let freed = self.freed.notified();
+            tokio::pin!(freed);
+            freed.as_mut().enable();
+            if let Some(sender) = self.checkout(settings) {
+                return Ok(Lease::Ready(sender));
+            }
+            let reserved = self
+                .open
+                .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| (n < limits.max_connections).then_some(n + 1))
+                .is_ok();
+            if reserved {
+                return Ok(Lease::Connect);
+            }
+            if waiting.is_none() {
+                if limits.pending.fetch_add(1, Ordering::Relaxed) >= limits.max_pending {
+                    limits.pending.fetch_sub(1, Ordering::Relaxed);
+                    return Err(PoolError::Pending);
+                }
+                waiting = Some(PendingGuard(limits.pending));
+            }
+            // A busy connection (response head out, body streaming) is the first to be free.
+            if let Some(mut busy) = self.checkout_busy() {
+                if busy.ready().await.is_ok() {
+                    return Ok(Lease::Ready(busy));
+                }
+                continue;
+            }
+            freed.await;
+        }
     }
 
     /// The most recently used connection that can take a request now. Busy ones
     /// (still streaming a response body) stay; closed and expired ones go.
-    fn checkout(&self) -> Option<SendRequest<Incoming>> {
+    fn checkout(&self, settings: PoolSettings) -> Option<SendRequest<UpstreamBody>> {
         let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
         let mut i = idle.len();
         while i > 0 {
@@ -109,7 +213,7 @@ impl InstancePool {
             } else if entry.sender.is_ready() {
                 // Only a ready entry's age matters (and costs a clock read): a busy one is in use.
                 let entry = idle.swap_remove(i);
-                if entry.since.elapsed() <= IDLE_TIMEOUT {
+                if entry.since.elapsed() <= settings.idle_timeout {
                     return Some(entry.sender);
                 }
             }
@@ -117,16 +221,26 @@ impl InstancePool {
         None
     }
 
+    /// The oldest connection still busy with a response body, to wait on.
+    fn checkout_busy(&self) -> Option<SendRequest<UpstreamBody>> {
+        let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
+        let i = idle.iter().position(|e| !e.sender.is_closed())?;
+        Some(idle.remove(i).sender)
+    }
+
     /// Returns a connection right after its response head: it becomes ready
     /// again when the body has been read.
-    fn checkin(&self, sender: SendRequest<Incoming>, settings: PoolSettings) {
-        if sender.is_closed() {
+    fn checkin(&self, sender: SendRequest<UpstreamBody>, settings: PoolSettings) {
+        if sender.is_closed() || self.retired.load(Ordering::Relaxed) {
             return;
         }
-        let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
-        if idle.len() < settings.max_idle {
-            idle.push(Idle { sender, since: Instant::now() });
+        {
+            let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
+            if idle.len() < settings.max_idle {
+                idle.push(Idle { sender, since: Instant::now() });
+            }
         }
+        self.freed.notify_waiters();
     }
 
     /// Sends `req` (absolute URI) as a stream of the instance's h2c connection,
@@ -134,9 +248,9 @@ impl InstancePool {
     /// that no connection could carry comes back untouched.
     pub async fn send_h2(
         &self,
-        req: Request<Incoming>,
+        req: Request<UpstreamBody>,
         settings: PoolSettings,
-    ) -> Result<Response<Incoming>, (PoolError, Option<Request<Incoming>>)> {
+    ) -> Result<Response<Incoming>, (PoolError, Option<Request<UpstreamBody>>)> {
         let cached = {
             let h2 = self.h2.lock().unwrap_or_else(|e| e.into_inner());
             h2.as_ref().filter(|s| !s.is_closed()).cloned()
@@ -155,7 +269,7 @@ impl InstancePool {
                 Err(e) => return Err((e, Some(req))),
             };
             if let Err(e) = sender.ready().await {
-                return Err((PoolError::Request(e), Some(req)));
+                return Err((PoolError::Handshake(e), Some(req)));
             }
         }
         sender.send_request(req).await.map_err(|e| (PoolError::Request(e), None))
@@ -163,13 +277,15 @@ impl InstancePool {
 
     /// Connects and makes the new connection the shared one. Two requests may
     /// both open one at first; the later one stays, the other ends when idle.
-    async fn open_h2(&self, settings: PoolSettings) -> Result<http2::SendRequest<Incoming>, PoolError> {
+    async fn open_h2(&self, settings: PoolSettings) -> Result<http2::SendRequest<UpstreamBody>, PoolError> {
         let sender = self.connect_h2(settings).await?;
-        *self.h2.lock().unwrap_or_else(|e| e.into_inner()) = Some(sender.clone());
+        if !self.retired.load(Ordering::Relaxed) {
+            *self.h2.lock().unwrap_or_else(|e| e.into_inner()) = Some(sender.clone());
+        }
         Ok(sender)
     }
 
-    async fn connect_h2(&self, settings: PoolSettings) -> Result<http2::SendRequest<Incoming>, PoolError> {
+    async fn connect_h2(&self, settings: PoolSettings) -> Result<http2::SendRequest<UpstreamBody>, PoolError> {
         let stream = self.dial(settings).await?;
         let (sender, conn) = http2::Builder::new(TokioExecutor::new())
             .timer(TokioTimer::new())
@@ -195,15 +311,32 @@ impl InstancePool {
         Ok(stream)
     }
 
-    async fn connect(&self, settings: PoolSettings) -> Result<SendRequest<Incoming>, PoolError> {
+    /// Makes a new HTTP/1.1 connection in the slot `lease` reserved; the slot is
+    /// given back when the connection ends (or could not be made).
+    async fn connect(&self, settings: PoolSettings) -> Result<SendRequest<UpstreamBody>, PoolError> {
+        let slot = Slot { open: self.open.clone(), freed: self.freed.clone() };
         let stream = self.dial(settings).await?;
         let (sender, conn) =
             http1::Builder::new().handshake(TokioIo::new(stream)).await.map_err(PoolError::Handshake)?;
         tokio::spawn(async move {
+            let _slot = slot;
             if let Err(e) = conn.with_upgrades().await {
                 tracing::debug!("upstream connection closed: {e}");
             }
         });
         Ok(sender)
+    }
+}
+
+/// One reserved connection slot of a pool; frees it on drop.
+struct Slot {
+    open: Arc<AtomicUsize>,
+    freed: Arc<Notify>,
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        self.open.fetch_sub(1, Ordering::Relaxed);
+        self.freed.notify_waiters();
     }
 }

@@ -24,8 +24,10 @@ use tokio_rustls::TlsConnector;
 
 use crate::config::ClientTls;
 
-/// Trust store used for TLS instances of services without their own `ca`.
+/// Trust store used for TLS instances of services without their own `ca`, unless
+/// [`CA_BUNDLE_ENV`] names another (the variable OpenSSL and Go honour too).
 pub const SYSTEM_CA_BUNDLE: &str = "/etc/ssl/certs/ca-certificates.crt";
+pub const CA_BUNDLE_ENV: &str = "SSL_CERT_FILE";
 
 pub const ALPN_H2: &[u8] = b"h2";
 pub const ALPN_HTTP1: &[u8] = b"http/1.1";
@@ -71,7 +73,8 @@ fn roots(ca: Option<&Path>) -> Result<RootCertStore, UpstreamTlsError> {
         }
         None => {
             // The system bundle is optional: without it only services with their own `ca` verify.
-            if let Ok(certs) = load_certs(Path::new(SYSTEM_CA_BUNDLE)) {
+            let bundle = std::env::var_os(CA_BUNDLE_ENV).map_or_else(|| PathBuf::from(SYSTEM_CA_BUNDLE), PathBuf::from);
+            if let Ok(certs) = load_certs(&bundle) {
                 roots.add_parsable_certificates(certs);
             }
         }
