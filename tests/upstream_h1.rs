@@ -17,7 +17,8 @@ use switchyard::upstream::conn::h1::{encode_line, H1Error, H1Pool, H1Settings, R
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
-const SETTINGS: H1Settings = H1Settings { connect_timeout: Duration::from_secs(2), max_idle: 8 };
+const SETTINGS: H1Settings =
+    H1Settings { connect_timeout: Duration::from_secs(2), max_idle: 8, idle_timeout: Duration::from_secs(90) };
 const LIMIT: Duration = Duration::from_secs(10);
 
 /// One scripted answer: bytes to write after a request has been read, then close or not.

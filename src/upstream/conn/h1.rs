@@ -13,6 +13,7 @@ mod body;
 mod parse;
 
 use std::io;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
@@ -24,14 +25,13 @@ use http_body::Body;
 use http_body_util::BodyExt;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
+use tokio::sync::Notify;
 
 pub use body::{H1Body, H1Upgraded};
 pub use parse::{MAX_CHUNK_LINE, MAX_HEAD, MAX_HEADERS};
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
-/// How long an unused connection is kept (as the hyper-based pool: 90 s, hyper-util's default).
-const IDLE_TIMEOUT: Duration = Duration::from_secs(90);
 /// Read size for a response head (hyper's initial read buffer: 8 KiB).
 const READ_SIZE: usize = 8 * 1024;
 
@@ -59,12 +59,14 @@ pub enum H1Error {
     RequestBody(BoxError),
     #[error("request body: {0}")]
     RequestLength(&'static str),
+    #[error("too many requests waiting for a connection")]
+    Pending,
 }
 
 impl H1Error {
     /// Nothing reached the instance: the request may go to another one.
     pub fn is_connect(&self) -> bool {
-        matches!(self, H1Error::Connect { .. } | H1Error::ConnectTimeout { .. })
+        matches!(self, H1Error::Connect { .. } | H1Error::ConnectTimeout { .. } | H1Error::Pending)
     }
 }
 
@@ -82,6 +84,18 @@ pub struct H1Settings {
     pub connect_timeout: Duration,
     /// Idle connections kept per instance.
     pub max_idle: usize,
+    /// How long an unused connection is kept (`timeouts.upstream_idle`).
+    pub idle_timeout: Duration,
+}
+
+/// The bounds of one send: the instance's cap on open connections, and the
+/// service's queue of requests waiting for one (`max_pending`; over it a
+/// request is refused at once, `H1Error::Pending`).
+#[derive(Debug, Clone, Copy)]
+pub struct H1Limits<'a> {
+    pub max_connections: usize,
+    pub max_pending: usize,
+    pub pending: &'a AtomicUsize,
 }
 
 /// What to send: the parts of the request that make its head. `target` is the
@@ -102,6 +116,24 @@ pub struct RequestHead<'a> {
 struct Conn {
     io: TcpStream,
     buf: BytesMut,
+    /// Its place in the instance's count of open connections, given back on drop.
+    _slot: Slot,
+}
+
+/// One open connection counted in the pool's `open`; frees its place (and wakes
+/// a request waiting for one) when the connection is dropped. It holds the two
+/// counters only, not the pool, which holds idle connections (no cycle).
+#[derive(Debug)]
+struct Slot {
+    open: Arc<AtomicUsize>,
+    freed: Arc<Notify>,
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        self.open.fetch_sub(1, Ordering::Relaxed);
+        self.freed.notify_waiters();
+    }
 }
 
 #[derive(Debug)]
@@ -110,26 +142,54 @@ struct Idle {
     since: Instant,
 }
 
-type IdleList = Arc<Mutex<Vec<Idle>>>;
+/// What the pool's connections and their bodies share.
+#[derive(Debug, Default)]
+struct Shared {
+    idle: Mutex<Vec<Idle>>,
+    /// Open connections: idle, busy, or being made. Shared with the instance's
+    /// other HTTP/1.1 connections (hyper's, for upgrades) so the cap covers both.
+    open: Arc<AtomicUsize>,
+    /// Signalled when a connection is returned or closes: waiters look again.
+    freed: Arc<Notify>,
+    /// The instance is draining or gone: no connection is kept idle.
+    retired: AtomicBool,
+}
 
 /// Where a finished response body puts its connection back.
 #[derive(Debug)]
 struct Return {
-    idle: IdleList,
+    shared: Arc<Shared>,
     max: usize,
+    idle_timeout: Duration,
 }
 
 impl Return {
     fn put(self, conn: Conn) {
-        let now = Instant::now();
-        let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
-        // The oldest entry is at the bottom of the stack; expire it here, as checkout only sees the top.
-        if idle.first().is_some_and(|e| now.duration_since(e.since) > IDLE_TIMEOUT) {
-            idle.remove(0);
+        if self.shared.retired.load(Ordering::Relaxed) {
+            return;
         }
-        if idle.len() < self.max {
+        let now = Instant::now();
+        {
+            let mut idle = self.shared.idle.lock().unwrap_or_else(|e| e.into_inner());
+            // The oldest entry is at the bottom of the stack; expire it here, as checkout only sees the top.
+            if idle.first().is_some_and(|e| now.duration_since(e.since) > self.idle_timeout) {
+                idle.remove(0);
+            }
+            if idle.len() >= self.max {
+                return;
+            }
             idle.push(Idle { conn, since: now });
         }
+        self.shared.freed.notify_waiters();
+    }
+}
+
+/// Counts one request waiting for a connection until dropped.
+struct Waiting<'a>(&'a AtomicUsize);
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
     }
 }
 
@@ -137,30 +197,64 @@ impl Return {
 #[derive(Debug)]
 pub struct H1Pool {
     addr: Box<str>,
-    idle: IdleList,
+    shared: Arc<Shared>,
 }
 
 impl H1Pool {
     pub fn new(addr: &str) -> H1Pool {
-        H1Pool { addr: addr.into(), idle: Arc::default() }
+        H1Pool::sharing(addr, Arc::default(), Arc::default())
+    }
+
+    /// A pool whose open connections are counted in `open` (and signalled on
+    /// `freed`) together with others of the same instance.
+    pub fn sharing(addr: &str, open: Arc<AtomicUsize>, freed: Arc<Notify>) -> H1Pool {
+        let shared = Shared { idle: Mutex::default(), open, freed, retired: AtomicBool::new(false) };
+        H1Pool { addr: addr.into(), shared: Arc::new(shared) }
     }
 
     /// Idle connections now (for tests and the admin view).
     pub fn idle(&self) -> usize {
-        self.idle.lock().unwrap_or_else(|e| e.into_inner()).len()
+        self.shared.idle.lock().unwrap_or_else(|e| e.into_inner()).len()
     }
 
-    /// Sends one request on a pooled connection or a new one. A pooled connection
-    /// that turns out closed before any byte of a response (the upstream's
-    /// keep-alive timeout raced this request) is dropped and the request sent
-    /// again on the next one, as long as its body was not started — nothing
-    /// of it can have been processed. Then the response head is parsed and the
-    /// response returned with its body still on the connection.
+    /// Closes every idle connection; with `retire`, none are kept from now on.
+    pub fn retire(&self, retire: bool) {
+        self.shared.retired.store(retire, Ordering::Relaxed);
+        if retire {
+            self.shared.idle.lock().unwrap_or_else(|e| e.into_inner()).clear();
+        }
+    }
+
+    /// [`H1Pool::send_limited`] without a cap on connections.
     pub async fn send<B>(
         &self,
         head: RequestHead<'_>,
         body: B,
         settings: H1Settings,
+    ) -> Result<Response<H1Body>, SendError<B>>
+    where
+        B: Body<Data = Bytes> + Unpin,
+        B::Error: Into<BoxError>,
+    {
+        let pending = AtomicUsize::new(0);
+        let limits = H1Limits { max_connections: usize::MAX, max_pending: usize::MAX, pending: &pending };
+        self.send_limited(head, body, settings, limits).await
+    }
+
+    /// Sends one request on a pooled connection or a new one (at most
+    /// `max_connections` open; at the cap it waits, counted against
+    /// `max_pending`, for one to be returned or closed). A pooled connection
+    /// that turns out closed before any byte of a response (the upstream's
+    /// keep-alive timeout raced this request) is dropped and the request sent
+    /// again on the next one, as long as its body was not started — nothing
+    /// of it can have been processed. Then the response head is parsed and the
+    /// response returned with its body still on the connection.
+    pub async fn send_limited<B>(
+        &self,
+        head: RequestHead<'_>,
+        body: B,
+        settings: H1Settings,
+        limits: H1Limits<'_>,
     ) -> Result<Response<H1Body>, SendError<B>>
     where
         B: Body<Data = Bytes> + Unpin,
@@ -174,16 +268,21 @@ impl H1Pool {
         let encoded = encode_head(&head, framing);
         let mut body = Some(body);
         loop {
-            let (conn, reused) = match self.checkout() {
-                Some(conn) => (conn, true),
-                None => match self.connect(settings).await {
+            let (conn, reused) = match self.lease(settings, limits).await {
+                Ok(Some(conn)) => (conn, true),
+                Ok(None) => match self.connect(settings).await {
                     Ok(conn) => (conn, false),
                     Err(error) => return Err(SendError { error, unsent: body.take() }),
                 },
+                Err(error) => return Err(SendError { error, unsent: body.take() }),
             };
             match exchange(conn, &encoded, &mut body, framing, kind).await {
                 Ok((conn, head)) => {
-                    let back = head.keep_alive.then(|| Return { idle: self.idle.clone(), max: settings.max_idle });
+                    let back = head.keep_alive.then(|| Return {
+                        shared: self.shared.clone(),
+                        max: settings.max_idle,
+                        idle_timeout: settings.idle_timeout,
+                    });
                     let mut res = Response::new(H1Body::new(conn, head.framing, head.keep_alive, back));
                     *res.status_mut() = head.status;
                     *res.version_mut() = head.version;
@@ -198,17 +297,49 @@ impl H1Pool {
         }
     }
 
-    /// The most recently used idle connection that still looks open.
-    fn checkout(&self) -> Option<Conn> {
+    /// An idle connection (`Some`), a reserved place for a new one (`None`), or —
+    /// at the cap — a wait for one to be returned or closed.
+    async fn lease(&self, settings: H1Settings, limits: H1Limits<'_>) -> Result<Option<Conn>, H1Error> {
+        let mut waiting: Option<Waiting<'_>> = None;
         loop {
-            let entry = self.idle.lock().unwrap_or_else(|e| e.into_inner()).pop()?;
-            if entry.since.elapsed() <= IDLE_TIMEOUT && looks_open(&entry.conn.io) {
+            // Registered before looking, so a return between the look and the wait is not missed.
+            let freed = self.shared.freed.notified();
+            tokio::pin!(freed);
+            freed.as_mut().enable();
+            if let Some(conn) = self.checkout(settings) {
+                return Ok(Some(conn));
+            }
+            let open = &self.shared.open;
+            if open
+                .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| (n < limits.max_connections).then_some(n + 1))
+                .is_ok()
+            {
+                return Ok(None);
+            }
+            if waiting.is_none() {
+                if limits.pending.fetch_add(1, Ordering::Relaxed) >= limits.max_pending {
+                    limits.pending.fetch_sub(1, Ordering::Relaxed);
+                    return Err(H1Error::Pending);
+                }
+                waiting = Some(Waiting(limits.pending));
+            }
+            freed.await;
+        }
+    }
+
+    /// The most recently used idle connection that still looks open.
+    fn checkout(&self, settings: H1Settings) -> Option<Conn> {
+        loop {
+            let entry = self.shared.idle.lock().unwrap_or_else(|e| e.into_inner()).pop()?;
+            if entry.since.elapsed() <= settings.idle_timeout && looks_open(&entry.conn.io) {
                 return Some(entry.conn);
             }
         }
     }
 
+    /// Connects in the place `lease` reserved (given back if this fails).
     async fn connect(&self, settings: H1Settings) -> Result<Conn, H1Error> {
+        let slot = Slot { open: self.shared.open.clone(), freed: self.shared.freed.clone() };
         let addr = || self.addr.to_string();
         let io = match tokio::time::timeout(settings.connect_timeout, TcpStream::connect(&*self.addr)).await {
             Ok(Ok(s)) => s,
@@ -216,7 +347,7 @@ impl H1Pool {
             Err(_) => return Err(H1Error::ConnectTimeout { addr: addr() }),
         };
         let _ = io.set_nodelay(true);
-        Ok(Conn { io, buf: BytesMut::new() })
+        Ok(Conn { io, buf: BytesMut::new(), _slot: slot })
     }
 }
 
@@ -342,7 +473,7 @@ where
         }
     };
     let (head, sent) = {
-        let Conn { io, buf } = &mut conn;
+        let Conn { io, buf, .. } = &mut conn;
         let (mut rd, mut wr) = io.split();
         let send = async {
             wr.write_all(encoded).await?;
@@ -377,7 +508,7 @@ where
 }
 
 async fn read_head(conn: &mut Conn, kind: parse::RequestKind) -> Result<parse::Head, Failed> {
-    let Conn { io, buf } = conn;
+    let Conn { io, buf, .. } = conn;
     read_head_from(io, buf, kind).await
 }
 

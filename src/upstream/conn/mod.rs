@@ -32,6 +32,10 @@ impl Protocol {
 /// on a retry), or the client's body streamed once.
 pub type UpstreamBody = http_body_util::Either<http_body_util::Full<bytes::Bytes>, hyper::body::Incoming>;
 
+/// A response body from upstream: hyper's (h2c, TLS, upgrades) or the in-task
+/// HTTP/1.1 exchange's (`h1`).
+pub type ResponseBody = http_body_util::Either<hyper::body::Incoming, h1::H1Body>;
+
 /// Why talking to an upstream failed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum UpstreamError {

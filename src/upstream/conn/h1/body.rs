@@ -21,7 +21,9 @@ const READ_SIZE: usize = 8 * 1024;
 /// See the module doc. `Default` is an empty, finished body.
 #[derive(Debug, Default)]
 pub struct H1Body {
-    reading: Option<Reading>,
+    /// Boxed: a response is moved through several layers on its way to the
+    /// client, and this keeps it a pointer wide instead of ~150 bytes.
+    reading: Option<Box<Reading>>,
 }
 
 #[derive(Debug)]
@@ -59,7 +61,8 @@ impl H1Body {
     pub(super) fn new(conn: Conn, framing: Framing, keep_alive: bool, back: Option<Return>) -> H1Body {
         let state = match framing {
             Framing::Empty => {
-                let mut body = H1Body { reading: Some(Reading { conn, state: State::Length(0), keep_alive, back }) };
+                let mut body =
+                    H1Body { reading: Some(Box::new(Reading { conn, state: State::Length(0), keep_alive, back })) };
                 body.finish();
                 return body;
             }
@@ -68,13 +71,16 @@ impl H1Body {
             Framing::Close => State::Close,
             Framing::Upgrade => State::Upgrade,
         };
-        H1Body { reading: Some(Reading { conn, state, keep_alive, back }) }
+        H1Body { reading: Some(Box::new(Reading { conn, state, keep_alive, back })) }
     }
 
     /// The upstream connection of a 101 response; `None` for any other.
     pub fn into_upgraded(mut self) -> Option<H1Upgraded> {
         match self.reading.take() {
-            Some(r) if r.state == State::Upgrade => Some(H1Upgraded { io: r.conn.io, read_buf: r.conn.buf.freeze() }),
+            Some(r) if r.state == State::Upgrade => {
+                let r = *r;
+                Some(H1Upgraded { io: r.conn.io, read_buf: r.conn.buf.freeze() })
+            }
             _ => None,
         }
     }
@@ -82,6 +88,7 @@ impl H1Body {
     /// The body is complete: the connection returns to its pool if it may.
     fn finish(&mut self) {
         if let Some(r) = self.reading.take() {
+            let r = *r;
             if r.keep_alive && r.conn.buf.is_empty() {
                 if let Some(back) = r.back {
                     back.put(r.conn);
