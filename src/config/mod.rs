@@ -101,6 +101,8 @@ pub struct EtcdDiscovery {
     pub request_timeout: Duration,
     /// HTTP/2 keepalive ping interval (and ping timeout); never below 5 s.
     pub keepalive: Duration,
+    /// etcd values above this many bytes are refused (and counted) before parsing.
+    pub max_value_size: usize,
     pub snapshot_path: Option<PathBuf>,
 }
 

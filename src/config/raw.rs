@@ -51,6 +51,7 @@ pub struct RawDiscovery {
     pub dial_timeout: Option<String>,
     pub request_timeout: Option<String>,
     pub keepalive: Option<String>,
+    pub max_value_size: Option<i64>,
     pub snapshot_path: Option<String>,
 }
 

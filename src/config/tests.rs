@@ -209,6 +209,14 @@ fn etcd_keepalive_defaults_to_10s_and_never_goes_below_etcds_5s() {
     assert!(got[0].starts_with("discovery.keepalive: 2s is below etcd's minimum ping interval of 5s"), "{got:?}");
     let got = errors(&format!("[discovery]\nkeepalive = \"10s\"\n{MINIMAL}"));
     assert_eq!(got, [r#"discovery.keepalive: not used by source = "file""#]);
+    match Config::parse(&etcd("")).unwrap().discovery {
+        Discovery::Etcd(e) => assert_eq!(e.max_value_size, 65_536),
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(
+        errors(&etcd("max_value_size = 10\n")),
+        ["discovery.max_value_size: must be between 64 and 1572864, got 10"]
+    );
 }
 
 #[test]

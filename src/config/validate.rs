@@ -190,6 +190,7 @@ impl Validator {
                         ("dial_timeout", d.dial_timeout.is_some()),
                         ("request_timeout", d.request_timeout.is_some()),
                         ("keepalive", d.keepalive.is_some()),
+                        ("max_value_size", d.max_value_size.is_some()),
                         ("snapshot_path", d.snapshot_path.is_some()),
                     ],
                 );
@@ -291,6 +292,13 @@ impl Validator {
                 DEFAULT_ETCD_REQUEST_TIMEOUT,
             ),
             keepalive: self.etcd_keepalive(d.keepalive.as_deref()),
+            // Up to etcd's own request limit (1.5 MiB by default).
+            max_value_size: self.bounded(
+                "discovery.max_value_size",
+                d.max_value_size,
+                crate::discovery::instance::MAX_VALUE_BYTES,
+                64..=1536 * 1024,
+            ),
             snapshot_path: d.snapshot_path.map(PathBuf::from),
         }
     }

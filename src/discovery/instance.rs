@@ -21,9 +21,10 @@ use tokio_util::sync::CancellationToken;
 use super::{Change, Update};
 use crate::metrics as m;
 
-/// Values above this are refused before parsing: a registration is a few hundred
-/// bytes, and etcd's own request limit (1.5 MiB) would let one key cost
-/// megabytes per table build. Envoy's and HAProxy's header limits are of the same order.
+/// Values above this are refused before parsing (the default of
+/// `discovery.max_value_size`): a registration is a few hundred bytes, and etcd's
+/// own request limit (1.5 MiB) would let one key cost megabytes per table build.
+/// Envoy's and HAProxy's header limits are of the same order.
 pub const MAX_VALUE_BYTES: usize = 64 * 1024;
 
 /// One backend of one service, as a discovery source reports it.
@@ -53,16 +54,21 @@ pub enum DecodeError {
     NotAnAdd(i64),
     #[error("value is neither JSON nor host:port")]
     Unrecognized,
-    #[error("value is {0} bytes, more than the limit of {MAX_VALUE_BYTES}")]
-    TooLarge(usize),
+    #[error("value is {0} bytes, more than the limit of {1}")]
+    TooLarge(usize, usize),
 }
 
 /// Reads an instance value. `service` and `id` come from the key; a JSON `id`
 /// or `name` in the value does not override them, because the key is what a
 /// delete will name.
 pub fn decode(service: &str, id: &str, value: &[u8]) -> Result<Instance, DecodeError> {
-    if value.len() > MAX_VALUE_BYTES {
-        return Err(DecodeError::TooLarge(value.len()));
+    decode_limited(service, id, value, MAX_VALUE_BYTES)
+}
+
+/// [`decode`], refusing values longer than `max_bytes`.
+pub fn decode_limited(service: &str, id: &str, value: &[u8], max_bytes: usize) -> Result<Instance, DecodeError> {
+    if value.len() > max_bytes {
+        return Err(DecodeError::TooLarge(value.len(), max_bytes));
     }
     let text = std::str::from_utf8(value).map_err(|_| DecodeError::Unrecognized)?.trim();
     if text.is_empty() {
@@ -320,7 +326,7 @@ mod tests {
     #[test]
     fn values_over_the_limit_are_refused_before_parsing() {
         let big = format!("{{\"addr\":\"h:1\",\"metadata\":{{\"x\":\"{}\"}}}}", "a".repeat(MAX_VALUE_BYTES));
-        assert_eq!(decode("s", "x", big.as_bytes()), Err(DecodeError::TooLarge(big.len())));
+        assert_eq!(decode("s", "x", big.as_bytes()), Err(DecodeError::TooLarge(big.len(), MAX_VALUE_BYTES)));
         let fits = format!("{{\"addr\":\"h:1\",\"metadata\":{{\"x\":\"{}\"}}}}", "a".repeat(1000));
         assert!(decode("s", "x", fits.as_bytes()).is_ok());
     }

@@ -121,7 +121,7 @@ impl Source for EtcdSource {
             conn: EtcdConnect::from(&self.cfg),
             snapshot_path: self.cfg.snapshot_path.clone(),
             updates,
-            known: Known::default(),
+            known: Known::new(self.cfg.max_value_size),
             revs: vec![0; self.cfg.prefixes.len()],
             need_list: true,
             listed: false,

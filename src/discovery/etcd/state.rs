@@ -12,15 +12,24 @@
 use std::collections::HashMap;
 
 use super::keys::parse_key;
-use crate::discovery::{decode, Change, Instance};
+use crate::discovery::instance::{decode_limited, MAX_VALUE_BYTES};
+use crate::discovery::{Change, Instance};
 use crate::metrics as m;
 
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Known {
     /// etcd key → the instance the table has for it.
     instances: HashMap<String, Instance>,
     /// etcd key → mod revision of the unreadable value last logged for it.
     invalid: HashMap<String, i64>,
+    /// `discovery.max_value_size`.
+    max_value: usize,
+}
+
+impl Default for Known {
+    fn default() -> Known {
+        Known::new(MAX_VALUE_BYTES)
+    }
 }
 
 /// A fresh listing being built; replaces [`Known`]'s contents when complete.
@@ -31,6 +40,10 @@ pub struct Listing {
 }
 
 impl Known {
+    pub fn new(max_value: usize) -> Known {
+        Known { instances: HashMap::new(), invalid: HashMap::new(), max_value }
+    }
+
     pub fn len(&self) -> usize {
         self.instances.len()
     }
@@ -58,7 +71,7 @@ impl Known {
             }
         };
         let key_s = format!("{prefix}{service}/{id}");
-        match decode(service, id, value) {
+        match decode_limited(service, id, value, self.max_value) {
             Ok(instance) => {
                 self.invalid.remove(&key_s);
                 if self.instances.get(&key_s) == Some(&instance) {
@@ -94,7 +107,7 @@ impl Known {
             }
         };
         let key_s = format!("{prefix}{service}/{id}");
-        match decode(service, id, value) {
+        match decode_limited(service, id, value, self.max_value) {
             Ok(instance) => {
                 listing.instances.insert(key_s, instance);
             }
@@ -149,6 +162,16 @@ mod tests {
 
     fn put(k: &mut Known, key: &str, value: &str, rev: i64) -> Option<Change> {
         k.put(P, key.as_bytes(), value.as_bytes(), rev)
+    }
+
+    #[test]
+    fn values_over_the_configured_size_are_refused_and_keep_the_previous_instance() {
+        let mut k = Known::new(64);
+        assert!(put(&mut k, "/services/a/1", "127.0.0.1:80", 2).is_some());
+        let big = format!("{{\"addr\":\"127.0.0.1:81\",\"metadata\":{{\"x\":\"{}\"}}}}", "y".repeat(64));
+        assert_eq!(put(&mut k, "/services/a/1", &big, 3), None, "over the limit: not applied");
+        assert_eq!(k.instances().next().map(|i| i.addr.as_str()), Some("127.0.0.1:80"), "the last good value stays");
+        assert!(Known::default().put(P, b"/services/a/1", big.as_bytes(), 4).is_some(), "fits the default limit");
     }
 
     #[test]
