@@ -13,6 +13,7 @@ pub mod demo;
 pub mod discovery;
 mod http;
 mod listener;
+pub mod logging;
 pub mod metrics;
 pub mod register;
 pub mod server;

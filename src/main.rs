@@ -14,7 +14,9 @@ use switchyard::config::Config;
 /// request; measured against glibc malloc in README "Performance".
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
-use switchyard::server::Gateway;
+use switchyard::logging::LogFormat;
+use switchyard::server::{Gateway, Reloader};
+use tokio::signal::unix::{signal, Signal, SignalKind};
 
 #[derive(Parser)]
 #[command(
@@ -23,20 +25,32 @@ use switchyard::server::Gateway;
     about = "A server-side-discovery gateway: one address, backends discovered in etcd or a file"
 )]
 struct Cli {
+    /// Process log format on stderr: `text` (coloured only on a terminal) or `json` (one object per line).
+    #[arg(long, value_enum, global = true, default_value_t = LogFormat::Text, env = "SWITCHYARD_LOG_FORMAT")]
+    log_format: LogFormat,
     #[command(subcommand)]
     command: Command,
 }
 
+/// The config file `run` and `check` read when neither `--config` nor
+/// `SWITCHYARD_CONFIG` names one: the quick-start config, relative to the
+/// working directory (the repository root, or `/srv/switchyard` in the image).
+const DEFAULT_CONFIG: &str = "config/quickstart.toml";
+
 #[derive(Subcommand)]
 enum Command {
-    /// Run the gateway.
+    /// Run the gateway. SIGHUP (or POST /reload on the admin listener) reloads the config file;
+    /// SIGTERM/SIGINT stop accepting and drain in-flight requests.
     Run {
-        #[arg(long, value_name = "FILE")]
+        /// The config file (TOML), read at start and at every reload.
+        #[arg(long, value_name = "FILE", env = "SWITCHYARD_CONFIG", default_value = DEFAULT_CONFIG)]
         config: PathBuf,
     },
-    /// Validate a configuration; prints every error with its field path.
+    /// Validate a configuration and what it names (certificates, CA files, access logs);
+    /// prints every error with its field path.
     Check {
-        #[arg(long, value_name = "FILE")]
+        /// The config file (TOML) to validate.
+        #[arg(long, value_name = "FILE", env = "SWITCHYARD_CONFIG", default_value = DEFAULT_CONFIG)]
         config: PathBuf,
     },
     /// The gateway on its embedded default config, with built-in echo backends.
@@ -47,13 +61,10 @@ enum Command {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
-        .with_writer(std::io::stderr)
-        .init();
+    switchyard::logging::init(cli.log_format);
     let result = match cli.command {
         Command::Check { config } => check(&config),
-        Command::Run { config } => load(&config).and_then(|c| run(c, Vec::new())),
+        Command::Run { config } => load(&config).and_then(|c| run(c, Some(config), Vec::new())),
         Command::Demo => demo(),
         Command::Register(args) => register(*args),
     };
@@ -87,7 +98,7 @@ fn demo() -> anyhow::Result<()> {
         println!("  echo backend {name} on {addr}");
     }
     println!("try:  for i in 1 2 3 4 5 6; do curl -s http://{listen}/; done");
-    run(config, backends)
+    run(config, None, backends)
 }
 
 fn register(args: switchyard::register::RegisterArgs) -> anyhow::Result<()> {
@@ -96,8 +107,13 @@ fn register(args: switchyard::register::RegisterArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Builds the runtime sized by `runtime.workers`, binds everything, serves until SIGINT/SIGTERM.
-fn run(config: Config, demo_backends: Vec<(String, std::net::SocketAddr)>) -> anyhow::Result<()> {
+/// Builds the runtime sized by `runtime.workers`, binds everything, serves until
+/// SIGINT/SIGTERM; SIGHUP reloads `path` (the demo has none).
+fn run(
+    config: Config,
+    path: Option<PathBuf>,
+    demo_backends: Vec<(String, std::net::SocketAddr)>,
+) -> anyhow::Result<()> {
     // One worker: a current-thread runtime skips the work-stealing machinery
     // (measured with bench/http.sh; see README "Performance").
     let mut builder = if config.workers == 1 {
@@ -109,29 +125,56 @@ fn run(config: Config, demo_backends: Vec<(String, std::net::SocketAddr)>) -> an
     };
     let runtime = builder.enable_all().build().context("starting the runtime")?;
     runtime.block_on(async move {
+        // Handlers first: from here on SIGHUP no longer kills the process.
+        let signals = Signals::install()?;
         let shutdown = CancellationToken::new();
         for (name, listener) in switchyard::demo::bind_backends(&demo_backends).await? {
             tokio::spawn(switchyard::demo::echo_backend(name, listener, shutdown.clone()));
         }
-        let gateway = Gateway::bind(config).await?;
-        tokio::spawn(signal(shutdown.clone()));
+        let mut gateway = Gateway::bind(config).await?.accept_when_ready(switchyard::server::READY_WAIT);
+        if let Some(path) = path {
+            gateway = gateway.with_config_file(path);
+        }
+        tokio::spawn(signals.run(shutdown.clone(), gateway.reloader()));
         gateway.serve(shutdown).await;
         tracing::info!("stopped");
         Ok(())
     })
 }
 
-async fn signal(shutdown: CancellationToken) {
-    let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-        Ok(s) => s,
-        Err(e) => {
-            tracing::error!("cannot listen for SIGTERM: {e}");
-            return;
-        }
-    };
-    tokio::select! {
-        _ = term.recv() => tracing::info!("SIGTERM received"),
-        _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT received"),
+struct Signals {
+    term: Signal,
+    hup: Signal,
+}
+
+impl Signals {
+    fn install() -> anyhow::Result<Signals> {
+        Ok(Signals {
+            term: signal(SignalKind::terminate()).context("listening for SIGTERM")?,
+            hup: signal(SignalKind::hangup()).context("listening for SIGHUP")?,
+        })
     }
-    shutdown.cancel();
+
+    /// SIGHUP reloads (the gateway logs the outcome); SIGTERM or SIGINT stops.
+    async fn run(mut self, shutdown: CancellationToken, reloader: Reloader) {
+        loop {
+            tokio::select! {
+                _ = self.term.recv() => {
+                    tracing::info!("SIGTERM received");
+                    break;
+                }
+                _ = tokio::signal::ctrl_c() => {
+                    tracing::info!("SIGINT received");
+                    break;
+                }
+                _ = self.hup.recv() => {
+                    tracing::info!("SIGHUP received: reloading the configuration");
+                    let reloader = reloader.clone();
+                    // Off this loop, so that a SIGTERM during a reload is not held up.
+                    tokio::spawn(async move { drop(reloader.reload().await) });
+                }
+            }
+        }
+        shutdown.cancel();
+    }
 }

@@ -1,6 +1,9 @@
 //! The admin server, on its own listener: `/metrics` (Prometheus text),
-//! `/healthz` (alive), `/readyz` (200 once the first table is live) and
-//! `/upstreams` (JSON view of the live table).
+//! `/healthz` (alive), `/readyz` (200 once the first table is live),
+//! `/upstreams` (JSON view of the live table), the status page at `/` (with
+//! `/status.json`: listeners, routes, recent discovery events), and `POST
+//! /reload`, which asks the server to reload its config file and answers 200
+//! with what changed or 400 with every error (the running config then stays).
 //!
 //! Hardened like the data path (docs/hardening.md): a request head within
 //! `timeouts.header_read`, at most `limits.admin_max_connections` connections
@@ -9,6 +12,8 @@
 //! process has run out of them — which is when an operator needs it most.
 //! `/upstreams` shows metadata keys but redacts the values of keys that look
 //! secret (see [`redacted`]).
+
+pub mod status;
 
 use std::convert::Infallible;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -22,16 +27,28 @@ use hyper::body::Incoming;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use metrics_exporter_prometheus::PrometheusHandle;
 use tokio::net::TcpListener;
-use tokio::sync::Semaphore;
+use tokio::sync::{mpsc, oneshot, Semaphore};
 use tokio_util::sync::CancellationToken;
 
+use crate::metrics as m;
 use crate::upstream::instance::{now_ms, Admission};
 use crate::upstream::{SharedTable, Status, Table};
+
+/// What a reload answers: what changed (JSON), or every error.
+pub(crate) type ReloadOutcome = Result<serde_json::Value, Vec<String>>;
+
+/// Where reload requests go: the server answers each on its oneshot.
+pub(crate) type ReloadTrigger = mpsc::Sender<oneshot::Sender<ReloadOutcome>>;
+
+/// A reload reads files and binds sockets; it has this long to answer.
+const RELOAD_TIMEOUT: Duration = Duration::from_secs(60);
 
 pub struct Admin {
     pub metrics: PrometheusHandle,
     pub table: SharedTable,
     pub ready: Arc<AtomicBool>,
+    pub status: status::StatusPage,
+    pub(crate) reload: ReloadTrigger,
     pub limits: AdminLimits,
 }
 
@@ -58,6 +75,7 @@ const FD_RESERVE: usize = 4;
 
 impl Admin {
     pub async fn serve(self: Arc<Self>, listener: TcpListener, shutdown: CancellationToken) {
+        metrics::gauge!(m::BUILD_INFO, "version" => env!("CARGO_PKG_VERSION")).set(1.0);
         let upkeep = {
             let handle = self.metrics.clone();
             let shutdown = shutdown.clone();
@@ -106,7 +124,12 @@ impl Admin {
                 let _permit = permit;
                 let service = hyper::service::service_fn(move |req| {
                     let admin = admin.clone();
-                    async move { Ok::<_, Infallible>(admin.answer(&req)) }
+                    async move {
+                        if req.uri().path() == "/reload" {
+                            return Ok::<_, Infallible>(admin.reload(req.method()).await);
+                        }
+                        Ok::<_, Infallible>(admin.answer(&req))
+                    }
                 });
                 let conn = hyper::server::conn::http1::Builder::new()
                     .timer(TokioTimer::new())
@@ -125,22 +148,48 @@ impl Admin {
         upkeep.abort();
     }
 
+    /// `POST /reload`: 200 and what changed, or 400 and every error.
+    async fn reload(&self, method: &Method) -> Response<Full<Bytes>> {
+        if method != Method::POST {
+            return reply(StatusCode::METHOD_NOT_ALLOWED, "text/plain", "POST only\n".into());
+        }
+        let (tx, rx) = oneshot::channel();
+        if self.reload.try_send(tx).is_err() {
+            return reply(StatusCode::SERVICE_UNAVAILABLE, "text/plain", "reloads are queued; try again\n".into());
+        }
+        let (status, doc) = match tokio::time::timeout(RELOAD_TIMEOUT, rx).await {
+            Ok(Ok(Ok(summary))) => (StatusCode::OK, serde_json::json!({ "result": "success", "changes": summary })),
+            Ok(Ok(Err(errors))) => {
+                (StatusCode::BAD_REQUEST, serde_json::json!({ "result": "failure", "errors": errors }))
+            }
+            Ok(Err(_)) => return reply(StatusCode::SERVICE_UNAVAILABLE, "text/plain", "shutting down\n".into()),
+            Err(_) => {
+                return reply(StatusCode::GATEWAY_TIMEOUT, "text/plain", "the reload did not finish in time\n".into())
+            }
+        };
+        reply(status, "application/json", format!("{doc:#}\n").into())
+    }
+
     fn answer(&self, req: &Request<Incoming>) -> Response<Full<Bytes>> {
         if req.method() != Method::GET && req.method() != Method::HEAD {
             return reply(StatusCode::METHOD_NOT_ALLOWED, "text/plain", "GET only\n".into());
         }
         match req.uri().path() {
-            "/metrics" => reply(StatusCode::OK, "text/plain; version=0.0.4", self.metrics.render().into()),
+            "/metrics" => {
+                reply(StatusCode::OK, "text/plain; version=0.0.4", crate::metrics::render(&self.metrics).into())
+            }
             "/healthz" => reply(StatusCode::OK, "text/plain", "ok\n".into()),
             "/readyz" if self.ready.load(Ordering::Acquire) => reply(StatusCode::OK, "text/plain", "ready\n".into()),
             "/readyz" => {
                 reply(StatusCode::SERVICE_UNAVAILABLE, "text/plain", "waiting for the first upstream table\n".into())
             }
             "/upstreams" => reply(StatusCode::OK, "application/json", upstreams_json(&self.table.load()).into()),
+            "/" => reply(StatusCode::OK, "text/html; charset=utf-8", Bytes::from_static(status::HTML.as_bytes())),
+            "/status.json" => reply(StatusCode::OK, "application/json", self.status.json().into()),
             _ => reply(
                 StatusCode::NOT_FOUND,
                 "text/plain",
-                "not found (try /metrics, /healthz, /readyz, /upstreams)\n".into(),
+                "not found (try /, /metrics, /healthz, /readyz, /upstreams, /status.json, POST /reload)\n".into(),
             ),
         }
     }

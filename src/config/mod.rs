@@ -27,6 +27,13 @@ pub const DEFAULT_POLL_INTERVAL: Duration = Duration::from_millis(500);
 pub const DEFAULT_ETCD_PREFIX: &str = "/services/";
 pub const DEFAULT_DIAL_TIMEOUT: Duration = Duration::from_secs(2);
 pub const DEFAULT_ETCD_REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
+/// HTTP/2 keepalive ping interval to etcd. etcd refuses pings more often than its
+/// `--grpc-keepalive-min-time` (default 5 s) with GOAWAY, which ends the watch;
+/// 10 s leaves margin (etcd's own server-side ping interval defaults to 2 h,
+/// gRPC's client default is off; 10 s notices a dead peer within 20 s).
+pub const DEFAULT_ETCD_KEEPALIVE: Duration = Duration::from_secs(10);
+/// etcd's default `--grpc-keepalive-min-time`: the floor for the interval.
+pub const MIN_ETCD_KEEPALIVE: Duration = Duration::from_secs(5);
 pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 pub const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 pub const DEFAULT_CLIENT_IDLE: Duration = Duration::from_secs(60);
@@ -35,6 +42,10 @@ pub const DEFAULT_TCP_IDLE: Duration = Duration::from_secs(300);
 pub const DEFAULT_SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
 pub const DEFAULT_MAX_CONNECTIONS: usize = 65_536;
 pub const DEFAULT_UPSTREAM_IDLE_PER_HOST: usize = 256;
+/// Access log lines waiting for the writer, per log (about 1 MiB at 250 bytes a
+/// line); beyond it lines are dropped and counted, never waited for.
+pub const DEFAULT_ACCESS_LOG_QUEUE: usize = 4096;
+pub const MAX_ACCESS_LOG_QUEUE: usize = 1 << 20;
 /// How long an unused upstream connection is kept (nginx's upstream `keepalive_timeout`
 /// is 60 s, HAProxy's `timeout server` default none; 90 s outlives common 60 s backend
 /// keep-alives less often than it is reused).
@@ -66,32 +77,35 @@ pub struct Config {
     pub services: Vec<ServiceConfig>,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub enum Discovery {
     File(FileDiscovery),
     Etcd(Box<EtcdDiscovery>),
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct FileDiscovery {
     pub path: PathBuf,
     pub poll_interval: Duration,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct EtcdDiscovery {
     pub endpoints: Vec<String>,
-    /// Every prefix ends with `/`.
+    /// Every prefix ends with `/`; a leading `/` is not required (etcd's
+    /// `naming/endpoints` layout is `foo/bar/my-service/1.2.3.4`).
     pub prefixes: Vec<String>,
     pub auth: Option<(String, String)>,
     pub tls: Option<ClientTls>,
     pub dial_timeout: Duration,
     pub request_timeout: Duration,
+    /// HTTP/2 keepalive ping interval (and ping timeout); never below 5 s.
+    pub keepalive: Duration,
     pub snapshot_path: Option<PathBuf>,
 }
 
 /// Files for a TLS client (etcd or an upstream).
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone, Default, PartialEq)]
 pub struct ClientTls {
     pub ca: Option<PathBuf>,
     pub cert: Option<PathBuf>,
@@ -99,7 +113,7 @@ pub struct ClientTls {
     pub server_name: Option<String>,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Timeouts {
     /// Upstream TCP connect.
     pub connect: Duration,
@@ -122,7 +136,7 @@ pub struct Timeouts {
     pub tunnel_idle: Duration,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Limits {
     pub max_connections: usize,
     pub upstream_idle_per_host: usize,
@@ -133,17 +147,37 @@ pub struct Limits {
     pub admin_max_connections: usize,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Listener {
     pub name: String,
     pub listen: SocketAddr,
     pub kind: ListenerKind,
+    /// HTTP(S) listeners only; off by default.
+    pub access_log: Option<AccessLogConfig>,
     /// HTTP listeners: dot-segments and unreserved percent-escapes in paths are
     /// normalised before routing (Envoy's `normalize_path`).
     pub normalize_path: bool,
 }
 
-#[derive(Debug, Clone)]
+/// Where and how an HTTP(S) listener writes one line per request.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AccessLogConfig {
+    /// Opened for appending (created if missing) at start and at every reload.
+    pub path: PathBuf,
+    pub format: AccessLogFormat,
+    /// Lines waiting for the writer before new ones are dropped.
+    pub queue: usize,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AccessLogFormat {
+    /// One JSON object per line.
+    Json,
+    /// nginx's `combined` format, then `key=value` fields.
+    Combined,
+}
+
+#[derive(Debug, Clone, PartialEq)]
 pub enum ListenerKind {
     /// HTTP/1.1 and h2c (prior knowledge) on one port.
     Http { routes: Vec<Route> },
@@ -167,7 +201,7 @@ impl ListenerKind {
 }
 
 /// An L7 route: every present matcher must match; first matching route wins.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Route {
     pub host: Option<String>,
     pub path_prefix: Option<String>,
@@ -184,14 +218,14 @@ pub struct Route {
     pub allow_connect: bool,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct HeaderMatch {
     pub name: HeaderName,
     /// `None`: the header only has to be present.
     pub value: Option<String>,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct SniRoute {
     /// Exact name or `*.suffix`.
     pub sni: String,
@@ -199,7 +233,7 @@ pub struct SniRoute {
     pub balance: Balance,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct ServerCert {
     pub cert: PathBuf,
     pub key: PathBuf,
@@ -207,7 +241,7 @@ pub struct ServerCert {
     pub server_names: Vec<String>,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct ServiceConfig {
     pub name: String,
     pub upstream_tls: Option<ClientTls>,

@@ -50,6 +50,7 @@ pub struct RawDiscovery {
     pub tls: Option<RawClientTls>,
     pub dial_timeout: Option<String>,
     pub request_timeout: Option<String>,
+    pub keepalive: Option<String>,
     pub snapshot_path: Option<String>,
 }
 
@@ -103,7 +104,17 @@ pub struct RawListener {
     pub balance: Option<String>,
     pub hash_key: Option<String>,
     // http and https listeners
+    pub access_log: Option<RawAccessLog>,
     pub normalize_path: Option<bool>,
+}
+
+/// `access_log = { path = "...", format = "json" }` on an HTTP(S) listener.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawAccessLog {
+    pub path: Option<String>,
+    pub format: Option<String>,
+    pub queue: Option<i64>,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -192,6 +192,67 @@ fn resilience_defaults_and_errors() {
 }
 
 #[test]
+fn etcd_keepalive_defaults_to_10s_and_never_goes_below_etcds_5s() {
+    let etcd = |extra: &str| {
+        format!("[discovery]\nsource = \"etcd\"\nendpoints = [\"http://127.0.0.1:2379\"]\n{extra}{MINIMAL}")
+    };
+    match Config::parse(&etcd("")).unwrap().discovery {
+        Discovery::Etcd(e) => assert_eq!(e.keepalive, Duration::from_secs(10)),
+        other => panic!("{other:?}"),
+    }
+    match Config::parse(&etcd("keepalive = \"5s\"\n")).unwrap().discovery {
+        Discovery::Etcd(e) => assert_eq!(e.keepalive, Duration::from_secs(5)),
+        other => panic!("{other:?}"),
+    }
+    let got = errors(&etcd("keepalive = \"2s\"\n"));
+    assert_eq!(got.len(), 1, "{got:?}");
+    assert!(got[0].starts_with("discovery.keepalive: 2s is below etcd's minimum ping interval of 5s"), "{got:?}");
+    let got = errors(&format!("[discovery]\nkeepalive = \"10s\"\n{MINIMAL}"));
+    assert_eq!(got, [r#"discovery.keepalive: not used by source = "file""#]);
+}
+
+#[test]
+fn etcd_prefixes_need_no_leading_slash() {
+    let etcd = |prefixes: &str| {
+        format!(
+            "[discovery]\nsource = \"etcd\"\nendpoints = [\"http://127.0.0.1:2379\"]\nprefixes = {prefixes}\n{MINIMAL}"
+        )
+    };
+    match Config::parse(&etcd(r#"["foo/bar", "/services/", "/"]"#)).unwrap().discovery {
+        Discovery::Etcd(e) => assert_eq!(e.prefixes, ["foo/bar/", "/services/", "/"]),
+        other => panic!("{other:?}"),
+    }
+    let got = errors(&etcd(r#"["ok/", ""]"#));
+    assert_eq!(got, [r#"discovery.prefixes[1]: prefix "" must be a non-empty key prefix without control characters"#]);
+}
+
+#[test]
+fn access_log_defaults_and_errors() {
+    let c = Config::parse(&format!("{MINIMAL}access_log = {{ path = \"a.log\" }}\n")).unwrap();
+    let log = c.listeners[0].access_log.as_ref().unwrap();
+    assert_eq!((log.path.to_str(), log.format, log.queue), (Some("a.log"), AccessLogFormat::Json, 4096));
+    assert!(Config::parse(MINIMAL).unwrap().listeners[0].access_log.is_none(), "off by default");
+    assert_eq!(
+        errors(&format!("{MINIMAL}access_log = {{ format = \"clf\", queue = 0 }}\n")),
+        [
+            "listener[0].access_log.format: unknown format \"clf\" (expected json, combined)",
+            "listener[0].access_log.queue: must be at least 1, got 0",
+            "listener[0].access_log.path: required",
+        ]
+    );
+    assert_eq!(
+        errors(&format!("{MINIMAL}access_log = {{ path = \"a\", queue = 2000000 }}\n")),
+        ["listener[0].access_log.queue: must be at most 1048576, got 2000000"]
+    );
+    assert_eq!(
+        errors(
+            "[[listener]]\nname = \"pg\"\nprotocol = \"tcp\"\nlisten = \"127.0.0.1:1\"\nservice = \"s\"\naccess_log = { path = \"a\" }\n"
+        ),
+        ["listener[0].access_log: not used by protocol = \"tcp\""]
+    );
+}
+
+#[test]
 fn hardening_defaults_and_bounds() {
     // The values docs/hardening.md documents, written out.
     let c = Config::parse(MINIMAL).unwrap();

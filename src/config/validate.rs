@@ -189,6 +189,7 @@ impl Validator {
                         ("tls", d.tls.is_some()),
                         ("dial_timeout", d.dial_timeout.is_some()),
                         ("request_timeout", d.request_timeout.is_some()),
+                        ("keepalive", d.keepalive.is_some()),
                         ("snapshot_path", d.snapshot_path.is_some()),
                     ],
                 );
@@ -220,6 +221,22 @@ impl Validator {
         }
     }
 
+    /// The keepalive interval: below etcd's default `--grpc-keepalive-min-time`
+    /// a stock etcd answers the pings with GOAWAY and the watch restarts.
+    fn etcd_keepalive(&mut self, raw: Option<&str>) -> Duration {
+        let keepalive = self.duration("discovery.keepalive", raw, DEFAULT_ETCD_KEEPALIVE);
+        if keepalive < MIN_ETCD_KEEPALIVE {
+            self.error(
+                "discovery.keepalive",
+                format!(
+                    "{keepalive:?} is below etcd's minimum ping interval of {MIN_ETCD_KEEPALIVE:?} \
+                     (--grpc-keepalive-min-time); etcd would close the watch"
+                ),
+            );
+        }
+        keepalive
+    }
+
     fn etcd(&mut self, d: RawDiscovery) -> EtcdDiscovery {
         let endpoints = d.endpoints.unwrap_or_default();
         if endpoints.is_empty() {
@@ -240,10 +257,10 @@ impl Validator {
         }
         let mut prefixes = Vec::new();
         for (i, p) in raw_prefixes.into_iter().enumerate() {
-            if !p.starts_with('/') || p.trim_matches('/').is_empty() {
+            if p.is_empty() || p.chars().any(char::is_control) {
                 self.error(
                     format!("discovery.prefixes[{i}]"),
-                    format!("prefix {p:?} must start with '/' and name a directory"),
+                    format!("prefix {p:?} must be a non-empty key prefix without control characters"),
                 );
             } else {
                 // Always match with the trailing '/': `/services/foo` must not see `/services/foobar/`.
@@ -273,6 +290,7 @@ impl Validator {
                 d.request_timeout.as_deref(),
                 DEFAULT_ETCD_REQUEST_TIMEOUT,
             ),
+            keepalive: self.etcd_keepalive(d.keepalive.as_deref()),
             snapshot_path: d.snapshot_path.map(PathBuf::from),
         }
     }
@@ -381,7 +399,38 @@ impl Validator {
                 return None;
             }
         };
-        Some(Listener { name: name?, listen: listen?, kind, normalize_path: l.normalize_path.unwrap_or(true) })
+        let access_log = l.access_log.and_then(|a| match &kind {
+            ListenerKind::Http { .. } | ListenerKind::Https { .. } => self.access_log(&format!("{path}.access_log"), a),
+            _ => {
+                self.error(format!("{path}.access_log"), format!("not used by protocol = {protocol:?}"));
+                None
+            }
+        });
+        Some(Listener {
+            name: name?,
+            listen: listen?,
+            kind,
+            access_log,
+            normalize_path: l.normalize_path.unwrap_or(true),
+        })
+    }
+
+    fn access_log(&mut self, path: &str, a: RawAccessLog) -> Option<AccessLogConfig> {
+        let format = match a.format.as_deref().unwrap_or("json") {
+            "json" => AccessLogFormat::Json,
+            "combined" => AccessLogFormat::Combined,
+            other => {
+                self.error(format!("{path}.format"), format!("unknown format {other:?} (expected json, combined)"));
+                AccessLogFormat::Json
+            }
+        };
+        let queue = self.count(&format!("{path}.queue"), a.queue, DEFAULT_ACCESS_LOG_QUEUE);
+        // The queue's slots are allocated up front.
+        if queue > MAX_ACCESS_LOG_QUEUE {
+            self.error(format!("{path}.queue"), format!("must be at most {MAX_ACCESS_LOG_QUEUE}, got {queue}"));
+        }
+        let file = self.required(&format!("{path}.path"), a.path)?;
+        Some(AccessLogConfig { path: PathBuf::from(file), format, queue })
     }
 
     fn not_for(&mut self, path: &str, protocol: &str, fields: &[(&str, bool)]) {

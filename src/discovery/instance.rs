@@ -11,7 +11,9 @@
 
 use std::collections::BTreeMap;
 use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
 
+use arc_swap::ArcSwap;
 use serde_json::Value;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
@@ -204,6 +206,7 @@ impl OwnAddresses {
                 });
                 Update::Apply { changes, revision }
             }
+            settings @ Update::Settings { .. } => settings,
         }
     }
 }
@@ -214,10 +217,11 @@ fn is_local(ip: IpAddr) -> bool {
 }
 
 /// Forwards updates from a source to the table writer through [`OwnAddresses::filter`].
+/// `own` is swapped by a config reload that adds or moves listeners.
 pub async fn refuse_own(
     mut from: mpsc::Receiver<Update>,
     to: mpsc::Sender<Update>,
-    own: OwnAddresses,
+    own: Arc<ArcSwap<OwnAddresses>>,
     source: &'static str,
     shutdown: CancellationToken,
 ) {
@@ -229,7 +233,8 @@ pub async fn refuse_own(
                 None => return,
             },
         };
-        if to.send(own.filter(update, source)).await.is_err() {
+        let filtered = own.load().filter(update, source);
+        if to.send(filtered).await.is_err() {
             return;
         }
     }

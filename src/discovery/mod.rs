@@ -3,14 +3,18 @@
 //! (`upstream::writer`) applies each one as a batch and swaps in a new table.
 
 pub(crate) mod etcd;
+pub(crate) mod events;
 pub mod file;
 pub(crate) mod instance;
 
+use std::collections::{HashMap, HashSet};
 use std::future::Future;
+use std::sync::Arc;
 
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
+use crate::config::ServicePolicy;
 pub use instance::{decode, DecodeError, Instance};
 
 /// What a source reports. Each update becomes exactly one new table.
@@ -20,6 +24,10 @@ pub enum Update {
     Replace { instances: Vec<Instance>, revision: u64 },
     /// Changes in order, applied together.
     Apply { changes: Vec<Change>, revision: u64 },
+    /// Not from a source but from a config reload: the services that some route
+    /// balances by hash (they get a consistent-hash table), and the `[[service]]`
+    /// policies, are now these.
+    Settings { hashed: HashSet<String>, policies: HashMap<String, Arc<ServicePolicy>> },
 }
 
 #[derive(Debug, Clone, PartialEq)]

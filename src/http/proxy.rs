@@ -16,17 +16,20 @@ use http::{Request, Response, StatusCode, Version};
 use http_body_util::{BodyExt, Either};
 use hyper::body::{Body as _, Incoming};
 
+use super::access_log::{AccessLog, Entry};
 use super::admit::Admission;
 use super::grpc;
 use super::headers::{add_forwarded, strip_hop_by_hop};
 use super::plan;
+use super::request_id::{self, X_REQUEST_ID};
 use super::respond::{self, ProxyBody};
 use super::route::{request_host, RequestView, Router, Target};
-use super::send::{self, Body, Failed, Outgoing};
+use super::send::{self, AnsweredBy, Body, Failed, Outgoing};
 use super::upgrade::{self, Upgrades};
 use crate::config::{Config, Route};
 use crate::metrics as m;
 use crate::upstream::conn::{UpstreamError, Upstreams};
+use crate::upstream::stats::{RequestLabels, ServiceStats};
 use crate::upstream::SharedTable;
 
 pub struct HttpProxy {
@@ -40,6 +43,39 @@ pub struct HttpProxy {
     upgrades: Upgrades,
     /// Loop, tunnel and canonical-request checks before routing.
     admit: Admission,
+    /// The `listener` label of every request this proxy answers.
+    listener: Arc<str>,
+    /// Where requests refused before routing or without a route are counted (`service=""`).
+    unrouted: Arc<ServiceStats>,
+    /// Off unless the listener configures one.
+    access_log: Option<AccessLog>,
+}
+
+/// What the access log needs of a request, taken before it is rewritten and sent.
+struct Requested {
+    method: http::Method,
+    uri: http::Uri,
+    version: Version,
+    host: String,
+    referer: Option<HeaderValue>,
+    user_agent: Option<HeaderValue>,
+}
+
+impl Requested {
+    fn of(req: &Request<Incoming>) -> Requested {
+        Requested {
+            method: req.method().clone(),
+            uri: req.uri().clone(),
+            version: req.version(),
+            host: request_host(req.uri(), req.headers()).to_string(),
+            referer: req.headers().get(header::REFERER).cloned(),
+            user_agent: req.headers().get(header::USER_AGENT).cloned(),
+        }
+    }
+}
+
+fn header_text(value: &Option<HeaderValue>) -> &str {
+    value.as_ref().and_then(|v| v.to_str().ok()).unwrap_or("")
 }
 
 impl HttpProxy {
@@ -64,10 +100,19 @@ impl HttpProxy {
             proto: if tls { "https" } else { "http" },
             refused_absolute: metrics::counter!(m::BAD_REQUESTS, "listener" => listener.to_string(), "reason" => "absolute_form_foreign_host"),
             upgrades,
+            listener: listener.into(),
+            unrouted: ServiceStats::of(""),
+            access_log: None,
         }
     }
 
-    /// `client_ip` is [`client_value`] of `client`, made once per connection.
+    pub fn with_access_log(mut self, log: Option<AccessLog>) -> HttpProxy {
+        self.access_log = log;
+        self
+    }
+
+    /// Serves one request: its `x-request-id` (made when absent) goes upstream
+    /// and back to the client, and the access log, when on, gets its line.
     pub async fn handle(
         &self,
         mut req: Request<Incoming>,
@@ -75,9 +120,46 @@ impl HttpProxy {
         client_ip: &HeaderValue,
     ) -> Response<ProxyBody> {
         let start = Instant::now();
+        let id = request_id::ensure(req.headers_mut());
+        let requested = self.access_log.as_ref().map(|_| Requested::of(&req));
+        let mut service = None;
+        let mut res = self.forward(req, client, client_ip, &mut service).await;
+        if let (Some(log), Some(r)) = (&self.access_log, requested) {
+            let upstream = res.extensions().get::<AnsweredBy>().map(|a| a.0.clone());
+            log.record(&Entry {
+                client,
+                method: r.method.as_str(),
+                host: &r.host,
+                target: r.uri.path_and_query().map_or("/", |p| p.as_str()),
+                version: r.version,
+                status: res.status().as_u16(),
+                bytes: res.headers().get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse().ok()),
+                duration: start.elapsed(),
+                service: service.as_deref().unwrap_or(""),
+                upstream: upstream.as_deref().unwrap_or(""),
+                request_id: id.to_str().unwrap_or(""),
+                referer: header_text(&r.referer),
+                user_agent: header_text(&r.user_agent),
+            });
+        }
+        res.headers_mut().insert(X_REQUEST_ID.clone(), id);
+        res
+    }
+
+    /// `client_ip` is [`client_value`] of `client`, made once per connection;
+    /// `routed` gets the service the request was routed to.
+    async fn forward(
+        &self,
+        mut req: Request<Incoming>,
+        client: SocketAddr,
+        client_ip: &HeaderValue,
+        routed: &mut Option<Arc<str>>,
+    ) -> Response<ProxyBody> {
+        let start = Instant::now();
         let is_grpc = grpc::is_grpc(req.headers());
+        let labels = RequestLabels::new(&self.listener, req.method(), req.version(), is_grpc);
         if let Some(refused) = self.admit.check(&mut req, is_grpc) {
-            return refused;
+            return answered(&self.unrouted, &labels, start, refused);
         }
         let client_version = req.version();
         let on_relay = req.extensions_mut().remove::<upgrade::RelayHook>();
@@ -92,28 +174,33 @@ impl HttpProxy {
         };
         let target = self.router.route(&view);
         if let Some(refused) = self.admit.connect(req.method(), target.as_ref(), is_grpc) {
-            return refused;
+            return answered(&self.unrouted, &labels, start, refused);
         }
         let Some(target) = target else {
-            return respond::no_route(is_grpc);
+            return answered(&self.unrouted, &labels, start, respond::no_route(is_grpc));
         };
         let table = self.table.load();
         let service = match (table.service(target.service()), &target) {
             (Some(s), _) => s,
-            (None, Target::Host(_)) => return respond::no_route(is_grpc),
+            (None, Target::Host(_)) => return answered(&self.unrouted, &labels, start, respond::no_route(is_grpc)),
             (None, Target::Route(_)) => {
-                return respond::upstream_error(UpstreamError::NoInstance, target.service(), is_grpc)
+                // A routed service that never had an instance: counted under its name.
+                let stats = ServiceStats::of(target.service());
+                stats.error(UpstreamError::NoInstance);
+                let res = respond::upstream_error(UpstreamError::NoInstance, target.service(), is_grpc);
+                return answered(&stats, &labels, start, res);
             }
         };
         // Absolute-form names the host to reach; only hosts this listener serves are accepted,
         // so the gateway never acts as an open forward proxy.
         if absolute_form && !(self.router.serves_host(host) || matches!(target, Target::Host(_))) {
             self.refused_absolute.increment(1);
-            return respond::refused(
+            let res = respond::refused(
                 StatusCode::FORBIDDEN,
                 "absolute-form request for a host this gateway does not serve\n",
                 is_grpc,
             );
+            return answered(&service.state.stats, &labels, start, res);
         }
         // Plan: deadline, retry policy, whether the body is kept for a retry.
         let route = match &target {
@@ -122,6 +209,7 @@ impl HttpProxy {
         };
         let how = target.pick(&view);
         let service = service.clone();
+        *routed = Some(service.name.clone());
         let path_and_query = match target.upstream_path(view.path) {
             std::borrow::Cow::Borrowed(_) => req.uri().path_and_query().cloned(),
             std::borrow::Cow::Owned(p) => {
@@ -165,13 +253,13 @@ impl HttpProxy {
         let body = if plan.buffer_body {
             match tokio::time::timeout(plan.deadline, body.collect()).await {
                 Ok(Ok(collected)) => Body::Buffered(collected.to_bytes()),
-                Ok(Err(_)) => return self.admit.malformed_body(is_grpc),
+                Ok(Err(_)) => {
+                    return answered(&service.state.stats, &labels, start, self.admit.malformed_body(is_grpc))
+                }
                 Err(_) => {
-                    return respond::refused(
-                        StatusCode::REQUEST_TIMEOUT,
-                        "request body not received in time\n",
-                        is_grpc,
-                    )
+                    let res =
+                        respond::refused(StatusCode::REQUEST_TIMEOUT, "request body not received in time\n", is_grpc);
+                    return answered(&service.state.stats, &labels, start, res);
                 }
             }
         } else {
@@ -187,6 +275,7 @@ impl HttpProxy {
         };
 
         // Send, with the one retry loop; then finish.
+        let sent_at = Instant::now();
         let sent = send::send(&self.upstreams, &service, how, &plan, out, start.into()).await;
         let state = &service.state;
         match sent {
@@ -204,17 +293,18 @@ impl HttpProxy {
                     upgrade::restore(res.headers_mut(), protocol);
                 }
                 self.own_response(&mut res, client_version);
-                state.stats.response(res.status(), start.elapsed().as_secs_f64());
+                // From the first send to the response head, retries included.
+                state.stats.upstream_time(sent_at.elapsed().as_secs_f64());
+                state.stats.response(&labels, res.status(), start.elapsed().as_secs_f64());
                 res.map(Either::Left)
             }
-            Err(Failed::ClientBody) => self.admit.malformed_body(is_grpc),
+            Err(Failed::ClientBody) => answered(&state.stats, &labels, start, self.admit.malformed_body(is_grpc)),
             Err(Failed::Upstream(failure)) => {
                 if matches!(failure, UpstreamError::NoInstance | UpstreamError::Overloaded) {
                     state.stats.error(failure);
                 }
                 let res = respond::upstream_error(failure, &service.name, is_grpc);
-                state.stats.response(res.status(), start.elapsed().as_secs_f64());
-                res
+                answered(&state.stats, &labels, start, res)
             }
         }
     }
@@ -230,4 +320,15 @@ impl HttpProxy {
             *res.version_mut() = Version::HTTP_11;
         }
     }
+}
+
+/// Counts an answer (the gateway's own, or refused before an upstream answered), then returns it.
+fn answered(
+    stats: &ServiceStats,
+    labels: &RequestLabels,
+    start: Instant,
+    res: Response<ProxyBody>,
+) -> Response<ProxyBody> {
+    stats.response(labels, res.status(), start.elapsed().as_secs_f64());
+    res
 }

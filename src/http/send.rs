@@ -125,6 +125,11 @@ pub enum Failed {
     ClientBody,
 }
 
+/// The address of the instance whose response is passed on, in the response's
+/// extensions (for the access log).
+#[derive(Clone)]
+pub(crate) struct AnsweredBy(pub Arc<str>);
+
 enum Last {
     Error(UpstreamError),
     /// A 502/503/504 (or gRPC UNAVAILABLE) that was not retried: passed on as is.
@@ -176,14 +181,16 @@ pub async fn send(
         let sent = tokio::time::timeout(limit, upstreams.send(via, endpoint, req, limits)).await;
         drop(inflight);
         let end = match sent {
-            Ok(Ok(res)) => match plan::classify(res.status(), res.headers(), plan.grpc) {
+            Ok(Ok(mut res)) => match plan::classify(res.status(), res.headers(), plan.grpc) {
                 None => {
                     service.observe(endpoint, Outcome::Success);
+                    res.extensions_mut().insert(AnsweredBy(endpoint.addr.clone()));
                     return Ok(res);
                 }
                 Some(end) => {
                     let code = if let TryEnd::Status(code) = end { code } else { 502 };
                     service.observe(endpoint, Outcome::Status(code));
+                    res.extensions_mut().insert(AnsweredBy(endpoint.addr.clone()));
                     last = Last::Response(res);
                     end
                 }

@@ -82,11 +82,11 @@ pub(crate) async fn accept_loop(
     let mut errors = AcceptErrors::new(name);
     loop {
         let permit = tokio::select! {
-            _ = ctx.shutdown.cancelled() => return,
+            _ = ctx.shutdown.cancelled() => break,
             p = ctx.limit.clone().acquire_owned() => match p { Ok(p) => p, Err(_) => return },
         };
         let (stream, peer) = tokio::select! {
-            _ = ctx.shutdown.cancelled() => return,
+            _ = ctx.shutdown.cancelled() => break,
             a = socket.accept() => match a {
                 Ok(a) => a,
                 Err(e) => {
@@ -100,6 +100,17 @@ pub(crate) async fn accept_loop(
             },
         };
         errors.succeeded();
+        let _ = stream.set_nodelay(true);
+        accepted.increment(1);
+        active.increment(1.0);
+        on_accept(Accepted { stream, peer, slot: ConnectionSlot { _permit: permit, active: active.clone() } });
+    }
+    // Connections the kernel has completed but nobody accepted are reset when the
+    // socket closes: take them first (a restart's new process took the others).
+    let Ok(socket) = socket.into_std() else { return };
+    while let Ok(permit) = ctx.limit.clone().try_acquire_owned() {
+        let Ok((stream, peer)) = socket.accept() else { break };
+        let Ok(stream) = stream.set_nonblocking(true).and_then(|()| TcpStream::from_std(stream)) else { continue };
         let _ = stream.set_nodelay(true);
         accepted.increment(1);
         active.increment(1.0);

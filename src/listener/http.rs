@@ -1,6 +1,6 @@
 //! `http` listeners (HTTP/1.1 and h2c on one port) and the HTTP connection
 //! server that `https` listeners share after their handshake: one hyper
-//! connection per client, driving [`HttpProxy`] for each request. Every
+//! connection per client, driving [`crate::http::HttpProxy`] for each request. Every
 //! connection's socket carries the deadlines of [`super::watchdog`]; heads are
 //! bounded by `limits.max_request_head` (431 above) and `limits.max_request_headers`,
 //! and an HTTP/2 client by `limits.h2_max_concurrent_streams`.
@@ -24,12 +24,12 @@ use super::watchdog::{ConnState, Deadlines, Exchange, Guarded};
 use crate::config::Config;
 use crate::http::headers::client_value;
 use crate::http::upgrade::{RelayHook, Relayed};
-use crate::http::HttpProxy;
 use crate::metrics as m;
 
 /// What serves HTTP on accepted (or TLS-terminated) connections of one listener.
 pub(crate) struct HttpServer {
-    pub proxy: Arc<HttpProxy>,
+    /// Read once per request: a config reload swaps it under open connections.
+    pub proxy: super::ProxySlot,
     builder: auto::Builder<TokioExecutor>,
     errors: Arc<ConnectionErrors>,
     pub deadlines: Arc<Deadlines>,
@@ -42,7 +42,7 @@ struct ConnectionErrors {
 }
 
 impl HttpServer {
-    pub fn new(listener: &str, proxy: HttpProxy, config: &Config) -> HttpServer {
+    pub fn new(listener: &str, proxy: super::ProxySlot, config: &Config) -> HttpServer {
         let limits = &config.limits;
         let mut builder = auto::Builder::new(TokioExecutor::new());
         builder
@@ -61,12 +61,7 @@ impl HttpServer {
         let errors = ConnectionErrors {
             malformed: metrics::counter!(m::BAD_REQUESTS, "listener" => listener.to_string(), "reason" => "malformed_request"),
         };
-        HttpServer {
-            proxy: Arc::new(proxy),
-            builder,
-            errors: Arc::new(errors),
-            deadlines: Arc::new(Deadlines::new(listener, config)),
-        }
+        HttpServer { proxy, builder, errors: Arc::new(errors), deadlines: Arc::new(Deadlines::new(listener, config)) }
     }
 
     /// Serves one client connection until it closes or the graceful shutdown ends it.
@@ -78,7 +73,7 @@ impl HttpServer {
         let client_ip = client_value(peer.ip());
         let proxy = self.proxy.clone();
         let service = hyper::service::service_fn(move |mut req: http::Request<hyper::body::Incoming>| {
-            let proxy = proxy.clone();
+            let proxy = proxy.load_full();
             let client_ip = client_ip.clone();
             let exchange = conn.start_request(req.version() == http::Version::HTTP_2);
             if req.headers().contains_key(header::UPGRADE) {

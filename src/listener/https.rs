@@ -137,6 +137,10 @@ impl HttpsListener {
         })
     }
 
+    pub fn proxy_slot(&self) -> super::ProxySlot {
+        self.server.proxy.clone()
+    }
+
     /// Serves the listener: TLS handshake (off the accept loop), then the same
     /// HTTP server as plain listeners, HTTP/1.1 or h2 as ALPN chose.
     pub async fn serve(self, name: &str, socket: TcpListener, ctx: &ListenerContext<'_>) {

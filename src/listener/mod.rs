@@ -4,7 +4,10 @@
 //! `tls_passthrough` (routes by the ClientHello's SNI, parsed by `sni`).
 //!
 //! A listener is made in two steps: [`build`] makes everything it needs and can
-//! fail (certificates, routes); [`Built::serve`] only accepts and cannot.
+//! fail (certificates, routes); [`Built::serve`] only accepts and cannot. An
+//! HTTP listener reads its [`HttpProxy`] (routes, policies, request timeout,
+//! upstream clients) through a [`ProxySlot`] once per request, so a config
+//! reload swaps it in place under open keep-alive connections.
 
 mod accept;
 mod certs;
@@ -17,25 +20,39 @@ mod watchdog;
 
 use std::sync::Arc;
 
+use arc_swap::ArcSwap;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 pub(crate) use accept::ListenerContext;
 
-use crate::config::{Config, ConfigError, Listener, ListenerKind};
+use crate::config::{Config, ConfigError, Listener, ListenerKind, Route};
+use crate::http::access_log::AccessLog;
 use crate::http::upgrade::Upgrades;
 use crate::http::HttpProxy;
 use crate::upstream::conn::Upstreams;
 use crate::upstream::SharedTable;
+
+/// The request path of one HTTP(S) listener, swapped whole by a reload.
+pub(crate) type ProxySlot = Arc<ArcSwap<HttpProxy>>;
 
 /// What listeners are built from, beyond their own config.
 pub(crate) struct Parts<'a> {
     pub config: &'a Config,
     pub table: &'a SharedTable,
     pub upstreams: &'a Arc<Upstreams>,
-    pub tracker: &'a TaskTracker,
-    pub hard_stop: &'a CancellationToken,
+}
+
+/// What one listener's connections are tracked and stopped by; it outlives
+/// reloads that swap the listener's proxy, and ends with the listener.
+#[derive(Clone, Default)]
+pub(crate) struct Lifetime {
+    /// Tracks non-HTTP connection tasks (L4 relays, TLS handshakes, upgraded
+    /// connections), waited for when the listener drains.
+    pub tracker: TaskTracker,
+    /// Cancelled when the listener's grace period is over.
+    pub hard_stop: CancellationToken,
 }
 
 /// A listener with everything made: serving it cannot fail.
@@ -47,18 +64,21 @@ pub(crate) enum Built {
 }
 
 /// Builds listener number `index`; an error names its field like `check` does.
-pub(crate) fn build(index: usize, listener: &Listener, parts: &Parts<'_>) -> Result<Built, ConfigError> {
+pub(crate) fn build(
+    index: usize,
+    listener: &Listener,
+    parts: &Parts<'_>,
+    lifetime: &Lifetime,
+) -> Result<Built, ConfigError> {
     let name = &listener.name;
-    let http = |routes, tls| {
-        let upgrades = Upgrades::new(name, parts.tracker.clone(), parts.hard_stop.clone());
-        let proxy =
-            HttpProxy::new(name, routes, tls, parts.table.clone(), parts.upstreams.clone(), upgrades, parts.config);
-        http::HttpServer::new(name, proxy, parts.config)
+    let http = |routes, tls| -> Result<http::HttpServer, ConfigError> {
+        let slot = Arc::new(ArcSwap::from_pointee(http_proxy(index, listener, routes, tls, parts, lifetime)?));
+        Ok(http::HttpServer::new(name, slot, parts.config))
     };
     Ok(match &listener.kind {
-        ListenerKind::Http { routes } => Built::Http(http(routes, false)),
+        ListenerKind::Http { routes } => Built::Http(http(routes, false)?),
         ListenerKind::Https { routes, certs } => Built::Https(Box::new(
-            https::HttpsListener::build(name, certs, http(routes, true), parts.config)
+            https::HttpsListener::build(name, certs, http(routes, true)?, parts.config)
                 .map_err(|e| ConfigError { path: format!("listener[{index}].tls"), reason: e.to_string() })?,
         )),
         ListenerKind::Tcp { service, balance } => {
@@ -70,7 +90,57 @@ pub(crate) fn build(index: usize, listener: &Listener, parts: &Parts<'_>) -> Res
     })
 }
 
+/// The request path of HTTP(S) listener number `index` (`None` for L4
+/// listeners): what a reload builds for a listener it keeps, and stores into
+/// its [`ProxySlot`].
+pub(crate) fn build_proxy(
+    index: usize,
+    listener: &Listener,
+    parts: &Parts<'_>,
+    lifetime: &Lifetime,
+) -> Result<Option<HttpProxy>, ConfigError> {
+    let (routes, tls) = match &listener.kind {
+        ListenerKind::Http { routes } => (routes, false),
+        ListenerKind::Https { routes, .. } => (routes, true),
+        ListenerKind::Tcp { .. } | ListenerKind::TlsPassthrough { .. } => return Ok(None),
+    };
+    http_proxy(index, listener, routes, tls, parts, lifetime).map(Some)
+}
+
+/// The request path with its access log (opened here: a file that cannot be
+/// opened fails the build, and so `check`, like nginx's `-t`).
+fn http_proxy(
+    index: usize,
+    listener: &Listener,
+    routes: &[Route],
+    tls: bool,
+    parts: &Parts<'_>,
+    lifetime: &Lifetime,
+) -> Result<HttpProxy, ConfigError> {
+    let name = &listener.name;
+    let access_log =
+        match &listener.access_log {
+            Some(config) => Some(AccessLog::open(name, config).map_err(|e| ConfigError {
+                path: format!("listener[{index}].access_log.path"),
+                reason: e.to_string(),
+            })?),
+            None => None,
+        };
+    let upgrades = Upgrades::new(name, lifetime.tracker.clone(), lifetime.hard_stop.clone());
+    let proxy = HttpProxy::new(name, routes, tls, parts.table.clone(), parts.upstreams.clone(), upgrades, parts.config);
+    Ok(proxy.with_access_log(access_log))
+}
+
 impl Built {
+    /// The slot an HTTP(S) listener reads its request path from.
+    pub fn proxy_slot(&self) -> Option<ProxySlot> {
+        match self {
+            Built::Http(server) => Some(server.proxy.clone()),
+            Built::Https(listener) => Some(listener.proxy_slot()),
+            Built::Tcp(_) | Built::TlsPassthrough(_) => None,
+        }
+    }
+
     /// Accepts on `socket` until `ctx.shutdown`.
     pub async fn serve(self, name: &str, socket: TcpListener, ctx: &ListenerContext<'_>) {
         match self {

@@ -86,6 +86,18 @@ impl Registry {
                 self.instances = next;
                 revision
             }
+            Update::Settings { hashed, policies } => {
+                for name in self.instances.keys() {
+                    let hashing = self.hashed.contains(name) != hashed.contains(name);
+                    let policy = self.policies.get(name) != policies.get(name);
+                    if hashing || policy {
+                        self.dirty.insert(name.clone());
+                    }
+                }
+                self.hashed = hashed;
+                self.policies = policies;
+                self.revision
+            }
             Update::Apply { changes, revision } => {
                 for change in changes {
                     match change {
@@ -174,6 +186,33 @@ impl Registry {
         let state = self.states.entry(name.to_string()).or_insert_with(|| Arc::new(ServiceState::new(name))).clone();
         let policy = self.policies.get(name).unwrap_or(&self.default_policy).clone();
         Service::new(name.into(), endpoints, state, policy, self.hashed.contains(name))
+    }
+}
+
+#[cfg(test)]
+mod hashed_tests {
+    use super::*;
+
+    #[test]
+    fn a_service_whose_settings_change_is_rebuilt() {
+        let mut r = Registry::new(HashSet::new());
+        let i =
+            Instance { service: "a".into(), id: "1".into(), addr: "127.0.0.1:1".into(), metadata: Default::default() };
+        r.apply(Update::Replace { instances: vec![i], revision: 1 });
+        r.build();
+        let settings = |hashed: &[&str], policies: &[(&str, ServicePolicy)]| Update::Settings {
+            hashed: hashed.iter().map(|s| s.to_string()).collect(),
+            policies: policies.iter().map(|(n, p)| (n.to_string(), Arc::new(p.clone()))).collect(),
+        };
+        assert!(!r.apply(settings(&[], &[])), "no change, no rebuild");
+        assert!(r.apply(settings(&["a", "unknown"], &[])));
+        let built = r.build();
+        assert_eq!(built.rebuilt.len(), 1);
+        assert_eq!(built.table.revision, 1);
+        let mut policy = ServicePolicy::default();
+        policy.limits.max_connections = 7;
+        assert!(r.apply(settings(&["a"], &[("a", policy)])), "a new policy rebuilds the service");
+        assert_eq!(r.build().rebuilt[0].policy.limits.max_connections, 7);
     }
 }
 

@@ -38,7 +38,7 @@ impl Table {
 pub struct ServiceState {
     pub round_robin: AtomicUsize,
     pub weighted: AtomicUsize,
-    pub stats: ServiceStats,
+    pub stats: Arc<ServiceStats>,
     /// Requests of this service being sent now, and of them the retries: the retry budget.
     pub active: AtomicUsize,
     pub retrying: AtomicUsize,
@@ -51,7 +51,7 @@ impl ServiceState {
         ServiceState {
             round_robin: AtomicUsize::new(0),
             weighted: AtomicUsize::new(0),
-            stats: ServiceStats::new(name),
+            stats: ServiceStats::of(name),
             active: AtomicUsize::new(0),
             retrying: AtomicUsize::new(0),
             pending: AtomicUsize::new(0),
