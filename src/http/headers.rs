@@ -36,8 +36,9 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
     if !te && !present.contains(&true) {
         return;
     }
-    // present[0] is `Connection`: the headers it names are hop-by-hop too.
-    if present[0] {
+    // present[0] is `Connection`: the headers it names are hop-by-hop too. The
+    // usual values (`keep-alive`, `close`) name none: no list is built for them.
+    if present[0] && connection_names_headers(headers) {
         let named: Vec<HeaderName> = headers
             .get_all(header::CONNECTION)
             .iter()
@@ -67,6 +68,16 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
             headers.remove(header::TE);
         }
     }
+}
+
+/// Whether some `Connection` value names a header (anything but `close` and `keep-alive`).
+fn connection_names_headers(headers: &HeaderMap) -> bool {
+    headers.get_all(header::CONNECTION).iter().any(|v| {
+        v.as_bytes()
+            .split(|&b| b == b',')
+            .map(<[u8]>::trim_ascii)
+            .any(|t| !t.is_empty() && !t.eq_ignore_ascii_case(b"close") && !t.eq_ignore_ascii_case(b"keep-alive"))
+    })
 }
 
 /// The client address as an `X-Forwarded-For` entry, made once per connection.
@@ -119,6 +130,20 @@ mod tests {
         h.insert(header::TE, "gzip".parse().unwrap());
         strip_hop_by_hop(&mut h);
         assert!(h.is_empty());
+    }
+
+    #[test]
+    fn connection_with_only_keep_alive_or_close() {
+        let mut h = HeaderMap::new();
+        h.insert(header::CONNECTION, "Keep-Alive".parse().unwrap());
+        h.insert("x-keep", "1".parse().unwrap());
+        assert!(!connection_names_headers(&h));
+        strip_hop_by_hop(&mut h);
+        assert_eq!(h.len(), 1);
+        h.insert(header::CONNECTION, "close, x-keep".parse().unwrap());
+        assert!(connection_names_headers(&h));
+        strip_hop_by_hop(&mut h);
+        assert!(h.is_empty(), "{h:?}");
     }
 
     #[test]

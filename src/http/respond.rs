@@ -8,12 +8,12 @@
 use bytes::Bytes;
 use http::{header, HeaderValue, Response, StatusCode};
 use http_body_util::{Either, Full};
-use hyper::body::Incoming;
 
 use super::grpc::{self, Code};
-use crate::upstream::conn::UpstreamError;
+use crate::upstream::conn::{ResponseBody, UpstreamError};
 
-pub type ProxyBody = Either<Incoming, Full<Bytes>>;
+/// An upstream's body (hyper's, or the in-task HTTP/1.1 exchange's) or the gateway's own text.
+pub type ProxyBody = Either<ResponseBody, Full<Bytes>>;
 
 /// A local answer with a plain-text body.
 pub fn text(status: StatusCode, reason: impl Into<Bytes>) -> Response<ProxyBody> {

@@ -22,7 +22,7 @@ use tokio::time::Instant;
 
 use super::plan::{self, Plan, TryEnd};
 use crate::upstream::conn::pool::SendLimits;
-use crate::upstream::conn::{UpstreamError, Upstreams, Via};
+use crate::upstream::conn::{ResponseBody, UpstreamError, Upstreams, Via};
 use crate::upstream::instance::now_ms;
 use crate::upstream::outlier::Outcome;
 use crate::upstream::stats::Overflow;
@@ -133,7 +133,7 @@ pub(crate) struct AnsweredBy(pub Arc<str>);
 enum Last {
     Error(UpstreamError),
     /// A 502/503/504 (or gRPC UNAVAILABLE) that was not retried: passed on as is.
-    Response(Response<Incoming>),
+    Response(Response<ResponseBody>),
 }
 
 /// Sends `out` to `service` as `plan` says. Returns the response to pass on (which
@@ -145,7 +145,7 @@ pub async fn send(
     plan: &Plan,
     mut out: Outgoing,
     started: Instant,
-) -> Result<Response<Incoming>, Failed> {
+) -> Result<Response<ResponseBody>, Failed> {
     let state = &service.state;
     let _active = Count::new(&state.active);
     let mut _retrying: Option<Count<'_>> = None;
@@ -178,7 +178,8 @@ pub async fn send(
             continue;
         };
         tries += 1;
-        let sent = tokio::time::timeout(limit, upstreams.send(via, endpoint, req, limits)).await;
+        // Boxed before the timeout wraps it: the send's state is not moved again.
+        let sent = tokio::time::timeout(limit, Box::pin(upstreams.send(via, endpoint, req, limits))).await;
         drop(inflight);
         let end = match sent {
             Ok(Ok(mut res)) => match plan::classify(res.status(), res.headers(), plan.grpc) {

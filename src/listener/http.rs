@@ -80,10 +80,13 @@ impl HttpServer {
                 // Only then: an extension costs an allocation per request.
                 req.extensions_mut().insert(RelayHook(conn.clone() as Arc<dyn Relayed>));
             }
-            async move {
+            // Boxed: hyper keeps an h1 connection's in-flight slot (sized for this future)
+            // allocated while the connection idles, and moves each h2 stream's future into
+            // a task of its own; a pointer keeps both small (bench/cost.sh `mem`, `ir`).
+            Box::pin(async move {
                 let res = proxy.handle(req, peer, &client_ip).await;
                 Ok::<_, Infallible>(res.map(|body| Tracked { body, _exchange: exchange }))
-            }
+            })
         });
         let conn = self.builder.serve_connection_with_upgrades(TokioIo::new(io), service).into_owned();
         let conn = watcher.watch(conn);

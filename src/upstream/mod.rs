@@ -7,7 +7,7 @@
 //! instances (`conn`).
 
 pub(crate) mod balance;
-pub(crate) mod conn;
+pub mod conn;
 pub(crate) mod endpoint;
 pub(crate) mod health;
 pub(crate) mod instance;

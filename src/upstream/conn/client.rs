@@ -9,15 +9,17 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
-use http::{Request, Response};
+use http::{header, Request, Response};
+use http_body_util::Either;
 use hyper::body::Incoming;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 
+use super::h1::H1Error;
 use super::pool::{PoolError, PoolSettings, SendLimits};
 use super::tls::{TlsSettings, UpstreamConnector, UpstreamTlsError, ALPN_H2, ALPN_HTTP1};
-use super::{Protocol, UpstreamBody};
+use super::{Protocol, ResponseBody, UpstreamBody};
 use crate::config::{ClientTls, Config, ConfigError};
 use crate::upstream::Endpoint;
 
@@ -150,7 +152,7 @@ impl Upstreams {
         endpoint: &Endpoint,
         req: Request<UpstreamBody>,
         limits: SendLimits<'_>,
-    ) -> Result<Response<Incoming>, SendError> {
+    ) -> Result<Response<ResponseBody>, SendError> {
         let pool_error = |(e, unsent): (PoolError, Option<Request<UpstreamBody>>)| SendError {
             connect: e.is_connect() || matches!(e, PoolError::Pending),
             overloaded: matches!(e, PoolError::Pending),
@@ -159,12 +161,31 @@ impl Upstreams {
             detail: e.to_string(),
             unsent,
         };
+        let hyper = |res: Response<Incoming>| res.map(Either::Left);
         match via {
-            Via::Instance { h2: false } => {
-                endpoint.pool.send(req, self.instance_pools, limits).await.map_err(pool_error)
+            // Plain requests: the exchange runs in this task (`h1`). Upgrades stay on
+            // hyper's connection, whose 101 hands both sides to the relay.
+            Via::Instance { h2: false } if !req.headers().contains_key(header::UPGRADE) => {
+                match endpoint.pool.send_h1(req, self.instance_pools, limits).await {
+                    Ok(res) => Ok(res.map(Either::Right)),
+                    Err((e, unsent)) => Err(SendError {
+                        connect: e.is_connect(),
+                        overloaded: matches!(e, H1Error::Pending),
+                        closed: matches!(e, H1Error::ClosedBeforeResponse),
+                        // The request body that failed is the client's (`Incoming`).
+                        client_body: matches!(e, H1Error::RequestBody(_)),
+                        detail: e.to_string(),
+                        unsent,
+                    }),
+                }
             }
-            Via::Instance { h2: true } => endpoint.pool.send_h2(req, self.instance_pools).await.map_err(pool_error),
-            Via::Shared(client) => client.request(req).await.map_err(|e| SendError {
+            Via::Instance { h2: false } => {
+                endpoint.pool.send(req, self.instance_pools, limits).await.map(hyper).map_err(pool_error)
+            }
+            Via::Instance { h2: true } => {
+                endpoint.pool.send_h2(req, self.instance_pools).await.map(hyper).map_err(pool_error)
+            }
+            Via::Shared(client) => client.request(req).await.map(hyper).map_err(|e| SendError {
                 connect: e.is_connect(),
                 overloaded: false,
                 closed: std::error::Error::source(&e)

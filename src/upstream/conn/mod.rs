@@ -3,6 +3,7 @@
 //! TLS clients (`client`), and upstream TLS settings (`tls`).
 
 pub(crate) mod client;
+pub mod h1;
 pub(crate) mod pool;
 pub(crate) mod tls;
 
@@ -30,6 +31,10 @@ impl Protocol {
 /// What the gateway sends upstream: a body kept in memory (so it can be sent again
 /// on a retry), or the client's body streamed once.
 pub type UpstreamBody = http_body_util::Either<http_body_util::Full<bytes::Bytes>, hyper::body::Incoming>;
+
+/// A response body from upstream: hyper's (h2c, TLS, upgrades) or the in-task
+/// HTTP/1.1 exchange's (`h1`).
+pub type ResponseBody = http_body_util::Either<hyper::body::Incoming, h1::H1Body>;
 
 /// Why talking to an upstream failed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

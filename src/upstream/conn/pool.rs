@@ -23,6 +23,7 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::net::TcpStream;
 use tokio::sync::Notify;
 
+use super::h1::{H1Body, H1Error, H1Limits, H1Pool, H1Settings, RequestHead, SendError};
 use super::UpstreamBody;
 
 #[derive(Debug, thiserror::Error)]
@@ -57,6 +58,10 @@ pub struct InstancePool {
     /// Signalled when a connection is returned or closes: waiters look again.
     freed: Arc<Notify>,
     retired: AtomicBool,
+    /// HTTP/1.1 connections driven from the request's own task (`h1`), counted
+    /// in the same `open`: plain requests use these; `idle` above holds hyper's,
+    /// for upgrades.
+    pub h1: H1Pool,
 }
 
 #[derive(Debug)]
@@ -72,6 +77,13 @@ pub struct PoolSettings {
     pub max_idle: usize,
     /// How long an unused connection is kept (`timeouts.upstream_idle`).
     pub idle_timeout: Duration,
+}
+
+impl PoolSettings {
+    /// The same bounds for the in-task HTTP/1.1 connections.
+    pub fn h1(self) -> H1Settings {
+        H1Settings { connect_timeout: self.connect_timeout, max_idle: self.max_idle, idle_timeout: self.idle_timeout }
+    }
 }
 
 /// The limits of one send: the instance's connection cap and the service's queue.
@@ -100,12 +112,14 @@ enum Lease {
 
 impl InstancePool {
     pub fn new(addr: &str) -> InstancePool {
+        let (open, freed) = (Arc::new(AtomicUsize::new(0)), Arc::new(Notify::new()));
         InstancePool {
             addr: addr.into(),
             idle: Mutex::new(Vec::new()),
             h2: Mutex::new(None),
-            open: Arc::new(AtomicUsize::new(0)),
-            freed: Arc::new(Notify::new()),
+            h1: H1Pool::sharing(addr, open.clone(), freed.clone()),
+            open,
+            freed,
             retired: AtomicBool::new(false),
         }
     }
@@ -124,6 +138,7 @@ impl InstancePool {
     /// connections close).
     pub fn retire(&self, retire: bool) {
         self.retired.store(retire, Ordering::Relaxed);
+        self.h1.retire(retire);
         if retire {
             self.idle.lock().unwrap_or_else(|e| e.into_inner()).clear();
             self.h2.lock().unwrap_or_else(|e| e.into_inner()).take();
@@ -160,6 +175,34 @@ impl InstancePool {
                     None => return Err((PoolError::Request(e.into_error()), None)),
                 },
             }
+        }
+    }
+
+    /// Sends a plain (non-upgrade) request over the in-task HTTP/1.1 connections
+    /// (`h1`), within the same limits as [`InstancePool::send`]; the request comes
+    /// back when nothing of it reached the instance.
+    pub async fn send_h1(
+        &self,
+        req: Request<UpstreamBody>,
+        settings: PoolSettings,
+        limits: SendLimits<'_>,
+    ) -> Result<Response<H1Body>, (H1Error, Option<Request<UpstreamBody>>)> {
+        let (parts, body) = req.into_parts();
+        let head = RequestHead {
+            method: &parts.method,
+            target: parts.uri.path_and_query().map_or("/", |p| p.as_str()),
+            headers: &parts.headers,
+            extra: b"",
+            skip: &[],
+        };
+        let limits = H1Limits {
+            max_connections: limits.max_connections,
+            max_pending: limits.max_pending,
+            pending: limits.pending,
+        };
+        match self.h1.send_limited(head, body, settings.h1(), limits).await {
+            Ok(res) => Ok(res),
+            Err(SendError { error, unsent }) => Err((error, unsent.map(|body| Request::from_parts(parts, body)))),
         }
     }
 

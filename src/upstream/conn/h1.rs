@@ -1,0 +1,642 @@
+//! The upstream HTTP/1.1 exchange, run inside the request's own task: the pool
+//! keeps the connections themselves (a `TcpStream` and its read buffer), and a
+//! request writes its head (encoded straight from the request's parts, with
+//! extra lines such as `X-Forwarded-*` appended as bytes), streams its body,
+//! reads and parses the response head (`parse`), and hands back a response
+//! whose body (`body`) reads from the connection and returns it to the pool when
+//! complete. No per-connection task, no channels: what hyper's client
+//! dispatcher does with two tasks and a channel hop happens in one.
+//!
+//! hyper stays for the client side of the gateway and for HTTP/2 and TLS upstreams.
+
+mod body;
+mod parse;
+
+use std::io;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use bytes::{Bytes, BytesMut};
+use http::header::{self, HeaderMap, HeaderName};
+use http::{Method, Response};
+use http_body::Body;
+use http_body_util::BodyExt;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::sync::Notify;
+
+pub use body::{H1Body, H1Upgraded};
+pub use parse::{MAX_CHUNK_LINE, MAX_HEAD, MAX_HEADERS};
+
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// Read size for a response head (hyper's initial read buffer: 8 KiB).
+const READ_SIZE: usize = 8 * 1024;
+
+#[derive(Debug, thiserror::Error)]
+pub enum H1Error {
+    #[error("connect to {addr}: {source}")]
+    Connect { addr: String, source: io::Error },
+    #[error("connect to {addr}: timed out")]
+    ConnectTimeout { addr: String },
+    #[error("upstream i/o: {0}")]
+    Io(#[from] io::Error),
+    #[error("upstream closed the connection before a response")]
+    ClosedBeforeResponse,
+    #[error("upstream closed the connection inside the body")]
+    ClosedInBody,
+    #[error("response head larger than {MAX_HEAD} bytes")]
+    HeadTooLarge,
+    #[error("malformed response head: {0}")]
+    Parse(httparse::Error),
+    #[error("invalid response: {0}")]
+    Invalid(&'static str),
+    #[error("malformed chunked body: {0}")]
+    Chunk(&'static str),
+    #[error("request body: {0}")]
+    RequestBody(BoxError),
+    #[error("request body: {0}")]
+    RequestLength(&'static str),
+    #[error("too many requests waiting for a connection")]
+    Pending,
+}
+
+impl H1Error {
+    /// Nothing reached the instance: the request may go to another one.
+    pub fn is_connect(&self) -> bool {
+        matches!(self, H1Error::Connect { .. } | H1Error::ConnectTimeout { .. } | H1Error::Pending)
+    }
+}
+
+/// A failed send; `unsent` is the request body when nothing of the request
+/// reached the instance (a connect failure), for another instance to take.
+#[derive(Debug)]
+pub struct SendError<B> {
+    pub error: H1Error,
+    pub unsent: Option<B>,
+}
+
+/// Settings shared by every instance's pool.
+#[derive(Debug, Clone, Copy)]
+pub struct H1Settings {
+    pub connect_timeout: Duration,
+    /// Idle connections kept per instance.
+    pub max_idle: usize,
+    /// How long an unused connection is kept (`timeouts.upstream_idle`).
+    pub idle_timeout: Duration,
+}
+
+/// The bounds of one send: the instance's cap on open connections, and the
+/// service's queue of requests waiting for one (`max_pending`; over it a
+/// request is refused at once, `H1Error::Pending`).
+#[derive(Debug, Clone, Copy)]
+pub struct H1Limits<'a> {
+    pub max_connections: usize,
+    pub max_pending: usize,
+    pub pending: &'a AtomicUsize,
+}
+
+/// What to send: the parts of the request that make its head. `target` is the
+/// origin form (path and query). `extra` are whole header lines (`name: value\r\n`)
+/// written after `headers`, such as the `X-Forwarded-*` set (see `encode_line`);
+/// `skip` names headers of `headers` not to write (those `extra` replaces).
+#[derive(Debug, Clone, Copy)]
+pub struct RequestHead<'a> {
+    pub method: &'a Method,
+    pub target: &'a str,
+    pub headers: &'a HeaderMap,
+    pub extra: &'a [u8],
+    pub skip: &'a [HeaderName],
+}
+
+/// One pooled connection and the bytes read from it but not yet consumed.
+#[derive(Debug)]
+struct Conn {
+    io: TcpStream,
+    buf: BytesMut,
+    /// Its place in the instance's count of open connections, given back on drop.
+    _slot: Slot,
+}
+
+/// One open connection counted in the pool's `open`; frees its place (and wakes
+/// a request waiting for one) when the connection is dropped. It holds the two
+/// counters only, not the pool, which holds idle connections (no cycle).
+#[derive(Debug)]
+struct Slot {
+    open: Arc<AtomicUsize>,
+    freed: Arc<Notify>,
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        self.open.fetch_sub(1, Ordering::Relaxed);
+        self.freed.notify_waiters();
+    }
+}
+
+#[derive(Debug)]
+struct Idle {
+    conn: Conn,
+    since: Instant,
+}
+
+/// What the pool's connections and their bodies share.
+#[derive(Debug, Default)]
+struct Shared {
+    idle: Mutex<Vec<Idle>>,
+    /// Open connections: idle, busy, or being made. Shared with the instance's
+    /// other HTTP/1.1 connections (hyper's, for upgrades) so the cap covers both.
+    open: Arc<AtomicUsize>,
+    /// Signalled when a connection is returned or closes: waiters look again.
+    freed: Arc<Notify>,
+    /// The instance is draining or gone: no connection is kept idle.
+    retired: AtomicBool,
+}
+
+/// Where a finished response body puts its connection back.
+#[derive(Debug)]
+struct Return {
+    shared: Arc<Shared>,
+    max: usize,
+    idle_timeout: Duration,
+}
+
+impl Return {
+    fn put(self, conn: Conn) {
+        if self.shared.retired.load(Ordering::Relaxed) {
+            return;
+        }
+        let now = Instant::now();
+        {
+            let mut idle = self.shared.idle.lock().unwrap_or_else(|e| e.into_inner());
+            // The oldest entry is at the bottom of the stack; expire it here, as checkout only sees the top.
+            if idle.first().is_some_and(|e| now.duration_since(e.since) > self.idle_timeout) {
+                idle.remove(0);
+            }
+            if idle.len() >= self.max {
+                return;
+            }
+            idle.push(Idle { conn, since: now });
+        }
+        self.shared.freed.notify_waiters();
+    }
+}
+
+/// Counts one request waiting for a connection until dropped.
+struct Waiting<'a>(&'a AtomicUsize);
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// One instance's HTTP/1.1 connections. Its lock is held for a push or a pop, never across an `.await`.
+#[derive(Debug)]
+pub struct H1Pool {
+    addr: Box<str>,
+    shared: Arc<Shared>,
+}
+
+impl H1Pool {
+    pub fn new(addr: &str) -> H1Pool {
+        H1Pool::sharing(addr, Arc::default(), Arc::default())
+    }
+
+    /// A pool whose open connections are counted in `open` (and signalled on
+    /// `freed`) together with others of the same instance.
+    pub fn sharing(addr: &str, open: Arc<AtomicUsize>, freed: Arc<Notify>) -> H1Pool {
+        let shared = Shared { idle: Mutex::default(), open, freed, retired: AtomicBool::new(false) };
+        H1Pool { addr: addr.into(), shared: Arc::new(shared) }
+    }
+
+    /// Idle connections now (for tests and the admin view).
+    pub fn idle(&self) -> usize {
+        self.shared.idle.lock().unwrap_or_else(|e| e.into_inner()).len()
+    }
+
+    /// Closes every idle connection; with `retire`, none are kept from now on.
+    pub fn retire(&self, retire: bool) {
+        self.shared.retired.store(retire, Ordering::Relaxed);
+        if retire {
+            self.shared.idle.lock().unwrap_or_else(|e| e.into_inner()).clear();
+        }
+    }
+
+    /// [`H1Pool::send_limited`] without a cap on connections.
+    pub async fn send<B>(
+        &self,
+        head: RequestHead<'_>,
+        body: B,
+        settings: H1Settings,
+    ) -> Result<Response<H1Body>, SendError<B>>
+    where
+        B: Body<Data = Bytes> + Unpin,
+        B::Error: Into<BoxError>,
+    {
+        let pending = AtomicUsize::new(0);
+        let limits = H1Limits { max_connections: usize::MAX, max_pending: usize::MAX, pending: &pending };
+        self.send_limited(head, body, settings, limits).await
+    }
+
+    /// Sends one request on a pooled connection or a new one (at most
+    /// `max_connections` open; at the cap it waits, counted against
+    /// `max_pending`, for one to be returned or closed). A pooled connection
+    /// that turns out closed before any byte of a response (the upstream's
+    /// keep-alive timeout raced this request) is dropped and the request sent
+    /// again on the next one, as long as its body was not started — nothing
+    /// of it can have been processed. Then the response head is parsed and the
+    /// response returned with its body still on the connection.
+    pub async fn send_limited<B>(
+        &self,
+        head: RequestHead<'_>,
+        body: B,
+        settings: H1Settings,
+        limits: H1Limits<'_>,
+    ) -> Result<Response<H1Body>, SendError<B>>
+    where
+        B: Body<Data = Bytes> + Unpin,
+        B::Error: Into<BoxError>,
+    {
+        let framing = request_framing(&head, &body);
+        let kind = parse::RequestKind {
+            head: head.method == Method::HEAD,
+            upgrade: head.headers.contains_key(header::UPGRADE),
+        };
+        let encoded = encode_head(&head, framing);
+        let mut body = Some(body);
+        loop {
+            let (conn, reused) = match self.lease(settings, limits).await {
+                Ok(Some(conn)) => (conn, true),
+                Ok(None) => match self.connect(settings).await {
+                    Ok(conn) => (conn, false),
+                    Err(error) => return Err(SendError { error, unsent: body.take() }),
+                },
+                Err(error) => return Err(SendError { error, unsent: body.take() }),
+            };
+            match exchange(conn, &encoded, &mut body, framing, kind).await {
+                Ok((conn, head)) => {
+                    let back = head.keep_alive.then(|| Return {
+                        shared: self.shared.clone(),
+                        max: settings.max_idle,
+                        idle_timeout: settings.idle_timeout,
+                    });
+                    let mut res = Response::new(H1Body::new(conn, head.framing, head.keep_alive, back));
+                    *res.status_mut() = head.status;
+                    *res.version_mut() = head.version;
+                    *res.headers_mut() = head.headers;
+                    return Ok(res);
+                }
+                Err(Failed { error, stale }) if stale && reused && body.is_some() => {
+                    tracing::debug!(addr = %self.addr, "pooled connection closed before a response, sending again: {error}");
+                }
+                Err(Failed { error, .. }) => return Err(SendError { error, unsent: None }),
+            }
+        }
+    }
+
+    /// An idle connection (`Some`), a reserved place for a new one (`None`), or —
+    /// at the cap — a wait for one to be returned or closed.
+    async fn lease(&self, settings: H1Settings, limits: H1Limits<'_>) -> Result<Option<Conn>, H1Error> {
+        let mut waiting: Option<Waiting<'_>> = None;
+        loop {
+            // Registered before looking, so a return between the look and the wait is not missed.
+            let freed = self.shared.freed.notified();
+            tokio::pin!(freed);
+            freed.as_mut().enable();
+            if let Some(conn) = self.checkout(settings) {
+                return Ok(Some(conn));
+            }
+            let open = &self.shared.open;
+            if open
+                .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| (n < limits.max_connections).then_some(n + 1))
+                .is_ok()
+            {
+                return Ok(None);
+            }
+            if waiting.is_none() {
+                if limits.pending.fetch_add(1, Ordering::Relaxed) >= limits.max_pending {
+                    limits.pending.fetch_sub(1, Ordering::Relaxed);
+                    return Err(H1Error::Pending);
+                }
+                waiting = Some(Waiting(limits.pending));
+            }
+            freed.await;
+        }
+    }
+
+    /// The most recently used idle connection that still looks open.
+    fn checkout(&self, settings: H1Settings) -> Option<Conn> {
+        loop {
+            let entry = self.shared.idle.lock().unwrap_or_else(|e| e.into_inner()).pop()?;
+            if entry.since.elapsed() <= settings.idle_timeout && looks_open(&entry.conn.io) {
+                return Some(entry.conn);
+            }
+        }
+    }
+
+    /// Connects in the place `lease` reserved (given back if this fails).
+    async fn connect(&self, settings: H1Settings) -> Result<Conn, H1Error> {
+        let slot = Slot { open: self.shared.open.clone(), freed: self.shared.freed.clone() };
+        let addr = || self.addr.to_string();
+        let io = match tokio::time::timeout(settings.connect_timeout, TcpStream::connect(&*self.addr)).await {
+            Ok(Ok(s)) => s,
+            Ok(Err(source)) => return Err(H1Error::Connect { addr: addr(), source }),
+            Err(_) => return Err(H1Error::ConnectTimeout { addr: addr() }),
+        };
+        let _ = io.set_nodelay(true);
+        Ok(Conn { io, buf: BytesMut::new(), _slot: slot })
+    }
+}
+
+/// An idle connection is open unless the runtime has seen it readable (a FIN,
+/// a reset, or bytes nobody asked for): no syscall unless it has. The no-op
+/// waker registered here is replaced by the first real read.
+fn looks_open(io: &TcpStream) -> bool {
+    let mut cx = Context::from_waker(futures_util::task::noop_waker_ref());
+    match io.poll_read_ready(&mut cx) {
+        Poll::Pending => true,
+        Poll::Ready(Err(_)) => false,
+        Poll::Ready(Ok(())) => {
+            let mut probe = [0u8; 1];
+            matches!(io.try_read(&mut probe), Err(e) if e.kind() == io::ErrorKind::WouldBlock)
+        }
+    }
+}
+
+/// How the request body is delimited on the wire.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum ReqFraming {
+    None,
+    Length(u64),
+    Chunked,
+}
+
+fn request_framing<B: Body>(head: &RequestHead<'_>, body: &B) -> ReqFraming {
+    match body.size_hint().exact() {
+        Some(0) if body.is_end_stream() => {
+            // A POST/PUT/PATCH says its empty body's length, as hyper's client does.
+            let says_length = head.headers.contains_key(header::CONTENT_LENGTH)
+                || matches!(*head.method, Method::POST | Method::PUT | Method::PATCH);
+            if says_length {
+                ReqFraming::Length(0)
+            } else {
+                ReqFraming::None
+            }
+        }
+        Some(n) => ReqFraming::Length(n),
+        None => ReqFraming::Chunked,
+    }
+}
+
+/// `name: value\r\n`, for [`RequestHead::extra`].
+pub fn encode_line(dst: &mut Vec<u8>, name: &str, value: &[u8]) {
+    dst.extend_from_slice(name.as_bytes());
+    dst.extend_from_slice(b": ");
+    dst.extend_from_slice(value);
+    dst.extend_from_slice(b"\r\n");
+}
+
+/// The request head. The framing headers are this hop's: whatever the request
+/// carried is replaced by what the body really is. Names and values come from
+/// `http` types, which cannot hold CR or LF, so nothing here can split a line.
+fn encode_head(head: &RequestHead<'_>, framing: ReqFraming) -> Vec<u8> {
+    let mut size = head.method.as_str().len() + head.target.len() + head.extra.len() + 48;
+    for (name, value) in head.headers {
+        size += name.as_str().len() + value.len() + 4;
+    }
+    let mut dst = Vec::with_capacity(size);
+    dst.extend_from_slice(head.method.as_str().as_bytes());
+    dst.push(b' ');
+    dst.extend_from_slice(head.target.as_bytes());
+    dst.extend_from_slice(b" HTTP/1.1\r\n");
+    for (name, value) in head.headers {
+        if name == header::CONTENT_LENGTH || name == header::TRANSFER_ENCODING || head.skip.contains(name) {
+            continue;
+        }
+        encode_line(&mut dst, name.as_str(), value.as_bytes());
+    }
+    dst.extend_from_slice(head.extra);
+    match framing {
+        ReqFraming::None => {}
+        ReqFraming::Length(n) => {
+            dst.extend_from_slice(b"content-length: ");
+            dst.extend_from_slice(n.to_string().as_bytes());
+            dst.extend_from_slice(b"\r\n");
+        }
+        ReqFraming::Chunked => dst.extend_from_slice(b"transfer-encoding: chunked\r\n"),
+    }
+    dst.extend_from_slice(b"\r\n");
+    dst
+}
+
+/// Why an exchange failed; `stale`: not one byte of a response arrived and
+/// the request body was not touched, so sending it again elsewhere is safe.
+struct Failed {
+    error: H1Error,
+    stale: bool,
+}
+
+impl From<H1Error> for Failed {
+    fn from(error: H1Error) -> Failed {
+        Failed { error, stale: false }
+    }
+}
+
+/// Writes the request and reads the response head. A request without a body
+/// is one write and then reads; one with a body is streamed while the
+/// response head is awaited, since an upstream may answer (say 413) before
+/// reading it all — the connection is then not reused.
+async fn exchange<B>(
+    mut conn: Conn,
+    encoded: &[u8],
+    body: &mut Option<B>,
+    framing: ReqFraming,
+    kind: parse::RequestKind,
+) -> Result<(Conn, parse::Head), Failed>
+where
+    B: Body<Data = Bytes> + Unpin,
+    B::Error: Into<BoxError>,
+{
+    let mut req_body = match body.take() {
+        Some(b) if !b.is_end_stream() => b,
+        empty => {
+            // Left in place: a stale connection can send it again.
+            *body = empty;
+            if let Err(e) = conn.io.write_all(encoded).await {
+                return Err(Failed { error: e.into(), stale: true });
+            }
+            let head = read_head(&mut conn, kind).await?;
+            return Ok((conn, head));
+        }
+    };
+    let (head, sent) = {
+        let Conn { io, buf, .. } = &mut conn;
+        let (mut rd, mut wr) = io.split();
+        let send = async {
+            wr.write_all(encoded).await?;
+            write_body(&mut wr, &mut req_body, framing).await
+        };
+        let recv = read_head_from(&mut rd, buf, kind);
+        tokio::pin!(send, recv);
+        let mut sent: Option<Result<(), H1Error>> = None;
+        let head = loop {
+            tokio::select! {
+                r = &mut send, if sent.is_none() => sent = Some(r),
+                r = &mut recv => break r,
+            }
+        };
+        (head, sent)
+    };
+    let head = match (head, sent) {
+        (Ok(head), Some(Ok(()))) => head,
+        // Answered before the request body was all sent (or its sending failed):
+        // the response stands; the connection is not reused.
+        (Ok(mut head), _) => {
+            head.keep_alive = false;
+            head
+        }
+        (Err(f), Some(Err(H1Error::RequestBody(b)))) => {
+            tracing::debug!("upstream exchange failed ({}) after the request body failed", f.error);
+            return Err(H1Error::RequestBody(b).into());
+        }
+        (Err(f), _) => return Err(f),
+    };
+    Ok((conn, head))
+}
+
+async fn read_head(conn: &mut Conn, kind: parse::RequestKind) -> Result<parse::Head, Failed> {
+    let Conn { io, buf, .. } = conn;
+    read_head_from(io, buf, kind).await
+}
+
+async fn read_head_from<R>(rd: &mut R, buf: &mut BytesMut, kind: parse::RequestKind) -> Result<parse::Head, Failed>
+where
+    R: tokio::io::AsyncRead + Unpin,
+{
+    let mut got_any = !buf.is_empty();
+    loop {
+        if !buf.is_empty() {
+            if let Some(head) = parse::response_head(buf, kind)? {
+                return Ok(head);
+            }
+        }
+        if buf.capacity() - buf.len() < 1024 {
+            buf.reserve(READ_SIZE);
+        }
+        match rd.read_buf(buf).await {
+            Ok(0) if got_any => return Err(H1Error::ClosedBeforeResponse.into()),
+            Ok(0) => return Err(Failed { error: H1Error::ClosedBeforeResponse, stale: true }),
+            Ok(_) => got_any = true,
+            Err(e) if !got_any && e.kind() == io::ErrorKind::ConnectionReset => {
+                return Err(Failed { error: e.into(), stale: true })
+            }
+            Err(e) => return Err(H1Error::Io(e).into()),
+        }
+    }
+}
+
+/// Streams the request body with the framing its head announced.
+async fn write_body<W, B>(wr: &mut W, body: &mut B, framing: ReqFraming) -> Result<(), H1Error>
+where
+    W: tokio::io::AsyncWrite + Unpin,
+    B: Body<Data = Bytes> + Unpin,
+    B::Error: Into<BoxError>,
+{
+    let mut written: u64 = 0;
+    while let Some(frame) = body.frame().await {
+        let frame = frame.map_err(|e| H1Error::RequestBody(e.into()))?;
+        match frame.into_data() {
+            Ok(mut data) => {
+                if data.is_empty() {
+                    continue;
+                }
+                written += data.len() as u64;
+                match framing {
+                    ReqFraming::Chunked => {
+                        let size = format!("{:x}\r\n", data.len());
+                        wr.write_all(size.as_bytes()).await?;
+                        wr.write_all_buf(&mut data).await?;
+                        wr.write_all(b"\r\n").await?;
+                    }
+                    ReqFraming::Length(n) if written > n => {
+                        return Err(H1Error::RequestLength("longer than its content-length"))
+                    }
+                    _ => wr.write_all_buf(&mut data).await?,
+                }
+            }
+            Err(frame) => {
+                if let (ReqFraming::Chunked, Ok(trailers)) = (framing, frame.into_trailers()) {
+                    let mut end = b"0\r\n".to_vec();
+                    for (name, value) in &trailers {
+                        encode_line(&mut end, name.as_str(), value.as_bytes());
+                    }
+                    end.extend_from_slice(b"\r\n");
+                    wr.write_all(&end).await?;
+                    return Ok(());
+                }
+            }
+        }
+    }
+    match framing {
+        ReqFraming::Chunked => wr.write_all(b"0\r\n\r\n").await?,
+        ReqFraming::Length(n) if written != n => return Err(H1Error::RequestLength("shorter than its content-length")),
+        _ => {}
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http_body_util::{Empty, Full};
+
+    fn head<'a>(method: &'a Method, headers: &'a HeaderMap, extra: &'a [u8]) -> RequestHead<'a> {
+        RequestHead { method, target: "/a?b=1", headers, extra, skip: &[] }
+    }
+
+    #[test]
+    fn head_encoding() {
+        let mut h = HeaderMap::new();
+        h.insert(header::HOST, "example.com".parse().unwrap());
+        let mut extra = Vec::new();
+        encode_line(&mut extra, "x-forwarded-for", b"10.0.0.1");
+        let get = Method::GET;
+        let hd = head(&get, &h, &extra);
+        let out = encode_head(&hd, request_framing(&hd, &Empty::<Bytes>::new()));
+        assert_eq!(
+            String::from_utf8(out).unwrap(),
+            "GET /a?b=1 HTTP/1.1\r\nhost: example.com\r\nx-forwarded-for: 10.0.0.1\r\n\r\n"
+        );
+        // the client's framing headers are replaced by the body's real one
+        h.insert(header::CONTENT_LENGTH, "999".parse().unwrap());
+        h.insert(header::TRANSFER_ENCODING, "chunked".parse().unwrap());
+        let post = Method::POST;
+        let hd = head(&post, &h, b"");
+        let out = encode_head(&hd, request_framing(&hd, &Full::new(Bytes::from_static(b"abc"))));
+        assert!(String::from_utf8(out).unwrap().ends_with("host: example.com\r\ncontent-length: 3\r\n\r\n"));
+        let out = encode_head(&hd, request_framing(&hd, &Empty::<Bytes>::new()));
+        assert!(String::from_utf8(out).unwrap().ends_with("content-length: 0\r\n\r\n"));
+    }
+
+    #[tokio::test]
+    async fn chunked_request_body_with_trailers() {
+        let mut trailers = HeaderMap::new();
+        trailers.insert("x-sum", "7".parse().unwrap());
+        let frames: Vec<Result<http_body::Frame<Bytes>, std::convert::Infallible>> = vec![
+            Ok(http_body::Frame::data(Bytes::from_static(b"hello"))),
+            Ok(http_body::Frame::data(Bytes::new())),
+            Ok(http_body::Frame::data(Bytes::from_static(b" world!"))),
+            Ok(http_body::Frame::trailers(trailers)),
+        ];
+        let mut body = http_body_util::StreamBody::new(futures_util::stream::iter(frames));
+        let mut out = Vec::new();
+        write_body(&mut out, &mut body, ReqFraming::Chunked).await.unwrap();
+        assert_eq!(out, b"5\r\nhello\r\n7\r\n world!\r\n0\r\nx-sum: 7\r\n\r\n");
+        let mut short = Full::new(Bytes::from_static(b"ab"));
+        let mut out = Vec::new();
+        assert!(write_body(&mut out, &mut short, ReqFraming::Length(3)).await.is_err());
+    }
+}

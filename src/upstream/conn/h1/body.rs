@@ -1,0 +1,239 @@
+//! The body of an upstream HTTP/1.1 response, read by whoever polls it (the
+//! client connection's task), straight from the pooled connection: by
+//! `Content-Length`, chunked (trailers included) or until the upstream closes.
+//! The connection goes back to its pool in the same poll that yields the last
+//! bytes, and only when the whole body was read, nothing more arrived after it,
+//! and the response allowed keep-alive; a body dropped early closes it.
+
+use std::pin::Pin;
+use std::task::{ready, Context, Poll};
+
+use bytes::{Buf, Bytes};
+use http_body::{Body, Frame, SizeHint};
+use tokio::net::TcpStream;
+
+use super::parse::{self, Framing};
+use super::{Conn, H1Error, Return};
+
+/// Read size when more body bytes are needed (hyper's initial read buffer is 8 KiB too).
+const READ_SIZE: usize = 8 * 1024;
+
+/// See the module doc. `Default` is an empty, finished body.
+#[derive(Debug, Default)]
+pub struct H1Body {
+    /// Boxed: a response is moved through several layers on its way to the
+    /// client, and this keeps it a pointer wide instead of ~150 bytes.
+    reading: Option<Box<Reading>>,
+}
+
+#[derive(Debug)]
+struct Reading {
+    conn: Conn,
+    state: State,
+    keep_alive: bool,
+    back: Option<Return>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum State {
+    Length(u64),
+    Close,
+    /// Before a chunk-size line.
+    ChunkSize,
+    /// Inside a chunk: bytes left.
+    ChunkData(u64),
+    /// The CRLF after a chunk's data.
+    ChunkEnd,
+    /// After the last chunk.
+    Trailers,
+    /// A 101: the connection waits to be taken by [`H1Body::into_upgraded`].
+    Upgrade,
+}
+
+/// The raw connection after a 101, and what the upstream already sent past the head.
+#[derive(Debug)]
+pub struct H1Upgraded {
+    pub io: TcpStream,
+    pub read_buf: Bytes,
+}
+
+impl H1Body {
+    pub(super) fn new(conn: Conn, framing: Framing, keep_alive: bool, back: Option<Return>) -> H1Body {
+        let state = match framing {
+            Framing::Empty => {
+                let mut body =
+                    H1Body { reading: Some(Box::new(Reading { conn, state: State::Length(0), keep_alive, back })) };
+                body.finish();
+                return body;
+            }
+            Framing::Length(n) => State::Length(n),
+            Framing::Chunked => State::ChunkSize,
+            Framing::Close => State::Close,
+            Framing::Upgrade => State::Upgrade,
+        };
+        H1Body { reading: Some(Box::new(Reading { conn, state, keep_alive, back })) }
+    }
+
+    /// The upstream connection of a 101 response; `None` for any other.
+    pub fn into_upgraded(mut self) -> Option<H1Upgraded> {
+        match self.reading.take() {
+            Some(r) if r.state == State::Upgrade => {
+                let r = *r;
+                Some(H1Upgraded { io: r.conn.io, read_buf: r.conn.buf.freeze() })
+            }
+            _ => None,
+        }
+    }
+
+    /// The body is complete: the connection returns to its pool if it may.
+    fn finish(&mut self) {
+        if let Some(r) = self.reading.take() {
+            let r = *r;
+            if r.keep_alive && r.conn.buf.is_empty() {
+                if let Some(back) = r.back {
+                    back.put(r.conn);
+                }
+            }
+        }
+    }
+}
+
+impl Body for H1Body {
+    type Data = Bytes;
+    type Error = H1Error;
+
+    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, H1Error>>> {
+        let this = &mut *self;
+        // Reads more bytes, or ends the body with the error (the connection is dropped).
+        macro_rules! more {
+            ($r:expr) => {
+                if let Err(e) = ready!($r.more(cx)) {
+                    return this.fail(e);
+                }
+            };
+        }
+        loop {
+            let Some(r) = this.reading.as_mut() else { return Poll::Ready(None) };
+            match r.state {
+                State::Upgrade => return Poll::Ready(None),
+                State::Length(0) => {
+                    this.finish();
+                    return Poll::Ready(None);
+                }
+                State::Length(left) => {
+                    if r.conn.buf.is_empty() {
+                        more!(r);
+                        continue;
+                    }
+                    let take = left.min(r.conn.buf.len() as u64);
+                    let data = r.conn.buf.split_to(take as usize).freeze();
+                    r.state = State::Length(left - take);
+                    if left == take {
+                        // Back to the pool now: the reader may stop polling once it has the length.
+                        this.finish();
+                    }
+                    return Poll::Ready(Some(Ok(Frame::data(data))));
+                }
+                State::Close => {
+                    if r.conn.buf.is_empty() {
+                        match ready!(r.fill(cx)) {
+                            Ok(0) => {
+                                this.reading = None;
+                                return Poll::Ready(None);
+                            }
+                            Ok(_) => continue,
+                            Err(e) => return this.fail(e),
+                        }
+                    }
+                    return Poll::Ready(Some(Ok(Frame::data(r.conn.buf.split().freeze()))));
+                }
+                State::ChunkSize => match parse::chunk_size(&r.conn.buf) {
+                    Ok(Some((size, len))) => {
+                        r.conn.buf.advance(len);
+                        r.state = if size == 0 { State::Trailers } else { State::ChunkData(size) };
+                    }
+                    Ok(None) => more!(r),
+                    Err(e) => return this.fail(e),
+                },
+                State::ChunkData(left) => {
+                    if r.conn.buf.is_empty() {
+                        more!(r);
+                        continue;
+                    }
+                    let take = left.min(r.conn.buf.len() as u64);
+                    let data = r.conn.buf.split_to(take as usize).freeze();
+                    r.state = if left == take { State::ChunkEnd } else { State::ChunkData(left - take) };
+                    return Poll::Ready(Some(Ok(Frame::data(data))));
+                }
+                State::ChunkEnd => {
+                    if r.conn.buf.len() < 2 {
+                        more!(r);
+                        continue;
+                    }
+                    if &r.conn.buf[..2] != b"\r\n" {
+                        return this.fail(H1Error::Chunk("chunk data longer than its size"));
+                    }
+                    r.conn.buf.advance(2);
+                    r.state = State::ChunkSize;
+                }
+                State::Trailers => match parse::trailers(&r.conn.buf) {
+                    Ok(Some((map, len))) => {
+                        r.conn.buf.advance(len);
+                        this.finish();
+                        if map.is_empty() {
+                            return Poll::Ready(None);
+                        }
+                        return Poll::Ready(Some(Ok(Frame::trailers(map))));
+                    }
+                    Ok(None) => more!(r),
+                    Err(e) => return this.fail(e),
+                },
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match &self.reading {
+            None => true,
+            Some(r) => matches!(r.state, State::Length(0) | State::Upgrade),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match &self.reading {
+            None => SizeHint::with_exact(0),
+            Some(r) => match r.state {
+                State::Length(n) => SizeHint::with_exact(n),
+                State::Upgrade => SizeHint::with_exact(0),
+                _ => SizeHint::default(),
+            },
+        }
+    }
+}
+
+impl H1Body {
+    fn fail(&mut self, e: H1Error) -> Poll<Option<Result<Frame<Bytes>, H1Error>>> {
+        self.reading = None;
+        Poll::Ready(Some(Err(e)))
+    }
+}
+
+impl Reading {
+    /// Reads more into the buffer: `Ready(0)` at end of stream.
+    fn fill(&mut self, cx: &mut Context<'_>) -> Poll<Result<usize, H1Error>> {
+        if self.conn.buf.capacity() - self.conn.buf.len() < 1024 {
+            self.conn.buf.reserve(READ_SIZE);
+        }
+        let n = ready!(tokio_util::io::poll_read_buf(Pin::new(&mut self.conn.io), cx, &mut self.conn.buf))?;
+        Poll::Ready(Ok(n))
+    }
+
+    /// Reads more where running out of bytes is an error (inside a length or a chunk).
+    fn more(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), H1Error>> {
+        match ready!(self.fill(cx)) {
+            Ok(0) => Poll::Ready(Err(H1Error::ClosedInBody)),
+            Ok(_) => Poll::Ready(Ok(())),
+            Err(e) => Poll::Ready(Err(e)),
+        }
+    }
+}

@@ -1,0 +1,435 @@
+//! Pure parsing for the upstream HTTP/1.1 exchange: the response head (with
+//! `httparse`, as hyper does) into a status, a `HeaderMap` minus the framing and
+//! hop-by-hop lines, and the message framing (RFC 9112 §6.3); the chunk-size line
+//! of a chunked body; and trailer sections. As strict as hyper's client, and
+//! stricter where a proxy has to be (a response that could be read two ways
+//! is refused, not guessed): both `Content-Length` and `Transfer-Encoding`,
+//! differing or malformed `Content-Length`s, a transfer coding other than
+//! `chunked`, obsolete line folding, an oversized head.
+
+use bytes::{Bytes, BytesMut};
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::{StatusCode, Version};
+
+use super::H1Error;
+
+/// Largest response head (and trailer section): Envoy's `max_response_headers_kb` default (60 KiB).
+pub const MAX_HEAD: usize = 60 * 1024;
+/// Most header lines in a head: Envoy's `max_headers_count` and hyper's default (100).
+pub const MAX_HEADERS: usize = 100;
+/// Longest chunk-size line, extensions included (hyper allows 4 KiB of extensions too).
+pub const MAX_CHUNK_LINE: usize = 4096;
+
+/// How the response body is delimited.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Framing {
+    /// No body: HEAD, 204, 304, or `Content-Length: 0`.
+    Empty,
+    Length(u64),
+    Chunked,
+    /// Read until the upstream closes (no length, not chunked): never reused.
+    Close,
+    /// 101 to a request that asked for an upgrade: the connection is handed over.
+    Upgrade,
+}
+
+/// A parsed response head.
+#[derive(Debug)]
+pub struct Head {
+    pub status: StatusCode,
+    pub version: Version,
+    /// Without `Connection` (unless it names other headers), `Keep-Alive`,
+    /// `Proxy-Connection` and `Transfer-Encoding`, which are this hop's.
+    pub headers: HeaderMap,
+    pub framing: Framing,
+    /// The connection may carry another request once this body has been read.
+    pub keep_alive: bool,
+}
+
+/// What the request was, as far as the response framing cares.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct RequestKind {
+    pub head: bool,
+    pub upgrade: bool,
+}
+
+/// Parses a response head at the start of `buf`. `Ok(None)`: incomplete, read
+/// more. Informational responses (1xx other than 101) are consumed and
+/// skipped, as hyper's client does. On success the head's bytes are gone from
+/// `buf`; what follows (the start of the body) stays.
+pub fn response_head(buf: &mut BytesMut, req: RequestKind) -> Result<Option<Head>, H1Error> {
+    loop {
+        let Some(head) = one_head(buf, req)? else { return Ok(None) };
+        if head.status.is_informational() && head.status != StatusCode::SWITCHING_PROTOCOLS {
+            continue;
+        }
+        return Ok(Some(head));
+    }
+}
+
+/// Where a kept header line's name and value lie in the head's bytes.
+#[derive(Clone, Copy, Default)]
+struct Line {
+    name: (u32, u32),
+    value: (u32, u32),
+}
+
+fn is(name: &str, lower: &str) -> bool {
+    name.len() == lower.len() && name.eq_ignore_ascii_case(lower)
+}
+
+fn one_head(buf: &mut BytesMut, req: RequestKind) -> Result<Option<Head>, H1Error> {
+    let mut slots = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    let mut res = httparse::Response::new(&mut slots);
+    // httparse's defaults are the strict ones: obs-fold, spaces before the colon
+    // and a missing reason phrase's garbage are errors.
+    let len = match res.parse(buf) {
+        Ok(httparse::Status::Complete(n)) => n,
+        Ok(httparse::Status::Partial) if buf.len() > MAX_HEAD => return Err(H1Error::HeadTooLarge),
+        Ok(httparse::Status::Partial) => return Ok(None),
+        Err(httparse::Error::TooManyHeaders) => return Err(H1Error::Invalid("more than 100 header lines")),
+        Err(e) => return Err(H1Error::Parse(e)),
+    };
+    if len > MAX_HEAD {
+        return Err(H1Error::HeadTooLarge);
+    }
+    let version = match res.version {
+        Some(1) => Version::HTTP_11,
+        _ => Version::HTTP_10,
+    };
+    let status = res.code.and_then(|c| StatusCode::from_u16(c).ok()).ok_or(H1Error::Invalid("status code"))?;
+    let base = buf.as_ptr() as usize;
+
+    let mut content_length: Option<u64> = None;
+    let mut te_seen = false;
+    let mut te_chunked = false;
+    let mut close = false;
+    let mut keep_alive_token = false;
+    let mut connection_names_other = false;
+    let mut lines = [Line::default(); MAX_HEADERS];
+    let mut count = 0;
+    for h in res.headers.iter() {
+        let value = h.value;
+        // The framing and hop-by-hop names are compared as bytes here; only
+        // forwarded lines become `HeaderName`s, once, below.
+        let keep = if is(h.name, "content-length") {
+            let n = content_length_value(value)?;
+            if content_length.is_some_and(|prior| prior != n) {
+                return Err(H1Error::Invalid("differing content-length values"));
+            }
+            content_length = Some(n);
+            true
+        } else if is(h.name, "transfer-encoding") {
+            for coding in tokens(value) {
+                // `chunked` must be the last coding and appear once; no other
+                // transfer coding is decoded here, so none is accepted.
+                if te_chunked || !coding.eq_ignore_ascii_case(b"chunked") {
+                    return Err(H1Error::Invalid("transfer-encoding other than a single chunked"));
+                }
+                te_chunked = true;
+            }
+            te_seen = true;
+            false
+        } else if is(h.name, "connection") {
+            for t in tokens(value) {
+                if t.eq_ignore_ascii_case(b"close") {
+                    close = true;
+                } else if t.eq_ignore_ascii_case(b"keep-alive") {
+                    keep_alive_token = true;
+                } else {
+                    connection_names_other = true;
+                }
+            }
+            // Kept only when it names other headers: the proxy's hop-by-hop pass removes those.
+            connection_names_other
+        } else {
+            !(is(h.name, "keep-alive") || is(h.name, "proxy-connection"))
+        };
+        if keep {
+            let at = |s: &[u8]| {
+                let start = (s.as_ptr() as usize - base) as u32;
+                (start, start + s.len() as u32)
+            };
+            lines[count] = Line { name: at(h.name.as_bytes()), value: at(value) };
+            count += 1;
+        }
+    }
+    if te_seen && content_length.is_some() {
+        // RFC 9112 §6.1: a sender must not send both; a proxy that picked one
+        // reading would disagree with a later hop that picked the other.
+        return Err(H1Error::Invalid("both content-length and transfer-encoding"));
+    }
+    if te_seen && !te_chunked {
+        return Err(H1Error::Invalid("empty transfer-encoding"));
+    }
+    if te_seen && version == Version::HTTP_10 {
+        return Err(H1Error::Invalid("transfer-encoding in an HTTP/1.0 response"));
+    }
+
+    let bytes: Bytes = buf.split_to(len).freeze();
+    let mut headers = HeaderMap::with_capacity(count);
+    for line in &lines[..count] {
+        let name = HeaderName::from_bytes(&bytes[line.name.0 as usize..line.name.1 as usize])
+            .map_err(|_| H1Error::Invalid("header name"))?;
+        // httparse accepted the value (HTAB, SP, VCHAR, obs-text): the bytes are shared, not copied.
+        let value = HeaderValue::from_maybe_shared(bytes.slice(line.value.0 as usize..line.value.1 as usize))
+            .map_err(|_| H1Error::Invalid("header value"))?;
+        headers.append(name, value);
+    }
+
+    let framing = if status == StatusCode::SWITCHING_PROTOCOLS {
+        if !req.upgrade {
+            return Err(H1Error::Invalid("101 to a request that asked for no upgrade"));
+        }
+        Framing::Upgrade
+    } else if status.is_informational()
+        || req.head
+        || status == StatusCode::NO_CONTENT
+        || status == StatusCode::NOT_MODIFIED
+    {
+        Framing::Empty
+    } else if te_chunked {
+        Framing::Chunked
+    } else {
+        match content_length {
+            Some(0) => Framing::Empty,
+            Some(n) => Framing::Length(n),
+            None => Framing::Close,
+        }
+    };
+    let keep_alive = !close
+        && framing != Framing::Close
+        && framing != Framing::Upgrade
+        && (version == Version::HTTP_11 || keep_alive_token);
+    Ok(Some(Head { status, version, headers, framing, keep_alive }))
+}
+
+/// Comma-separated list elements, trimmed, empty ones skipped (RFC 9110 §5.6.1).
+fn tokens(value: &[u8]) -> impl Iterator<Item = &[u8]> {
+    value.split(|&b| b == b',').map(<[u8]>::trim_ascii).filter(|t| !t.is_empty())
+}
+
+/// `1*DIGIT`, nothing else (no sign, no spaces inside, no list), at most u64.
+fn content_length_value(value: &[u8]) -> Result<u64, H1Error> {
+    let v = value.trim_ascii();
+    if v.is_empty() || v.len() > 19 || !v.iter().all(u8::is_ascii_digit) {
+        return Err(H1Error::Invalid("malformed content-length"));
+    }
+    v.iter()
+        .try_fold(0u64, |n, d| n.checked_mul(10)?.checked_add(u64::from(d - b'0')))
+        .ok_or(H1Error::Invalid("content-length too large"))
+}
+
+/// A chunk-size line at the start of `buf`: `Ok(None)` when incomplete,
+/// otherwise the size and the line's length (CRLF included). Extensions are
+/// skipped but must be made of visible characters; the line must end in CRLF.
+pub fn chunk_size(buf: &[u8]) -> Result<Option<(u64, usize)>, H1Error> {
+    let Some(lf) = buf.iter().take(MAX_CHUNK_LINE).position(|&b| b == b'\n') else {
+        if buf.len() >= MAX_CHUNK_LINE {
+            return Err(H1Error::Chunk("chunk-size line too long"));
+        }
+        return Ok(None);
+    };
+    if lf == 0 || buf[lf - 1] != b'\r' {
+        return Err(H1Error::Chunk("chunk-size line without CRLF"));
+    }
+    let line = &buf[..lf - 1];
+    let digits = line.iter().take_while(|b| b.is_ascii_hexdigit()).count();
+    if digits == 0 {
+        return Err(H1Error::Chunk("no chunk size"));
+    }
+    if digits > 16 {
+        return Err(H1Error::Chunk("chunk size too large"));
+    }
+    let mut size = 0u64;
+    for &d in &line[..digits] {
+        let v = match d {
+            b'0'..=b'9' => d - b'0',
+            b'a'..=b'f' => d - b'a' + 10,
+            _ => d - b'A' + 10,
+        };
+        size = size.checked_mul(16).ok_or(H1Error::Chunk("chunk size too large"))? | u64::from(v);
+    }
+    let rest = &line[digits..];
+    let ext = rest.trim_ascii_start();
+    if !(ext.is_empty() && rest.is_empty() || ext.first() == Some(&b';')) {
+        return Err(H1Error::Chunk("bytes after the chunk size"));
+    }
+    if ext.iter().any(|&b| (b < 0x20 && b != b'\t') || b == 0x7f) {
+        return Err(H1Error::Chunk("control character in a chunk extension"));
+    }
+    Ok(Some((size, lf + 1)))
+}
+
+/// A trailer section (after the last chunk) at the start of `buf`: `Ok(None)`
+/// when incomplete, otherwise the fields and the section's length. Fields that
+/// frame or route a message have no meaning as trailers and are dropped.
+pub fn trailers(buf: &[u8]) -> Result<Option<(HeaderMap, usize)>, H1Error> {
+    if buf.starts_with(b"\r\n") {
+        return Ok(Some((HeaderMap::new(), 2)));
+    }
+    let mut slots = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    match httparse::parse_headers(buf, &mut slots) {
+        Ok(httparse::Status::Complete((n, fields))) => {
+            let mut map = HeaderMap::with_capacity(fields.len());
+            for f in fields {
+                let name = HeaderName::from_bytes(f.name.as_bytes()).map_err(|_| H1Error::Chunk("trailer name"))?;
+                if [header::CONTENT_LENGTH, header::TRANSFER_ENCODING, header::CONNECTION, header::HOST].contains(&name)
+                {
+                    continue;
+                }
+                let value = HeaderValue::from_bytes(f.value).map_err(|_| H1Error::Chunk("trailer value"))?;
+                map.append(name, value);
+            }
+            Ok(Some((map, n)))
+        }
+        Ok(httparse::Status::Partial) if buf.len() > MAX_HEAD => Err(H1Error::HeadTooLarge),
+        Ok(httparse::Status::Partial) => Ok(None),
+        Err(_) => Err(H1Error::Chunk("malformed trailers")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(raw: &str, req: RequestKind) -> Result<Option<Head>, H1Error> {
+        let mut buf = BytesMut::from(raw.as_bytes());
+        response_head(&mut buf, req)
+    }
+    fn ok(raw: &str) -> Head {
+        parse(raw, RequestKind::default()).unwrap().unwrap()
+    }
+    fn invalid(raw: &str) -> String {
+        parse(raw, RequestKind::default()).unwrap_err().to_string()
+    }
+
+    #[test]
+    fn framing() {
+        assert_eq!(ok("HTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\n").framing, Framing::Length(5));
+        assert_eq!(ok("HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n").framing, Framing::Empty);
+        assert_eq!(ok("HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n").framing, Framing::Chunked);
+        let close = ok("HTTP/1.1 200 OK\r\n\r\n");
+        assert_eq!((close.framing, close.keep_alive), (Framing::Close, false));
+        assert_eq!(ok("HTTP/1.1 204 No Content\r\n\r\n").framing, Framing::Empty);
+        assert_eq!(ok("HTTP/1.1 304 Not Modified\r\ncontent-length: 10\r\n\r\n").framing, Framing::Empty);
+        let head = parse("HTTP/1.1 200 OK\r\ncontent-length: 10\r\n\r\n", RequestKind { head: true, upgrade: false });
+        assert_eq!(head.unwrap().unwrap().framing, Framing::Empty);
+        // identical duplicates are one value (hyper does the same)
+        assert_eq!(ok("HTTP/1.1 200 OK\r\ncontent-length: 3\r\ncontent-length: 3\r\n\r\n").framing, Framing::Length(3));
+    }
+
+    #[test]
+    fn keep_alive() {
+        assert!(ok("HTTP/1.1 200 OK\r\ncontent-length: 1\r\n\r\n").keep_alive);
+        assert!(!ok("HTTP/1.1 200 OK\r\nConnection: close\r\ncontent-length: 1\r\n\r\n").keep_alive);
+        assert!(!ok("HTTP/1.0 200 OK\r\ncontent-length: 1\r\n\r\n").keep_alive);
+        assert!(ok("HTTP/1.0 200 OK\r\nConnection: keep-alive\r\ncontent-length: 1\r\n\r\n").keep_alive);
+    }
+
+    #[test]
+    fn hop_by_hop_lines_dropped() {
+        let h = ok("HTTP/1.1 200 OK\r\nConnection: keep-alive\r\nKeep-Alive: timeout=5\r\nTransfer-Encoding: chunked\r\nX-A: 1\r\n\r\n");
+        assert_eq!(h.headers.len(), 1, "{:?}", h.headers);
+        assert_eq!(h.headers["x-a"], "1");
+        // a Connection naming another header stays, for the proxy to act on
+        let h = ok("HTTP/1.1 200 OK\r\nConnection: x-secret\r\nX-Secret: 1\r\ncontent-length: 0\r\n\r\n");
+        assert_eq!(h.headers["connection"], "x-secret");
+    }
+
+    #[test]
+    fn informational_skipped() {
+        let mut buf = BytesMut::from(&b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 103 Early Hints\r\nLink: </a>\r\n\r\nHTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nhi"[..]);
+        let h = response_head(&mut buf, RequestKind::default()).unwrap().unwrap();
+        assert_eq!(h.status, 200);
+        assert_eq!(&buf[..], b"hi");
+        assert!(!h.headers.contains_key("link"));
+    }
+
+    #[test]
+    fn upgrade_only_when_asked() {
+        let raw = "HTTP/1.1 101 Switching Protocols\r\nConnection: upgrade\r\nUpgrade: websocket\r\n\r\n";
+        assert!(invalid(raw).contains("101"));
+        let h = parse(raw, RequestKind { head: false, upgrade: true }).unwrap().unwrap();
+        assert_eq!(h.framing, Framing::Upgrade);
+        assert_eq!(h.headers["upgrade"], "websocket");
+    }
+
+    #[test]
+    fn smuggling_attempts_refused() {
+        for raw in [
+            "HTTP/1.1 200 OK\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n",
+            "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nContent-Length: 5\r\n\r\n",
+            "HTTP/1.1 200 OK\r\nContent-Length: 5\r\nContent-Length: 6\r\n\r\n",
+            "HTTP/1.1 200 OK\r\nContent-Length: 5, 6\r\n\r\n",
+            "HTTP/1.1 200 OK\r\nContent-Length: +5\r\n\r\n",
+            "HTTP/1.1 200 OK\r\nContent-Length: -1\r\n\r\n",
+            "HTTP/1.1 200 OK\r\nContent-Length: 0x10\r\n\r\n",
+            "HTTP/1.1 200 OK\r\nContent-Length: 99999999999999999999\r\n\r\n",
+            "HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip\r\n\r\n",
+            "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked, gzip\r\n\r\n",
+            "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nTransfer-Encoding: chunked\r\n\r\n",
+            "HTTP/1.1 200 OK\r\nTransfer-Encoding: xchunked\r\n\r\n",
+            "HTTP/1.0 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n",
+            "HTTP/1.1 200 OK\r\nX-A: 1\r\n folded\r\ncontent-length: 0\r\n\r\n",
+            "HTTP/1.1 200 OK\r\nContent-Length : 5\r\n\r\n",
+            "HTTP/1.1 200 OK\r\nX-A: a\rb\r\n\r\n",
+            "HTTP/1.1 2000 OK\r\n\r\n",
+            "HTTP/2.0 200 OK\r\n\r\n",
+            "NOTHTTP 200 OK\r\n\r\n",
+        ] {
+            assert!(parse(raw, RequestKind::default()).is_err(), "accepted: {raw:?}");
+        }
+    }
+
+    #[test]
+    fn head_size_bounded() {
+        let mut raw = String::from("HTTP/1.1 200 OK\r\n");
+        while raw.len() <= MAX_HEAD {
+            raw.push_str("X-Filler: aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa\r\n");
+        }
+        assert!(matches!(parse(&raw, RequestKind::default()), Err(H1Error::HeadTooLarge) | Err(H1Error::Invalid(_))));
+        let mut many = String::from("HTTP/1.1 200 OK\r\n");
+        for i in 0..101 {
+            many.push_str(&format!("X-{i}: 1\r\n"));
+        }
+        many.push_str("\r\n");
+        assert!(invalid(&many).contains("100"));
+        // incomplete but small: read more
+        assert!(parse("HTTP/1.1 200 OK\r\nX-A: 1\r\n", RequestKind::default()).unwrap().is_none());
+    }
+
+    #[test]
+    fn chunk_sizes() {
+        assert_eq!(chunk_size(b"1a\r\nxx").unwrap(), Some((26, 4)));
+        assert_eq!(chunk_size(b"0\r\n\r\n").unwrap(), Some((0, 3)));
+        assert_eq!(chunk_size(b"5;name=value\r\n").unwrap(), Some((5, 14)));
+        assert_eq!(chunk_size(b"5 ;ext\r\n").unwrap(), Some((5, 8)));
+        assert_eq!(chunk_size(b"5").unwrap(), None);
+        for bad in [
+            &b"\r\n"[..],
+            b"g\r\n",
+            b"5\n",
+            b"-5\r\n",
+            b"0x5\r\n",
+            b"5 5\r\n",
+            b"11111111111111111\r\n",
+            b"5;a\rb\r\n",
+            b" 5\r\n",
+        ] {
+            assert!(chunk_size(bad).is_err(), "accepted {:?}", String::from_utf8_lossy(bad));
+        }
+        assert!(chunk_size(&[b'1'; MAX_CHUNK_LINE + 1]).is_err());
+    }
+
+    #[test]
+    fn trailer_sections() {
+        assert_eq!(trailers(b"\r\n").unwrap().unwrap().1, 2);
+        let (map, n) = trailers(b"grpc-status: 0\r\ncontent-length: 5\r\n\r\nNEXT").unwrap().unwrap();
+        assert_eq!(n, 37);
+        assert_eq!(map["grpc-status"], "0");
+        assert!(!map.contains_key("content-length"));
+        assert!(trailers(b"grpc-status: 0\r\n").unwrap().is_none());
+        assert!(trailers(b"bad line\r\n\r\n").is_err());
+    }
+}

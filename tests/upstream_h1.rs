@@ -1,0 +1,587 @@
+//! The upstream HTTP/1.1 exchange (`upstream::conn::h1`) against a raw-byte
+//! backend that records what it receives and answers scripted bytes, and
+//! against real nginx and HAProxy: keep-alive reuse, `Connection: close`,
+//! content-length and chunked bodies both ways, 1xx, HEAD, 204/304, upgrade,
+//! upstreams that close early, and response smuggling attempts.
+
+use std::collections::VecDeque;
+use std::net::SocketAddr;
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{HeaderMap, Method};
+use http_body_util::{BodyExt, Empty, Full, StreamBody};
+use switchyard::upstream::conn::h1::{encode_line, H1Error, H1Pool, H1Settings, RequestHead};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+
+const SETTINGS: H1Settings =
+    H1Settings { connect_timeout: Duration::from_secs(2), max_idle: 8, idle_timeout: Duration::from_secs(90) };
+const LIMIT: Duration = Duration::from_secs(10);
+
+/// One scripted answer: bytes to write after a request has been read, then close or not.
+#[derive(Clone)]
+struct Reply {
+    bytes: Vec<u8>,
+    close: bool,
+}
+
+fn reply(bytes: &str) -> Reply {
+    Reply { bytes: bytes.as_bytes().to_vec(), close: false }
+}
+fn reply_close(bytes: &str) -> Reply {
+    Reply { bytes: bytes.as_bytes().to_vec(), close: true }
+}
+
+/// Each request received, as bytes, with the number of the connection it came on.
+type Seen = Arc<Mutex<Vec<(usize, Vec<u8>)>>>;
+
+/// A backend speaking raw bytes: reads one request at a time (head, then a
+/// content-length or chunked body), records it with its connection number,
+/// writes the next scripted reply.
+struct RawBackend {
+    addr: SocketAddr,
+    seen: Seen,
+    connections: Arc<Mutex<usize>>,
+}
+
+impl RawBackend {
+    async fn start(script: Vec<Reply>) -> RawBackend {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let script = Arc::new(Mutex::new(VecDeque::from(script)));
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let connections = Arc::new(Mutex::new(0));
+        let (s, c) = (seen.clone(), connections.clone());
+        tokio::spawn(async move {
+            loop {
+                let Ok((stream, _)) = listener.accept().await else { return };
+                let id = {
+                    let mut c = c.lock().unwrap();
+                    *c += 1;
+                    *c
+                };
+                tokio::spawn(serve(stream, id, script.clone(), s.clone()));
+            }
+        });
+        RawBackend { addr, seen, connections }
+    }
+
+    fn requests(&self) -> Vec<(usize, String)> {
+        self.seen.lock().unwrap().iter().map(|(c, r)| (*c, String::from_utf8_lossy(r).into_owned())).collect()
+    }
+    fn connections(&self) -> usize {
+        *self.connections.lock().unwrap()
+    }
+}
+
+async fn serve(mut stream: TcpStream, id: usize, script: Arc<Mutex<VecDeque<Reply>>>, seen: Seen) {
+    let mut buf = Vec::new();
+    loop {
+        let Some(len) = read_request(&mut stream, &mut buf).await else { return };
+        let request: Vec<u8> = buf.drain(..len).collect();
+        seen.lock().unwrap().push((id, request));
+        let Some(r) = script.lock().unwrap().pop_front() else { return };
+        if stream.write_all(&r.bytes).await.is_err() || r.close {
+            return;
+        }
+    }
+}
+
+/// The length of one whole request at the start of `buf`, reading more as needed.
+async fn read_request(stream: &mut TcpStream, buf: &mut Vec<u8>) -> Option<usize> {
+    loop {
+        if let Some(end) = find(buf, b"\r\n\r\n") {
+            let head = String::from_utf8_lossy(&buf[..end]).to_ascii_lowercase();
+            let body_start = end + 4;
+            if let Some(cl) = head.lines().find_map(|l| l.strip_prefix("content-length: ")) {
+                let total = body_start + cl.trim().parse::<usize>().ok()?;
+                if buf.len() >= total {
+                    return Some(total);
+                }
+            } else if head.contains("transfer-encoding: chunked") {
+                if let Some(e) = find(&buf[body_start..], b"0\r\n\r\n") {
+                    return Some(body_start + e + 5);
+                }
+            } else {
+                return Some(body_start);
+            }
+        }
+        let mut chunk = [0u8; 4096];
+        match stream.read(&mut chunk).await {
+            Ok(0) | Err(_) => return None,
+            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+        }
+    }
+}
+
+fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
+    hay.windows(needle.len()).position(|w| w == needle)
+}
+
+async fn get(
+    pool: &H1Pool,
+    method: Method,
+    path: &str,
+) -> Result<(u16, HeaderMap, String, Option<HeaderMap>), H1Error> {
+    let mut headers = HeaderMap::new();
+    headers.insert("host", "backend".parse().unwrap());
+    send(pool, method, path, &headers, Empty::<Bytes>::new()).await
+}
+
+async fn send<B>(
+    pool: &H1Pool,
+    method: Method,
+    path: &str,
+    headers: &HeaderMap,
+    body: B,
+) -> Result<(u16, HeaderMap, String, Option<HeaderMap>), H1Error>
+where
+    B: http_body::Body<Data = Bytes> + Unpin,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let head = RequestHead { method: &method, target: path, headers, extra: b"", skip: &[] };
+    let res = tokio::time::timeout(LIMIT, pool.send(head, body, SETTINGS))
+        .await
+        .expect("send timed out")
+        .map_err(|e| e.error)?;
+    let (parts, body) = res.into_parts();
+    let collected = tokio::time::timeout(LIMIT, body.collect()).await.expect("body timed out")?;
+    let trailers = collected.trailers().cloned();
+    let text = String::from_utf8_lossy(&collected.to_bytes()).into_owned();
+    Ok((parts.status.as_u16(), parts.headers, text, trailers))
+}
+
+#[tokio::test]
+async fn keep_alive_reuses_one_connection() {
+    let be = RawBackend::start(vec![
+        reply("HTTP/1.1 200 OK\r\nContent-Length: 3\r\nConnection: keep-alive\r\nKeep-Alive: timeout=5\r\n\r\none"),
+        reply("HTTP/1.1 200 OK\r\nContent-Length: 3\r\n\r\ntwo"),
+        reply("HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nthree"),
+    ])
+    .await;
+    let pool = H1Pool::new(&be.addr.to_string());
+    let (status, headers, body, _) = get(&pool, Method::GET, "/1").await.unwrap();
+    assert_eq!((status, body.as_str()), (200, "one"));
+    // this hop's lines are not passed on
+    assert!(!headers.contains_key("connection") && !headers.contains_key("keep-alive"), "{headers:?}");
+    assert_eq!(pool.idle(), 1);
+    assert_eq!(get(&pool, Method::GET, "/2").await.unwrap().2, "two");
+    assert_eq!(get(&pool, Method::GET, "/3?x=1").await.unwrap().2, "three");
+    assert_eq!(be.connections(), 1, "every request on one connection");
+    let reqs = be.requests();
+    assert_eq!(reqs.len(), 3);
+    assert!(reqs[2].1.starts_with("GET /3?x=1 HTTP/1.1\r\nhost: backend\r\n"), "{:?}", reqs[2].1);
+    assert!(!reqs[0].1.contains("content-length"), "a GET without a body says no length: {:?}", reqs[0].1);
+}
+
+#[tokio::test]
+async fn connection_close_is_not_reused() {
+    let be = RawBackend::start(vec![
+        reply("HTTP/1.1 200 OK\r\nConnection: close\r\nContent-Length: 1\r\n\r\na"),
+        reply("HTTP/1.1 200 OK\r\nContent-Length: 1\r\n\r\nb"),
+    ])
+    .await;
+    let pool = H1Pool::new(&be.addr.to_string());
+    assert_eq!(get(&pool, Method::GET, "/").await.unwrap().2, "a");
+    assert_eq!(pool.idle(), 0);
+    assert_eq!(get(&pool, Method::GET, "/").await.unwrap().2, "b");
+    assert_eq!(be.connections(), 2);
+    // HTTP/1.0 without keep-alive and a close-delimited body: not reused either
+    let be = RawBackend::start(vec![
+        reply_close("HTTP/1.0 200 OK\r\nContent-Length: 2\r\n\r\nhi"),
+        reply_close("HTTP/1.1 200 OK\r\n\r\nuntil close"),
+    ])
+    .await;
+    let pool = H1Pool::new(&be.addr.to_string());
+    assert_eq!(get(&pool, Method::GET, "/").await.unwrap().2, "hi");
+    assert_eq!(get(&pool, Method::GET, "/").await.unwrap().2, "until close");
+    assert_eq!((pool.idle(), be.connections()), (0, 2));
+}
+
+#[tokio::test]
+async fn content_length_bodies_both_ways() {
+    let be = RawBackend::start(vec![reply("HTTP/1.1 201 Created\r\nContent-Length: 11\r\n\r\nhello world")]).await;
+    let pool = H1Pool::new(&be.addr.to_string());
+    let mut headers = HeaderMap::new();
+    headers.insert("host", "backend".parse().unwrap());
+    // a stale length from the client is replaced by the body's real one
+    headers.insert("content-length", "999".parse().unwrap());
+    let (status, _, body, _) =
+        send(&pool, Method::POST, "/up", &headers, Full::new(Bytes::from_static(b"payload"))).await.unwrap();
+    assert_eq!((status, body.as_str()), (201, "hello world"));
+    let reqs = be.requests();
+    assert!(reqs[0].1.ends_with("content-length: 7\r\n\r\npayload"), "{:?}", reqs[0].1);
+    assert!(!reqs[0].1.contains("999"));
+    assert_eq!(pool.idle(), 1);
+}
+
+#[tokio::test]
+async fn chunked_bodies_both_ways_with_trailers() {
+    let be = RawBackend::start(vec![
+        reply("HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n7;ext=1\r\n world!\r\n0\r\nx-checksum: 42\r\n\r\n"),
+        reply("HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n"),
+    ])
+    .await;
+    let pool = H1Pool::new(&be.addr.to_string());
+    let mut headers = HeaderMap::new();
+    headers.insert("host", "backend".parse().unwrap());
+    let frames: Vec<Result<http_body::Frame<Bytes>, std::convert::Infallible>> = vec![
+        Ok(http_body::Frame::data(Bytes::from_static(b"part one,"))),
+        Ok(http_body::Frame::data(Bytes::from_static(b"part two"))),
+    ];
+    let body = StreamBody::new(futures_util::stream::iter(frames));
+    let (status, headers_back, text, trailers) = send(&pool, Method::PUT, "/c", &headers, body).await.unwrap();
+    assert_eq!((status, text.as_str()), (200, "hello world!"));
+    assert!(!headers_back.contains_key("transfer-encoding"));
+    assert_eq!(trailers.unwrap()["x-checksum"], "42");
+    let reqs = be.requests();
+    assert!(
+        reqs[0].1.ends_with("transfer-encoding: chunked\r\n\r\n9\r\npart one,\r\n8\r\npart two\r\n0\r\n\r\n"),
+        "{:?}",
+        reqs[0].1
+    );
+    // fully read, keep-alive: the same connection carries the next one
+    assert_eq!(get(&pool, Method::GET, "/").await.unwrap().2, "abc");
+    assert_eq!(be.connections(), 1);
+}
+
+#[tokio::test]
+async fn informational_responses_are_skipped() {
+    let be = RawBackend::start(vec![reply(
+        "HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 103 Early Hints\r\nLink: </s.css>\r\n\r\nHTTP/1.1 200 OK\r\nContent-Length: 4\r\n\r\ndone",
+    )])
+    .await;
+    let pool = H1Pool::new(&be.addr.to_string());
+    let mut headers = HeaderMap::new();
+    headers.insert("expect", "100-continue".parse().unwrap());
+    let (status, h, text, _) =
+        send(&pool, Method::POST, "/", &headers, Full::new(Bytes::from_static(b"x"))).await.unwrap();
+    assert_eq!((status, text.as_str()), (200, "done"));
+    assert!(!h.contains_key("link"));
+    assert_eq!(pool.idle(), 1);
+}
+
+#[tokio::test]
+async fn head_204_304_have_no_body_and_keep_the_connection() {
+    let be = RawBackend::start(vec![
+        reply("HTTP/1.1 200 OK\r\nContent-Length: 1000\r\n\r\n"),
+        reply("HTTP/1.1 204 No Content\r\n\r\n"),
+        reply("HTTP/1.1 304 Not Modified\r\nContent-Length: 50\r\nETag: \"x\"\r\n\r\n"),
+        reply("HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"),
+    ])
+    .await;
+    let pool = H1Pool::new(&be.addr.to_string());
+    let (status, h, text, _) = get(&pool, Method::HEAD, "/").await.unwrap();
+    assert_eq!((status, text.as_str()), (200, ""));
+    assert_eq!(h["content-length"], "1000", "HEAD keeps the length of what GET would send");
+    assert_eq!(get(&pool, Method::GET, "/").await.unwrap().0, 204);
+    let (status, h, text, _) = get(&pool, Method::GET, "/").await.unwrap();
+    assert_eq!((status, text.as_str()), (304, ""));
+    assert_eq!(h["etag"], "\"x\"");
+    assert_eq!(get(&pool, Method::GET, "/").await.unwrap().2, "ok");
+    assert_eq!(be.connections(), 1, "none of them left a body on the connection");
+}
+
+#[tokio::test]
+async fn upgrade_hands_over_the_raw_connection() {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let server = tokio::spawn(async move {
+        let (mut s, _) = listener.accept().await.unwrap();
+        let mut buf = Vec::new();
+        let len = read_request(&mut s, &mut buf).await.unwrap();
+        let req = String::from_utf8_lossy(&buf[..len]).into_owned();
+        // the 101 and the first upgraded bytes in one write: the latter must not be lost
+        s.write_all(b"HTTP/1.1 101 Switching Protocols\r\nConnection: upgrade\r\nUpgrade: echo\r\n\r\nhello")
+            .await
+            .unwrap();
+        let mut got = [0u8; 4];
+        s.read_exact(&mut got).await.unwrap();
+        s.write_all(&got).await.unwrap();
+        req
+    });
+    let pool = H1Pool::new(&addr.to_string());
+    let mut headers = HeaderMap::new();
+    headers.insert("connection", "upgrade".parse().unwrap());
+    headers.insert("upgrade", "echo".parse().unwrap());
+    let method = Method::GET;
+    let head = RequestHead { method: &method, target: "/ws", headers: &headers, extra: b"", skip: &[] };
+    let res = pool.send(head, Empty::<Bytes>::new(), SETTINGS).await.map_err(|e| e.error).unwrap();
+    assert_eq!(res.status(), 101);
+    assert_eq!(res.headers()["upgrade"], "echo");
+    let mut up = res.into_body().into_upgraded().expect("the raw connection");
+    assert_eq!(&up.read_buf[..], b"hello");
+    up.io.write_all(b"ping").await.unwrap();
+    let mut back = [0u8; 4];
+    up.io.read_exact(&mut back).await.unwrap();
+    assert_eq!(&back, b"ping");
+    let req = server.await.unwrap();
+    assert!(req.contains("connection: upgrade\r\n") && req.contains("upgrade: echo\r\n"), "{req:?}");
+    assert_eq!(pool.idle(), 0);
+    // a 101 that nobody asked for is refused
+    let be = RawBackend::start(vec![reply("HTTP/1.1 101 Switching Protocols\r\nUpgrade: x\r\n\r\n")]).await;
+    let pool = H1Pool::new(&be.addr.to_string());
+    assert!(matches!(get(&pool, Method::GET, "/").await, Err(H1Error::Invalid(_))));
+}
+
+#[tokio::test]
+async fn upstream_closing_early() {
+    // inside a content-length body
+    let be = RawBackend::start(vec![reply_close("HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nabc")]).await;
+    let pool = H1Pool::new(&be.addr.to_string());
+    assert!(matches!(get(&pool, Method::GET, "/").await, Err(H1Error::ClosedInBody)));
+    assert_eq!(pool.idle(), 0);
+    // inside a chunk
+    let be = RawBackend::start(vec![reply_close("HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nab")]).await;
+    let pool = H1Pool::new(&be.addr.to_string());
+    assert!(matches!(get(&pool, Method::GET, "/").await, Err(H1Error::ClosedInBody)));
+    // inside the head, and before any byte on a new connection
+    let be = RawBackend::start(vec![reply_close("HTTP/1.1 200 OK\r\nContent-Le")]).await;
+    let pool = H1Pool::new(&be.addr.to_string());
+    assert!(matches!(get(&pool, Method::GET, "/").await, Err(H1Error::ClosedBeforeResponse)));
+    let be = RawBackend::start(vec![reply_close("")]).await;
+    let pool = H1Pool::new(&be.addr.to_string());
+    assert!(matches!(get(&pool, Method::GET, "/").await, Err(H1Error::ClosedBeforeResponse)));
+    // nothing listening: a connect error that hands the body back for another instance
+    let gone = TcpListener::bind("127.0.0.1:0").await.unwrap().local_addr().unwrap();
+    let pool = H1Pool::new(&gone.to_string());
+    let (method, headers) = (Method::POST, HeaderMap::new());
+    let head = RequestHead { method: &method, target: "/", headers: &headers, extra: b"", skip: &[] };
+    let err = pool.send(head, Full::new(Bytes::from_static(b"keep me")), SETTINGS).await.unwrap_err();
+    assert!(err.error.is_connect(), "{}", err.error);
+    assert!(err.unsent.is_some(), "the unsent body comes back");
+}
+
+#[tokio::test]
+async fn idle_connection_closed_by_the_upstream_is_not_used() {
+    // The backend answers once and then closes the idle keep-alive connection.
+    let be = RawBackend::start(vec![
+        reply_close("HTTP/1.1 200 OK\r\nContent-Length: 1\r\n\r\n1"),
+        reply("HTTP/1.1 200 OK\r\nContent-Length: 1\r\n\r\n2"),
+    ])
+    .await;
+    let pool = H1Pool::new(&be.addr.to_string());
+    assert_eq!(get(&pool, Method::GET, "/").await.unwrap().2, "1");
+    assert_eq!(pool.idle(), 1, "keep-alive was allowed");
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    // Either seen closed at checkout, or the write/read fails before any response byte and is sent
+    // again on a new connection: the request succeeds either way.
+    assert_eq!(get(&pool, Method::GET, "/").await.unwrap().2, "2");
+    assert_eq!(be.connections(), 2);
+}
+
+#[tokio::test]
+async fn response_smuggling_attempts_are_refused() {
+    for raw in [
+        "HTTP/1.1 200 OK\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
+        "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nContent-Length: 3\r\n\r\n0\r\n\r\n",
+        "HTTP/1.1 200 OK\r\nContent-Length: 3\r\nContent-Length: 4\r\n\r\nabcd",
+        "HTTP/1.1 200 OK\r\nContent-Length: 3, 4\r\n\r\nabcd",
+        "HTTP/1.1 200 OK\r\nTransfer-Encoding: identity, chunked\r\n\r\n0\r\n\r\n",
+        "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n-1\r\nabc\r\n0\r\n\r\n",
+        "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nfffffffffffffffff\r\n",
+        "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabcdef\r\n0\r\n\r\n",
+        "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n3\nabc\r\n0\r\n\r\n",
+        "HTTP/1.1 200 OK\r\nX-Folded: a\r\n b\r\nContent-Length: 0\r\n\r\n",
+        "HTTP/1.1 200 OK\r\nContent-Length : 3\r\n\r\nabc",
+    ] {
+        let be = RawBackend::start(vec![reply_close(raw)]).await;
+        let pool = H1Pool::new(&be.addr.to_string());
+        let got = get(&pool, Method::GET, "/").await;
+        assert!(got.is_err(), "accepted {raw:?}: {got:?}");
+        assert_eq!(pool.idle(), 0, "connection kept after {raw:?}");
+    }
+    // Bytes after a complete response are never read as the next response:
+    // the connection is dropped, and the next request gets its own answer.
+    let be = RawBackend::start(vec![
+        reply("HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nokHTTP/1.1 200 OK\r\nContent-Length: 8\r\n\r\nsmuggled"),
+        reply("HTTP/1.1 200 OK\r\nContent-Length: 4\r\n\r\nreal"),
+    ])
+    .await;
+    let pool = H1Pool::new(&be.addr.to_string());
+    assert_eq!(get(&pool, Method::GET, "/").await.unwrap().2, "ok");
+    assert_eq!(pool.idle(), 0);
+    assert_eq!(get(&pool, Method::GET, "/").await.unwrap().2, "real");
+    // an oversized head
+    let big = format!("HTTP/1.1 200 OK\r\nX-Big: {}\r\nContent-Length: 0\r\n\r\n", "a".repeat(70 * 1024));
+    let be = RawBackend::start(vec![Reply { bytes: big.into_bytes(), close: true }]).await;
+    let pool = H1Pool::new(&be.addr.to_string());
+    assert!(matches!(get(&pool, Method::GET, "/").await, Err(H1Error::HeadTooLarge)));
+}
+
+#[tokio::test]
+async fn extra_lines_are_written_into_the_head() {
+    let be = RawBackend::start(vec![reply("HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n")]).await;
+    let pool = H1Pool::new(&be.addr.to_string());
+    let mut headers = HeaderMap::new();
+    headers.insert("host", "a.example".parse().unwrap());
+    // the client's own value is replaced by the extra line (skipped here)
+    headers.insert("x-forwarded-for", "6.6.6.6".parse().unwrap());
+    let mut extra = Vec::new();
+    encode_line(&mut extra, "x-forwarded-for", b"10.1.2.3");
+    encode_line(&mut extra, "x-forwarded-proto", b"http");
+    let method = Method::GET;
+    let skip = [http::header::HeaderName::from_static("x-forwarded-for")];
+    let head = RequestHead { method: &method, target: "/x", headers: &headers, extra: &extra, skip: &skip };
+    pool.send(head, Empty::<Bytes>::new(), SETTINGS).await.map_err(|e| e.error).unwrap();
+    assert_eq!(
+        be.requests()[0].1,
+        "GET /x HTTP/1.1\r\nhost: a.example\r\nx-forwarded-for: 10.1.2.3\r\nx-forwarded-proto: http\r\n\r\n"
+    );
+}
+
+// ---- real nginx and HAProxy as upstreams ------------------------------------------------
+
+/// A process killed on drop.
+struct Proc(Child);
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+async fn wait_port(port: u16) {
+    for _ in 0..100 {
+        if TcpStream::connect(("127.0.0.1", port)).await.is_ok() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("127.0.0.1:{port} did not open");
+}
+
+fn find_bin(name: &str) -> String {
+    for dir in ["/usr/sbin", "/usr/bin", "/usr/local/sbin", "/usr/local/bin"] {
+        let p = format!("{dir}/{name}");
+        if std::path::Path::new(&p).exists() {
+            return p;
+        }
+    }
+    panic!("{name} is not installed (apt-get install -y {name}); .ci/deps --test installs it");
+}
+
+/// nginx: `/` a fixed body (content-length), `/chunked` an SSI page (chunked: its length is
+/// unknown), `/204`, `/file.txt` (a static file: HEAD, and 304 to If-None-Match), and every 3rd request on a connection ends it (`keepalive_requests 3`).
+async fn start_nginx(dir: &std::path::Path) -> (Proc, u16) {
+    let port = free_port();
+    std::fs::write(dir.join("page.html"), "<p>one</p><!--# echo var=\"ssi_var\" default=\"two\" --><p>three</p>\n")
+        .unwrap();
+    std::fs::write(dir.join("file.txt"), "static file\n").unwrap();
+    let d = dir.display();
+    let conf = format!(
+        r#"worker_processes 1;
+daemon off;
+master_process off;
+pid {d}/nginx.pid;
+error_log {d}/error.log warn;
+events {{ worker_connections 64; }}
+http {{
+    access_log off;
+    keepalive_requests 3;
+    client_body_temp_path {d}/body; proxy_temp_path {d}/proxy; fastcgi_temp_path {d}/fcgi;
+    uwsgi_temp_path {d}/uwsgi; scgi_temp_path {d}/scgi;
+    server {{
+        listen 127.0.0.1:{port};
+        root {d};
+        location = / {{ return 200 "from nginx\n"; }}
+        location = /chunked {{ ssi on; default_type text/html; try_files /page.html =404; }}
+        location = /204 {{ return 204; }}
+        location = /file.txt {{ etag on; }}
+    }}
+}}
+"#
+    );
+    std::fs::write(dir.join("nginx.conf"), conf).unwrap();
+    let child = Command::new(find_bin("nginx"))
+        .args(["-c", &format!("{d}/nginx.conf"), "-p", &d.to_string(), "-e", &format!("{d}/error.log")])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start nginx");
+    let p = Proc(child);
+    wait_port(port).await;
+    (p, port)
+}
+
+#[tokio::test]
+async fn against_real_nginx() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_nginx, port) = start_nginx(dir.path()).await;
+    let pool = H1Pool::new(&format!("127.0.0.1:{port}"));
+    for _ in 0..7 {
+        // keepalive_requests 3: nginx closes every 3rd response's connection; the pool follows.
+        let (status, _, text, _) = get(&pool, Method::GET, "/").await.unwrap();
+        assert_eq!((status, text.as_str()), (200, "from nginx\n"));
+        assert!(pool.idle() <= 1);
+    }
+    let (status, h, text, _) = get(&pool, Method::GET, "/chunked").await.unwrap();
+    assert_eq!(status, 200);
+    assert_eq!(text, "<p>one</p>two<p>three</p>\n");
+    assert!(!h.contains_key("content-length"), "nginx sent this one chunked: {h:?}");
+    let (status, h, text, _) = get(&pool, Method::HEAD, "/file.txt").await.unwrap();
+    assert_eq!((status, text.as_str()), (200, ""));
+    assert_eq!(h["content-length"], "12");
+    assert_eq!(get(&pool, Method::GET, "/204").await.unwrap().0, 204);
+    let etag = get(&pool, Method::GET, "/file.txt").await.unwrap().1["etag"].clone();
+    let mut headers = HeaderMap::new();
+    headers.insert("host", "x".parse().unwrap());
+    headers.insert("if-none-match", etag);
+    assert_eq!(send(&pool, Method::GET, "/file.txt", &headers, Empty::<Bytes>::new()).await.unwrap().0, 304);
+    // request bodies, by length and chunked: nginx answers 200 for `return` after reading them
+    let (status, ..) =
+        send(&pool, Method::POST, "/", &headers, Full::new(Bytes::from(vec![b'x'; 100_000]))).await.unwrap();
+    assert_eq!(status, 200);
+    let frames: Vec<Result<http_body::Frame<Bytes>, std::convert::Infallible>> =
+        (0..10).map(|_| Ok(http_body::Frame::data(Bytes::from(vec![b'y'; 5000])))).collect();
+    let (status, ..) =
+        send(&pool, Method::POST, "/", &headers, StreamBody::new(futures_util::stream::iter(frames))).await.unwrap();
+    assert_eq!(status, 200);
+    assert_eq!(get(&pool, Method::GET, "/").await.unwrap().2, "from nginx\n");
+}
+
+#[tokio::test]
+async fn against_real_haproxy() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_nginx, nginx_port) = start_nginx(dir.path()).await;
+    let port = free_port();
+    let cfg = format!(
+        "global\n    maxconn 100\ndefaults\n    mode http\n    timeout connect 2s\n    timeout client 10s\n    timeout server 10s\n\
+         frontend fe\n    bind 127.0.0.1:{port}\n    http-request return status 200 content-type text/plain string \"from haproxy\" if {{ path /own }}\n    default_backend be\n\
+         backend be\n    server n 127.0.0.1:{nginx_port}\n"
+    );
+    let path = dir.path().join("haproxy.cfg");
+    std::fs::write(&path, cfg).unwrap();
+    let child = Command::new(find_bin("haproxy"))
+        .args(["-db", "-f", &path.display().to_string()])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start haproxy");
+    let _haproxy = Proc(child);
+    wait_port(port).await;
+    let pool = H1Pool::new(&format!("127.0.0.1:{port}"));
+    for _ in 0..5 {
+        assert_eq!(get(&pool, Method::GET, "/own").await.unwrap().2, "from haproxy");
+    }
+    assert_eq!(pool.idle(), 1, "HAProxy keeps the connection alive");
+    // through HAProxy to nginx: chunked passes through as chunked
+    let (status, _, text, _) = get(&pool, Method::GET, "/chunked").await.unwrap();
+    assert_eq!((status, text.as_str()), (200, "<p>one</p>two<p>three</p>\n"));
+    for _ in 0..4 {
+        assert_eq!(get(&pool, Method::GET, "/").await.unwrap().2, "from nginx\n");
+    }
+    let mut headers = HeaderMap::new();
+    headers.insert("host", "x".parse().unwrap());
+    let (status, ..) =
+        send(&pool, Method::POST, "/", &headers, Full::new(Bytes::from(vec![b'z'; 20_000]))).await.unwrap();
+    assert_eq!(status, 200);
+    assert_eq!(get(&pool, Method::HEAD, "/").await.unwrap().2, "");
+}
