@@ -205,8 +205,8 @@ impl Gateway {
         let config = &prepared.config;
         let mut listeners = Listeners::new(config.limits.max_connections, config.timeouts.shutdown_grace);
         let (mut config, _) = reload::commit(prepared, &mut listeners);
-        m::config_reloads_at_zero();
-        m::config_loaded();
+        reloads_at_zero();
+        config_live();
         tracing::info!("switchyard serving");
         loop {
             tokio::select! {
@@ -278,8 +278,8 @@ async fn reload_file(
         stopped = ?summary.stopped,
         "configuration reloaded"
     );
-    m::config_reloaded(true);
-    m::config_loaded();
+    reloaded(true);
+    config_live();
     Ok(serde_json::to_value(&summary).unwrap_or_default())
 }
 
@@ -288,8 +288,25 @@ fn reload_failed(errors: Vec<String>) -> ReloadOutcome {
         tracing::error!("reload: {e}");
     }
     tracing::error!("reload failed; the running configuration stays");
-    m::config_reloaded(false);
+    reloaded(false);
     Err(errors)
+}
+
+/// Both results of `switchyard_config_reloads_total` exported from the start, so that `rate()` sees the first reload.
+fn reloads_at_zero() {
+    for result in ["success", "failure"] {
+        metrics::counter!(m::CONFIG_RELOADS, "result" => result).increment(0);
+    }
+}
+
+fn reloaded(ok: bool) {
+    metrics::counter!(m::CONFIG_RELOADS, "result" => if ok { "success" } else { "failure" }).increment(1);
+}
+
+/// A configuration went live (start-up or a successful reload).
+fn config_live() {
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0.0, |d| d.as_secs_f64());
+    metrics::gauge!(m::CONFIG_LAST_RELOAD_SUCCESS).set(now);
 }
 
 /// The `[[service]]` policies, for the table writer.
