@@ -1,11 +1,23 @@
 //! Every metric the gateway exports: names, descriptions and the recorder. The
 //! Grafana dashboard and its test use only names from this file.
+//!
+//! Two renderers share `/metrics` ([`render`]): the `metrics` recorder
+//! (metrics-exporter-prometheus) for series whose labels are fixed by the
+//! configuration (listeners, discovery), and [`families`] for series labelled by
+//! service, which must disappear with the service — the exporter cannot remove
+//! one series. A family is rendered by exactly one of them. Process metrics
+//! ([`process`]) are read from `/proc` at scrape time.
+
+pub mod families;
+pub mod process;
 
 use metrics::{describe_counter, describe_gauge, describe_histogram, Unit};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 
 pub const REQUESTS: &str = "switchyard_requests_total";
 pub const REQUEST_DURATION: &str = "switchyard_request_duration_seconds";
+pub const UPSTREAM_DURATION: &str = "switchyard_upstream_duration_seconds";
+pub const BUILD_INFO: &str = "switchyard_build_info";
 pub const UPSTREAM_ERRORS: &str = "switchyard_upstream_errors_total";
 pub const UPSTREAM_INSTANCES: &str = "switchyard_upstream_instances";
 pub const TABLE_SWAPS: &str = "switchyard_table_swaps_total";
@@ -45,6 +57,8 @@ pub const LOOPS_DETECTED: &str = "switchyard_loops_detected_total";
 pub const ALL: &[&str] = &[
     REQUESTS,
     REQUEST_DURATION,
+    UPSTREAM_DURATION,
+    BUILD_INFO,
     UPSTREAM_ERRORS,
     UPSTREAM_INSTANCES,
     TABLE_SWAPS,
@@ -81,7 +95,43 @@ pub const ALL: &[&str] = &[
     LOOPS_DETECTED,
 ];
 
-const LATENCY_BUCKETS: &[f64] =
+/// The families rendered by [`families`] (labelled by service; removed with it).
+pub const SERVICE_FAMILIES: &[families::Family] = &[
+    families::Family {
+        name: REQUESTS,
+        kind: "counter",
+        help: "Requests answered (by the upstream or the gateway itself), by listener, service, code, method and protocol.",
+    },
+    families::Family {
+        name: REQUEST_DURATION,
+        kind: "histogram",
+        help: "Time from request head to response head as the client sees it, by service.",
+    },
+    families::Family {
+        name: UPSTREAM_DURATION,
+        kind: "histogram",
+        help: "Time from sending to an upstream to its response head, by service.",
+    },
+    families::Family { name: UPSTREAM_ERRORS, kind: "counter", help: "Failures talking to upstreams, by service and kind." },
+    families::Family { name: UPSTREAM_INSTANCES, kind: "gauge", help: "Instances in the live table, by service and state." },    families::Family { name: UPSTREAM_RETRIES, kind: "counter", help: "Requests tried again on another instance, by service and reason." },
+    families::Family { name: UPSTREAM_RETRY_BUDGET_EXHAUSTED, kind: "counter", help: "Retries not made because the service's retry budget was spent." },
+    families::Family { name: UPSTREAM_EJECTIONS, kind: "counter", help: "Instances ejected by outlier detection, by service and reason." },
+    families::Family { name: UPSTREAM_PANIC, kind: "counter", help: "Requests sent in panic mode (every instance ejected or unhealthy), by service." },
+    families::Family { name: UPSTREAM_OVERFLOW, kind: "counter", help: "Requests refused at once by a limit (503), by service and limit." },
+    families::Family { name: HEALTH_CHECKS, kind: "counter", help: "Active health probes, by service and result." },
+    families::Family { name: HEALTH_CHANGES, kind: "counter", help: "Instances changing active-check state, by service and new state." },
+];
+
+/// The whole `/metrics` text: the recorder's series, the per-service families,
+/// and the process metrics.
+pub fn render(handle: &PrometheusHandle) -> String {
+    let mut out = handle.render();
+    families::render(SERVICE_FAMILIES, &mut out);
+    process::render(&mut out);
+    out
+}
+
+pub(crate) const LATENCY_BUCKETS: &[f64] =
     &[0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0];
 
 /// Installs the global recorder once per process and returns its handle; later
@@ -101,10 +151,7 @@ pub fn install() -> PrometheusHandle {
 }
 
 fn describe() {
-    describe_counter!(REQUESTS, "Requests answered, by service and status class.");
-    describe_histogram!(REQUEST_DURATION, Unit::Seconds, "Time from request head to response head, by service.");
-    describe_counter!(UPSTREAM_ERRORS, "Failures talking to upstreams, by service and kind.");
-    describe_gauge!(UPSTREAM_INSTANCES, "Instances in the live table, by service and state.");
+    describe_gauge!(BUILD_INFO, "Always 1; the version label names the running build.");
     describe_counter!(TABLE_SWAPS, "Upstream tables swapped in.");
     describe_gauge!(TABLE_VERSION, "Version of the live upstream table.");
     describe_gauge!(CONNECTIONS_ACTIVE, "Open client connections, by listener.");
@@ -125,17 +172,11 @@ fn describe() {
     describe_gauge!(DISCOVERY_SINCE_SYNC, Unit::Seconds, "Seconds since discovery last confirmed the table.");
     describe_counter!(DISCOVERY_WATCH_RESTARTS, "Watch restarts, by reason.");
     describe_counter!(DISCOVERY_EVENTS, "Discovery events applied, by type.");
-    describe_histogram!(DISCOVERY_LAG, Unit::Seconds, "Time from a registration written to the table live.");
-    describe_counter!(UPSTREAM_RETRIES, "Requests tried again on another instance, by service and reason.");
-    describe_counter!(
-        UPSTREAM_RETRY_BUDGET_EXHAUSTED,
-        "Retries not made because the service's retry budget was spent."
+    describe_histogram!(
+        DISCOVERY_LAG,
+        Unit::Seconds,
+        "Time from an instance write (its registered_at_ms metadata) to the table holding it being live."
     );
-    describe_counter!(UPSTREAM_EJECTIONS, "Instances ejected by outlier detection, by service and reason.");
-    describe_counter!(UPSTREAM_PANIC, "Requests sent in panic mode (every instance ejected or unhealthy), by service.");
-    describe_counter!(UPSTREAM_OVERFLOW, "Requests refused at once by a limit (503), by service and limit.");
-    describe_counter!(HEALTH_CHECKS, "Active health probes, by service and result.");
-    describe_counter!(HEALTH_CHANGES, "Instances changing active-check state, by service and new state.");
     describe_counter!(CLIENT_TIMEOUTS, "Client connections closed by a deadline, by listener and stage.");
     describe_counter!(ACCEPT_ERRORS, "Failed accepts (e.g. out of file descriptors), by listener.");
     describe_counter!(LOOPS_DETECTED, "Requests answered 508: they already carried this gateway's Via.");

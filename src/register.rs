@@ -70,6 +70,7 @@ impl Registration {
                 tls: None,
                 dial_timeout: DEFAULT_DIAL_TIMEOUT,
                 request_timeout: DEFAULT_ETCD_REQUEST_TIMEOUT,
+                keepalive: crate::config::DEFAULT_ETCD_KEEPALIVE,
             },
             prefix: DEFAULT_ETCD_PREFIX.to_string(),
             service: service.into(),

@@ -82,3 +82,78 @@ fn every_declared_metric_is_recorded() {
     let unused: Vec<&&str> = consts.iter().filter(|c| !sources.contains(&format!("m::{c}"))).collect();
     assert!(unused.is_empty(), "declared but never recorded: {unused:?}");
 }
+
+fn dashboard() -> serde_json::Value {
+    let text = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/grafana/switchyard.json")).unwrap();
+    serde_json::from_str(&text).unwrap()
+}
+
+/// What an expression plots: a per-second rate, a quantile, or a level (gauge).
+fn kind_of(expr: &str) -> &'static str {
+    if expr.contains("histogram_quantile(") {
+        "quantile"
+    } else if expr.contains("rate(") || expr.contains("increase(") {
+        "rate"
+    } else {
+        "level"
+    }
+}
+
+/// Importable (asks for a data source), windows that follow the scrape interval,
+/// variables to narrow by job/instance/listener/service, one kind of quantity per
+/// panel, and units that say what is plotted.
+#[test]
+fn dashboard_is_importable_and_consistent() {
+    let doc = dashboard();
+    let inputs = doc["__inputs"].as_array().expect("__inputs");
+    assert!(inputs.iter().any(|i| i["type"] == "datasource" && i["pluginId"] == "prometheus"), "{inputs:?}");
+    let vars: Vec<&str> =
+        doc["templating"]["list"].as_array().unwrap().iter().filter_map(|v| v["name"].as_str()).collect();
+    for want in ["datasource", "job", "instance", "listener", "service"] {
+        assert!(vars.contains(&want), "template variable {want} missing: {vars:?}");
+    }
+    let mut problems = Vec::new();
+    let mut panels = 0;
+    for panel in doc["panels"].as_array().unwrap() {
+        let Some(targets) = panel["targets"].as_array() else { continue };
+        panels += 1;
+        let title = panel["title"].as_str().unwrap_or("?");
+        let exprs: Vec<&str> = targets.iter().filter_map(|t| t["expr"].as_str()).collect();
+        if panel["datasource"]["uid"] != "${datasource}" {
+            problems.push(format!("{title}: data source is not the ${{datasource}} variable"));
+        }
+        for e in &exprs {
+            if e.contains("[1m]") || e.contains("[5m]") || e.contains("[1h]") {
+                problems.push(format!("{title}: fixed window in {e} (use $__rate_interval)"));
+            }
+            if (e.contains("rate(") || e.contains("increase("))
+                && !e.contains("[$__rate_interval]")
+                && !e.contains("[$__range]")
+            {
+                problems.push(format!("{title}: window not $__rate_interval/$__range in {e}"));
+            }
+            if !e.contains("job=~\"$job\"") || !e.contains("instance=~\"$instance\"") {
+                problems.push(format!("{title}: {e} ignores $job/$instance"));
+            }
+        }
+        let kinds: BTreeSet<&str> = exprs.iter().map(|e| kind_of(e)).collect();
+        if kinds.len() != 1 {
+            problems.push(format!("{title}: mixes {kinds:?} on one axis"));
+        }
+        let unit = panel["fieldConfig"]["defaults"]["unit"].as_str().unwrap_or("");
+        let bytes = title.to_lowercase().contains("bytes") || title.to_lowercase().contains("memory");
+        let ok = match kinds.iter().next().copied() {
+            Some("quantile") => unit == "s",
+            Some("rate") if title.contains("ratio") || title == "CPU" => unit == "percentunit",
+            Some("rate") if title.starts_with("Certificate reloads") => unit == "short",
+            Some("rate") => ["reqps", "ops", "cps"].contains(&unit) || (bytes && unit == "Bps"),
+            Some("level") => !["reqps", "ops", "cps", "Bps"].contains(&unit) && (unit != "bytes" || bytes),
+            _ => false,
+        };
+        if !ok {
+            problems.push(format!("{title}: unit {unit:?} does not fit {kinds:?}"));
+        }
+    }
+    assert!(panels >= 20, "only {panels} panels");
+    assert!(problems.is_empty(), "{problems:#?}");
+}

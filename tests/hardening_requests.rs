@@ -323,3 +323,26 @@ async fn request_smuggling_shapes_stay_refused() {
         assert!(!seen.contains("/smuggled"), "a smuggled request reached the backend: {seen}");
     }
 }
+
+/// From a real etcd: a 1 MB value (etcd accepts up to 1.5 MiB) and an instance at
+/// `0.0.0.0` are refused and counted, while a valid instance beside them is served.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn etcd_values_over_64_kib_and_unspecified_addresses_are_refused() {
+    let etcd = support::etcd::Etcd::start().await;
+    let mut kv = etcd.client().await;
+    let b = RawBackend::start(Reply::Fixed(OK_CLOSE)).await;
+    let gw = TestGateway::start(&support::etcd::gateway_config(&[etcd.url()], "")).await;
+    let huge = support::etcd::instance_json("s", "huge", b.addr, &[("blob", &"x".repeat(1 << 20))]);
+    kv.put("/services/s/huge", huge, None).await.unwrap();
+    kv.put("/services/s/any", format!("0.0.0.0:{}", b.addr.port()), None).await.unwrap();
+    kv.put("/services/s/real", support::etcd::instance_json("s", "real", b.addr, &[]), None).await.unwrap();
+    gw.wait_live("s", 1).await;
+    let ids: Vec<String> = gw.table.load().service("s").unwrap().endpoints.iter().map(|e| e.id.to_string()).collect();
+    assert_eq!(ids, ["real"]);
+    let text = metrics(&gw).await;
+    let invalid = |kind: &str| {
+        metric(&text, &format!(r#"switchyard_discovery_invalid_values_total{{source="etcd",kind="{kind}"}}"#))
+    };
+    assert!(invalid("value") >= 1.0, "the 1 MB value was not counted:\n{text}");
+    assert!(invalid("unspecified_address") >= 1.0, "{text}");
+}

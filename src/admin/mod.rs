@@ -1,8 +1,9 @@
 //! The admin server, on its own listener: `/metrics` (Prometheus text),
-//! `/healthz` (alive), `/readyz` (200 once the first table is live) and
-//! `/upstreams` (JSON view of the live table), and `POST /reload`, which asks
-//! the server to reload its config file and answers 200 with what changed or
-//! 400 with every error (the running config then stays).
+//! `/healthz` (alive), `/readyz` (200 once the first table is live),
+//! `/upstreams` (JSON view of the live table), and the status page at `/`
+//! (with `/status.json`: listeners, routes, recent discovery events), and
+//! `POST /reload`, which asks the server to reload its config file and answers
+//! 200 with what changed or 400 with every error (the running config then stays).
 //!
 //! Hardened like the data path (docs/hardening.md): a request head within
 //! `timeouts.header_read`, at most `limits.admin_max_connections` connections
@@ -11,6 +12,8 @@
 //! process has run out of them — which is when an operator needs it most.
 //! `/upstreams` shows metadata keys but redacts the values of keys that look
 //! secret (see [`redacted`]).
+
+pub mod status;
 
 use std::convert::Infallible;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -27,6 +30,7 @@ use tokio::net::TcpListener;
 use tokio::sync::{mpsc, oneshot, Semaphore};
 use tokio_util::sync::CancellationToken;
 
+use crate::metrics as m;
 use crate::upstream::instance::{now_ms, Admission};
 use crate::upstream::{SharedTable, Status, Table};
 
@@ -44,6 +48,7 @@ pub struct Admin {
     pub table: SharedTable,
     pub ready: Arc<AtomicBool>,
     pub(crate) reload: ReloadTrigger,
+    pub status: status::StatusPage,
     pub limits: AdminLimits,
 }
 
@@ -70,6 +75,7 @@ const FD_RESERVE: usize = 4;
 
 impl Admin {
     pub async fn serve(self: Arc<Self>, listener: TcpListener, shutdown: CancellationToken) {
+        metrics::gauge!(m::BUILD_INFO, "version" => env!("CARGO_PKG_VERSION")).set(1.0);
         let upkeep = {
             let handle = self.metrics.clone();
             let shutdown = shutdown.clone();
@@ -169,17 +175,21 @@ impl Admin {
             return reply(StatusCode::METHOD_NOT_ALLOWED, "text/plain", "GET only\n".into());
         }
         match req.uri().path() {
-            "/metrics" => reply(StatusCode::OK, "text/plain; version=0.0.4", self.metrics.render().into()),
+            "/metrics" => {
+                reply(StatusCode::OK, "text/plain; version=0.0.4", crate::metrics::render(&self.metrics).into())
+            }
             "/healthz" => reply(StatusCode::OK, "text/plain", "ok\n".into()),
             "/readyz" if self.ready.load(Ordering::Acquire) => reply(StatusCode::OK, "text/plain", "ready\n".into()),
             "/readyz" => {
                 reply(StatusCode::SERVICE_UNAVAILABLE, "text/plain", "waiting for the first upstream table\n".into())
             }
             "/upstreams" => reply(StatusCode::OK, "application/json", upstreams_json(&self.table.load()).into()),
+            "/" => reply(StatusCode::OK, "text/html; charset=utf-8", Bytes::from_static(status::HTML.as_bytes())),
+            "/status.json" => reply(StatusCode::OK, "application/json", self.status.json().into()),
             _ => reply(
                 StatusCode::NOT_FOUND,
                 "text/plain",
-                "not found (try /metrics, /healthz, /readyz, /upstreams, POST /reload)\n".into(),
+                "not found (try /, /metrics, /healthz, /readyz, /upstreams, /status.json, POST /reload)\n".into(),
             ),
         }
     }
@@ -192,7 +202,7 @@ fn reply(status: StatusCode, content_type: &'static str, body: Bytes) -> Respons
     res
 }
 
-/// `{"version", "revision", "services": {name: {"live", "admitted", "instances": [{id, addr, state,
+/// `{"version", "revision", "services": {name: {"live", "admitted", "active", "retrying", "pending", "instances": [{id, addr, state,
 /// registered, health, reason, until, times_ejected, consecutive_failures, slow_start, weight,
 /// zone, protocol, inflight, connections, metadata}]}}}`
 ///
@@ -246,7 +256,14 @@ pub fn upstreams_json(table: &Table) -> String {
             let admitted = service.live.iter().filter(|e| e.admits(now, &service.policy) == Admission::Admit).count();
             (
                 name.to_string(),
-                serde_json::json!({ "live": service.live.len(), "admitted": admitted, "instances": instances }),
+                serde_json::json!({
+                    "live": service.live.len(),
+                    "admitted": admitted,
+                    "active": service.state.active.load(Ordering::Relaxed),
+                    "retrying": service.state.retrying.load(Ordering::Relaxed),
+                    "pending": service.state.pending.load(Ordering::Relaxed),
+                    "instances": instances,
+                }),
             )
         })
         .collect();

@@ -27,6 +27,13 @@ pub const DEFAULT_POLL_INTERVAL: Duration = Duration::from_millis(500);
 pub const DEFAULT_ETCD_PREFIX: &str = "/services/";
 pub const DEFAULT_DIAL_TIMEOUT: Duration = Duration::from_secs(2);
 pub const DEFAULT_ETCD_REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
+/// HTTP/2 keepalive ping interval to etcd. etcd refuses pings more often than its
+/// `--grpc-keepalive-min-time` (default 5 s) with GOAWAY, which ends the watch;
+/// 10 s leaves margin (etcd's own server-side ping interval defaults to 2 h,
+/// gRPC's client default is off; 10 s notices a dead peer within 20 s).
+pub const DEFAULT_ETCD_KEEPALIVE: Duration = Duration::from_secs(10);
+/// etcd's default `--grpc-keepalive-min-time`: the floor for the interval.
+pub const MIN_ETCD_KEEPALIVE: Duration = Duration::from_secs(5);
 pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 pub const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 pub const DEFAULT_CLIENT_IDLE: Duration = Duration::from_secs(60);
@@ -85,12 +92,15 @@ pub struct FileDiscovery {
 #[derive(Debug, Clone, PartialEq)]
 pub struct EtcdDiscovery {
     pub endpoints: Vec<String>,
-    /// Every prefix ends with `/`.
+    /// Every prefix ends with `/`; a leading `/` is not required (etcd's
+    /// `naming/endpoints` layout is `foo/bar/my-service/1.2.3.4`).
     pub prefixes: Vec<String>,
     pub auth: Option<(String, String)>,
     pub tls: Option<ClientTls>,
     pub dial_timeout: Duration,
     pub request_timeout: Duration,
+    /// HTTP/2 keepalive ping interval (and ping timeout); never below 5 s.
+    pub keepalive: Duration,
     pub snapshot_path: Option<PathBuf>,
 }
 

@@ -50,6 +50,7 @@ pub struct RawDiscovery {
     pub tls: Option<RawClientTls>,
     pub dial_timeout: Option<String>,
     pub request_timeout: Option<String>,
+    pub keepalive: Option<String>,
     pub snapshot_path: Option<String>,
 }
 

@@ -174,6 +174,85 @@ fn access_log_defaults_and_errors() {
 }
 
 #[test]
+fn resilience_defaults_and_errors() {
+    let c = Config::parse(MINIMAL).unwrap();
+    assert_eq!(c.timeouts.upstream_idle, Duration::from_secs(90));
+    let p = ServicePolicy::default();
+    assert!(p.outlier.enabled);
+    assert_eq!((p.outlier.consecutive_failures, p.outlier.consecutive_connect_failures), (5, 1));
+    assert_eq!((p.outlier.base_ejection, p.outlier.max_ejection), (Duration::from_secs(30), Duration::from_secs(300)));
+    assert_eq!(p.outlier.max_ejected_percent, 50);
+    assert_eq!((p.limits.max_inflight, p.limits.max_connections, p.limits.max_pending), (1024, 1024, 1024));
+    assert_eq!((p.retry_budget.percent, p.retry_budget.min_concurrency), (20, 3));
+    assert!(p.health_check.is_none() && p.slow_start.is_none());
+    let r = RetryPolicy::default();
+    assert_eq!((r.attempts, r.buffer, r.non_idempotent), (2, 65_536, false));
+    assert!(r.on.connect_failure && r.on.reset && !r.on.status_503);
+
+    let text = format!(
+        "{MINIMAL}[[listener.route]]\nservice = \"a\"\ntimeout = \"0s\"\n\
+         retry = {{ attempts = 0, on = [\"500\"], per_try_timeout = \"1x\" }}\n\
+         [[service]]\nname = \"a\"\nmax_inflight = 0\nslow_start = \"soon\"\n\
+         outlier = {{ max_ejected_percent = 101, base_ejection = \"60s\", max_ejection = \"30s\" }}\n\
+         health_check = {{ kind = \"smtp\" }}\nretry_budget = {{ min_concurrency = -1 }}\n\
+         [[service]]\nname = \"b\"\nhealth_check = {{ kind = \"tcp\", path = \"/\", status = \"2xx\", unchecked = \"maybe\" }}\n"
+    );
+    assert_eq!(
+        errors(&text),
+        [
+            "listener[0].route[0].timeout: must be greater than zero",
+            r#"listener[0].route[0].retry.on[0]: unknown condition "500" (expected connect-failure, reset, 502, 503, 504)"#,
+            "listener[0].route[0].retry.attempts: must be between 1 and 1000, got 0",
+            r#"listener[0].route[0].retry.per_try_timeout: invalid duration "1x" (expected e.g. "250ms", "5s", "2m")"#,
+            "service[0].max_inflight: must be at least 1, got 0",
+            "service[0].outlier.max_ejection: 30s is shorter than base_ejection (60s)",
+            "service[0].outlier.max_ejected_percent: must be between 0 and 100, got 101",
+            r#"service[0].health_check.kind: unknown check "smtp" (expected http, grpc, tcp)"#,
+            r#"service[0].slow_start: invalid duration "soon" (expected e.g. "250ms", "5s", "2m")"#,
+            "service[0].retry_budget.min_concurrency: must not be negative, got -1",
+            "service[1].health_check.path: not used by this kind of check",
+            "service[1].health_check.status: not used by this kind of check",
+            r#"service[1].health_check.unchecked: unknown value "maybe" (expected usable, unusable)"#,
+        ]
+    );
+}
+
+#[test]
+fn etcd_keepalive_defaults_to_10s_and_never_goes_below_etcds_5s() {
+    let etcd = |extra: &str| {
+        format!("[discovery]\nsource = \"etcd\"\nendpoints = [\"http://127.0.0.1:2379\"]\n{extra}{MINIMAL}")
+    };
+    match Config::parse(&etcd("")).unwrap().discovery {
+        Discovery::Etcd(e) => assert_eq!(e.keepalive, Duration::from_secs(10)),
+        other => panic!("{other:?}"),
+    }
+    match Config::parse(&etcd("keepalive = \"5s\"\n")).unwrap().discovery {
+        Discovery::Etcd(e) => assert_eq!(e.keepalive, Duration::from_secs(5)),
+        other => panic!("{other:?}"),
+    }
+    let got = errors(&etcd("keepalive = \"2s\"\n"));
+    assert_eq!(got.len(), 1, "{got:?}");
+    assert!(got[0].starts_with("discovery.keepalive: 2s is below etcd's minimum ping interval of 5s"), "{got:?}");
+    let got = errors(&format!("[discovery]\nkeepalive = \"10s\"\n{MINIMAL}"));
+    assert_eq!(got, [r#"discovery.keepalive: not used by source = "file""#]);
+}
+
+#[test]
+fn etcd_prefixes_need_no_leading_slash() {
+    let etcd = |prefixes: &str| {
+        format!(
+            "[discovery]\nsource = \"etcd\"\nendpoints = [\"http://127.0.0.1:2379\"]\nprefixes = {prefixes}\n{MINIMAL}"
+        )
+    };
+    match Config::parse(&etcd(r#"["foo/bar", "/services/", "/"]"#)).unwrap().discovery {
+        Discovery::Etcd(e) => assert_eq!(e.prefixes, ["foo/bar/", "/services/", "/"]),
+        other => panic!("{other:?}"),
+    }
+    let got = errors(&etcd(r#"["ok/", ""]"#));
+    assert_eq!(got, [r#"discovery.prefixes[1]: prefix "" must be a non-empty key prefix without control characters"#]);
+}
+
+#[test]
 fn hardening_defaults_and_bounds() {
     // The values docs/hardening.md documents, written out.
     let c = Config::parse(MINIMAL).unwrap();

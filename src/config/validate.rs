@@ -189,6 +189,7 @@ impl Validator {
                         ("tls", d.tls.is_some()),
                         ("dial_timeout", d.dial_timeout.is_some()),
                         ("request_timeout", d.request_timeout.is_some()),
+                        ("keepalive", d.keepalive.is_some()),
                         ("snapshot_path", d.snapshot_path.is_some()),
                     ],
                 );
@@ -220,6 +221,22 @@ impl Validator {
         }
     }
 
+    /// The keepalive interval: below etcd's default `--grpc-keepalive-min-time`
+    /// a stock etcd answers the pings with GOAWAY and the watch restarts.
+    fn etcd_keepalive(&mut self, raw: Option<&str>) -> Duration {
+        let keepalive = self.duration("discovery.keepalive", raw, DEFAULT_ETCD_KEEPALIVE);
+        if keepalive < MIN_ETCD_KEEPALIVE {
+            self.error(
+                "discovery.keepalive",
+                format!(
+                    "{keepalive:?} is below etcd's minimum ping interval of {MIN_ETCD_KEEPALIVE:?} \
+                     (--grpc-keepalive-min-time); etcd would close the watch"
+                ),
+            );
+        }
+        keepalive
+    }
+
     fn etcd(&mut self, d: RawDiscovery) -> EtcdDiscovery {
         let endpoints = d.endpoints.unwrap_or_default();
         if endpoints.is_empty() {
@@ -240,10 +257,10 @@ impl Validator {
         }
         let mut prefixes = Vec::new();
         for (i, p) in raw_prefixes.into_iter().enumerate() {
-            if !p.starts_with('/') || p.trim_matches('/').is_empty() {
+            if p.is_empty() || p.chars().any(char::is_control) {
                 self.error(
                     format!("discovery.prefixes[{i}]"),
-                    format!("prefix {p:?} must start with '/' and name a directory"),
+                    format!("prefix {p:?} must be a non-empty key prefix without control characters"),
                 );
             } else {
                 // Always match with the trailing '/': `/services/foo` must not see `/services/foobar/`.
@@ -273,6 +290,7 @@ impl Validator {
                 d.request_timeout.as_deref(),
                 DEFAULT_ETCD_REQUEST_TIMEOUT,
             ),
+            keepalive: self.etcd_keepalive(d.keepalive.as_deref()),
             snapshot_path: d.snapshot_path.map(PathBuf::from),
         }
     }

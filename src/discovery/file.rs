@@ -54,6 +54,10 @@ pub fn parse(text: &str) -> Result<Vec<Instance>, String> {
 
 impl Source for FileSource {
     async fn run(self, updates: mpsc::Sender<Update>, shutdown: CancellationToken) {
+        // At zero from the start, so `rate()` sees the first failure.
+        for kind in ["read", "parse"] {
+            metrics::counter!(m::DISCOVERY_ERRORS, "source" => "file", "kind" => kind).increment(0);
+        }
         let mut generation = 0u64;
         let mut last_seen: Option<(SystemTime, u64)> = None;
         let mut last_text: Option<String> = None;

@@ -3,6 +3,7 @@
 //! (`upstream::writer`) applies each one as a batch and swaps in a new table.
 
 pub(crate) mod etcd;
+pub(crate) mod events;
 pub mod file;
 pub(crate) mod instance;
 

@@ -68,6 +68,12 @@ pub enum TryEnd {
     ConnectFailure,
     /// The connection broke after (part of) the request went out, before a response head.
     Reset,
+    /// The instance closed the connection before any response byte (it died, or
+    /// closed a keep-alive connection as the request went out). Retried like a
+    /// reset, but outside the retry budget, as HTTP clients retry a stale
+    /// keep-alive connection (Go's net/http, hyper's pool): it adds no load, it
+    /// moves the requests of an instance that is gone, once.
+    Closed,
     /// The try's own deadline passed without a response head.
     Timeout,
     /// A response head with this status (gRPC: `Status(503)` stands for a
@@ -105,7 +111,7 @@ pub fn retry_reason(plan: &Plan, tries: u32, end: TryEnd, replayable: bool) -> O
     let on = &plan.retry.on;
     match end {
         TryEnd::ConnectFailure => Some(RetryReason::ConnectFailure),
-        TryEnd::Reset if on.reset => Some(RetryReason::Reset),
+        TryEnd::Reset | TryEnd::Closed if on.reset => Some(RetryReason::Reset),
         TryEnd::Timeout if on.status_504 => Some(RetryReason::Timeout),
         TryEnd::Status(503) if plan.grpc && on.status_503 => Some(RetryReason::GrpcUnavailable),
         TryEnd::Status(s) if on.status(s) => Some(match s {
@@ -115,6 +121,11 @@ pub fn retry_reason(plan: &Plan, tries: u32, end: TryEnd, replayable: bool) -> O
         }),
         _ => None,
     }
+}
+
+/// Whether a retry after this end spends the retry budget.
+pub fn budgeted(end: TryEnd) -> bool {
+    !matches!(end, TryEnd::ConnectFailure | TryEnd::Closed)
 }
 
 /// The retry budget: with `active` requests of a service in flight, of which
@@ -142,6 +153,15 @@ mod tests {
         assert_eq!(retry_reason(&p, 2, TryEnd::Reset, true), None, "attempts spent");
         assert_eq!(retry_reason(&p, 1, TryEnd::Status(503), true), None, "503 is opt-in");
         assert_eq!(retry_reason(&p, 1, TryEnd::Timeout, true), None);
+    }
+
+    #[test]
+    fn closed_connections_retry_like_resets_outside_the_budget() {
+        let p = get();
+        assert_eq!(retry_reason(&p, 1, TryEnd::Closed, true), Some(RetryReason::Reset));
+        assert_eq!(retry_reason(&p, 2, TryEnd::Closed, true), None);
+        assert!(!budgeted(TryEnd::Closed) && !budgeted(TryEnd::ConnectFailure));
+        assert!(budgeted(TryEnd::Reset) && budgeted(TryEnd::Status(503)) && budgeted(TryEnd::Timeout));
     }
 
     #[test]

@@ -29,6 +29,7 @@ use super::upgrade::{self, Upgrades};
 use crate::config::{Config, Route};
 use crate::metrics as m;
 use crate::upstream::conn::{UpstreamError, Upstreams};
+use crate::upstream::stats::{RequestLabels, ServiceStats};
 use crate::upstream::SharedTable;
 
 pub struct HttpProxy {
@@ -42,6 +43,10 @@ pub struct HttpProxy {
     upgrades: Upgrades,
     /// Loop, tunnel and canonical-request checks before routing.
     admit: Admission,
+    /// The `listener` label of every request this proxy answers.
+    listener: Arc<str>,
+    /// Where requests refused before routing or without a route are counted (`service=""`).
+    unrouted: Arc<ServiceStats>,
     /// Off unless the listener configures one.
     access_log: Option<AccessLog>,
 }
@@ -96,6 +101,8 @@ impl HttpProxy {
             refused_absolute: metrics::counter!(m::BAD_REQUESTS, "listener" => listener.to_string(), "reason" => "absolute_form_foreign_host"),
             upgrades,
             access_log: None,
+            listener: listener.into(),
+            unrouted: ServiceStats::of(""),
         }
     }
 
@@ -150,8 +157,9 @@ impl HttpProxy {
     ) -> Response<ProxyBody> {
         let start = Instant::now();
         let is_grpc = grpc::is_grpc(req.headers());
+        let labels = RequestLabels::new(&self.listener, req.method(), req.version(), is_grpc);
         if let Some(refused) = self.admit.check(&mut req, is_grpc) {
-            return refused;
+            return answered(&self.unrouted, &labels, start, refused);
         }
         let client_version = req.version();
         let on_relay = req.extensions_mut().remove::<upgrade::RelayHook>();
@@ -166,28 +174,33 @@ impl HttpProxy {
         };
         let target = self.router.route(&view);
         if let Some(refused) = self.admit.connect(req.method(), target.as_ref(), is_grpc) {
-            return refused;
+            return answered(&self.unrouted, &labels, start, refused);
         }
         let Some(target) = target else {
-            return respond::no_route(is_grpc);
+            return answered(&self.unrouted, &labels, start, respond::no_route(is_grpc));
         };
         let table = self.table.load();
         let service = match (table.service(target.service()), &target) {
             (Some(s), _) => s,
-            (None, Target::Host(_)) => return respond::no_route(is_grpc),
+            (None, Target::Host(_)) => return answered(&self.unrouted, &labels, start, respond::no_route(is_grpc)),
             (None, Target::Route(_)) => {
-                return respond::upstream_error(UpstreamError::NoInstance, target.service(), is_grpc)
+                // A routed service that never had an instance: counted under its name.
+                let stats = ServiceStats::of(target.service());
+                stats.error(UpstreamError::NoInstance);
+                let res = respond::upstream_error(UpstreamError::NoInstance, target.service(), is_grpc);
+                return answered(&stats, &labels, start, res);
             }
         };
         // Absolute-form names the host to reach; only hosts this listener serves are accepted,
         // so the gateway never acts as an open forward proxy.
         if absolute_form && !(self.router.serves_host(host) || matches!(target, Target::Host(_))) {
             self.refused_absolute.increment(1);
-            return respond::refused(
+            let res = respond::refused(
                 StatusCode::FORBIDDEN,
                 "absolute-form request for a host this gateway does not serve\n",
                 is_grpc,
             );
+            return answered(&service.state.stats, &labels, start, res);
         }
         // Plan: deadline, retry policy, whether the body is kept for a retry.
         let route = match &target {
@@ -240,13 +253,13 @@ impl HttpProxy {
         let body = if plan.buffer_body {
             match tokio::time::timeout(plan.deadline, body.collect()).await {
                 Ok(Ok(collected)) => Body::Buffered(collected.to_bytes()),
-                Ok(Err(_)) => return self.admit.malformed_body(is_grpc),
+                Ok(Err(_)) => {
+                    return answered(&service.state.stats, &labels, start, self.admit.malformed_body(is_grpc))
+                }
                 Err(_) => {
-                    return respond::refused(
-                        StatusCode::REQUEST_TIMEOUT,
-                        "request body not received in time\n",
-                        is_grpc,
-                    )
+                    let res =
+                        respond::refused(StatusCode::REQUEST_TIMEOUT, "request body not received in time\n", is_grpc);
+                    return answered(&service.state.stats, &labels, start, res);
                 }
             }
         } else {
@@ -262,6 +275,7 @@ impl HttpProxy {
         };
 
         // Send, with the one retry loop; then finish.
+        let sent_at = Instant::now();
         let sent = send::send(&self.upstreams, &service, how, &plan, out, start.into()).await;
         let state = &service.state;
         match sent {
@@ -279,17 +293,18 @@ impl HttpProxy {
                     upgrade::restore(res.headers_mut(), protocol);
                 }
                 self.own_response(&mut res, client_version);
-                state.stats.response(res.status(), start.elapsed().as_secs_f64());
+                // From the first send to the response head, retries included.
+                state.stats.upstream_time(sent_at.elapsed().as_secs_f64());
+                state.stats.response(&labels, res.status(), start.elapsed().as_secs_f64());
                 res.map(Either::Left)
             }
-            Err(Failed::ClientBody) => self.admit.malformed_body(is_grpc),
+            Err(Failed::ClientBody) => answered(&state.stats, &labels, start, self.admit.malformed_body(is_grpc)),
             Err(Failed::Upstream(failure)) => {
                 if matches!(failure, UpstreamError::NoInstance | UpstreamError::Overloaded) {
                     state.stats.error(failure);
                 }
                 let res = respond::upstream_error(failure, &service.name, is_grpc);
-                state.stats.response(res.status(), start.elapsed().as_secs_f64());
-                res
+                answered(&state.stats, &labels, start, res)
             }
         }
     }
@@ -305,4 +320,15 @@ impl HttpProxy {
             *res.version_mut() = Version::HTTP_11;
         }
     }
+}
+
+/// Counts an answer (the gateway's own, or refused before an upstream answered), then returns it.
+fn answered(
+    stats: &ServiceStats,
+    labels: &RequestLabels,
+    start: Instant,
+    res: Response<ProxyBody>,
+) -> Response<ProxyBody> {
+    stats.response(labels, res.status(), start.elapsed().as_secs_f64());
+    res
 }

@@ -25,7 +25,7 @@ use crate::upstream::conn::pool::SendLimits;
 use crate::upstream::conn::{UpstreamError, Upstreams, Via};
 use crate::upstream::instance::now_ms;
 use crate::upstream::outlier::Outcome;
-use crate::upstream::stats::{Overflow, RetryReason};
+use crate::upstream::stats::Overflow;
 use crate::upstream::{Endpoint, Pick, Protocol, Service};
 
 /// The request as it goes upstream, before it is aimed at an instance.
@@ -158,6 +158,7 @@ pub async fn send(
     let mut candidates = service.candidates(how, now_ms());
     let mut unsent = None;
     let mut tries = 0u32;
+    let mut raced = false;
     let mut last = Last::Error(UpstreamError::NoInstance);
     for endpoint in candidates.by_ref() {
         let protocol = protocol_for(endpoint, out.upgrade);
@@ -170,11 +171,15 @@ pub async fn send(
             break;
         }
         let limit = plan.per_try.map_or(deadline - now, |t| t.min(deadline - now));
-        tries += 1;
-        let sent = {
-            let _inflight = endpoint.load.start();
-            tokio::time::timeout(limit, upstreams.send(via, endpoint, req, limits)).await
+        let Some(inflight) = endpoint.load.try_start(service.policy.limits.max_inflight) else {
+            // Admitted a moment ago, full now (a concurrent request took the last slot).
+            raced = true;
+            unsent = Some(req);
+            continue;
         };
+        tries += 1;
+        let sent = tokio::time::timeout(limit, upstreams.send(via, endpoint, req, limits)).await;
+        drop(inflight);
         let end = match sent {
             Ok(Ok(mut res)) => match plan::classify(res.status(), res.headers(), plan.grpc) {
                 None => {
@@ -205,6 +210,8 @@ pub async fn send(
                 unsent = e.unsent;
                 let (outcome, kind, end) = if e.connect {
                     (Outcome::ConnectFailure, UpstreamError::Connect, TryEnd::ConnectFailure)
+                } else if e.closed {
+                    (Outcome::Reset, UpstreamError::Protocol, TryEnd::Closed)
                 } else {
                     (Outcome::Reset, UpstreamError::Protocol, TryEnd::Reset)
                 };
@@ -223,20 +230,23 @@ pub async fn send(
         };
         let replayable = unsent.is_some() || out.replayable();
         let Some(reason) = plan::retry_reason(plan, tries, end, replayable) else { break };
-        if reason != RetryReason::ConnectFailure {
+        if plan::budgeted(end) && _retrying.is_none() {
             // A retry of a request that reached an instance adds load: only within budget.
-            let retrying = state.retrying.load(Ordering::Relaxed);
-            if !plan::budget_allows(state.active.load(Ordering::Relaxed), retrying, &service.policy.retry_budget) {
+            // Check and take a slot in one step, so concurrent requests cannot overshoot it.
+            let active = state.active.load(Ordering::Relaxed);
+            let budget = &service.policy.retry_budget;
+            let taken = state.retrying.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |retrying| {
+                plan::budget_allows(active, retrying, budget).then_some(retrying + 1)
+            });
+            if taken.is_err() {
                 state.stats.budget_exhausted();
                 break;
             }
-            if _retrying.is_none() {
-                _retrying = Some(Count::new(&state.retrying));
-            }
+            _retrying = Some(Count(&state.retrying));
         }
         state.stats.retry(reason);
     }
-    if tries == 0 && candidates.overloaded() {
+    if tries == 0 && (candidates.overloaded() || raced) {
         state.stats.overflow(Overflow::Inflight);
         return Err(Failed::Upstream(UpstreamError::Overloaded));
     }

@@ -135,10 +135,9 @@ impl L4Proxy {
         // One table load; the service (and, below, the endpoint) is held by Arc, so
         // no guard is kept across awaits and later table swaps do not touch us.
         let Some(service) = self.table.load().service(name).cloned() else {
-            // A service that never had an instance has no stats of its own yet; this
-            // rare path may build the labels (the same series ServiceStats uses).
-            metrics::counter!(m::UPSTREAM_ERRORS, "service" => name.to_string(), "kind" => UpstreamError::NoInstance.as_str())
-                .increment(1);
+            // A service that never had an instance: counted under its name (the
+            // same series the registry's ServiceStats renders).
+            crate::upstream::stats::ServiceStats::of(name).error(UpstreamError::NoInstance);
             return Err(TcpError::UnknownService(name.to_string()));
         };
         let (mut upstream, endpoint) = self.connect(&service, pick_for(balance, peer)).await?;

@@ -186,8 +186,9 @@ impl Gateway {
             ready: ready.clone(),
             reload: reload_tx,
             limits: AdminLimits::new(&prepared.config),
+            status: crate::admin::status::StatusPage::new(&prepared.config),
         });
-        tasks.spawn(admin_server.serve(admin, stop.clone()));
+        tasks.spawn(admin_server.clone().serve(admin, stop.clone()));
         if let Some(limit) = ready_wait {
             let first_table = async {
                 while !ready.load(Ordering::Acquire) {
@@ -215,6 +216,7 @@ impl Gateway {
                     let (hashed, services) = (hashed_services(&config), config.services.clone());
                     let outcome = reload_file(config_path.as_ref(), &mut config, &mut listeners, &table).await;
                     if outcome.is_ok() {
+                        admin_server.status.update(&config);
                         let addrs = admin_addr.into_iter().chain(listeners.running.iter().map(|r| r.addr));
                         own.store(Arc::new(OwnAddresses::new(addrs)));
                     }

@@ -42,6 +42,13 @@ impl Load {
         self.inflight.fetch_add(1, Ordering::Relaxed);
         InflightGuard(self.clone())
     }
+
+    /// [`Load::start`] unless `max` are in flight already: checked and counted in
+    /// one step, so concurrent requests cannot overshoot a limit together.
+    pub fn try_start(self: &Arc<Self>, max: usize) -> Option<InflightGuard> {
+        self.inflight.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| (n < max).then_some(n + 1)).ok()?;
+        Some(InflightGuard(self.clone()))
+    }
 }
 
 pub struct InflightGuard(Arc<Load>);

@@ -306,4 +306,45 @@ mod tests {
             assert_eq!(&*s.pick(Pick::LeastRequest).unwrap().id, "u");
         }
     }
+
+    #[test]
+    fn ejected_instances_are_skipped_and_all_ejected_means_panic() {
+        use crate::upstream::instance::now_ms;
+        use crate::upstream::outlier::Outcome;
+        let mut r = Registry::default();
+        r.apply(Update::Replace {
+            instances: vec![inst("a", "1", 1), inst("a", "2", 2), inst("a", "3", 3)],
+            revision: 1,
+        });
+        let t = r.build().table;
+        let s = t.service("a").unwrap();
+        s.observe(&s.live[0], Outcome::ConnectFailure);
+        let now = now_ms();
+        for _ in 0..6 {
+            let c: Vec<&str> = s.candidates(Pick::RoundRobin, now).map(|e| &*e.id).collect();
+            assert_eq!(c.len(), 2, "{c:?}");
+            assert!(!c.contains(&"1"));
+        }
+        // At most half of three may be out: a second connect failure does not eject.
+        s.observe(&s.live[1], Outcome::ConnectFailure);
+        assert!(!s.live[1].state.outlier.is_ejected(now_ms()));
+        // Ejection state survives a table swap.
+        r.apply(Update::Apply { changes: vec![Change::Put(inst("a", "4", 4))], revision: 2 });
+        let t2 = r.build().table;
+        let s2 = t2.service("a").unwrap();
+        assert!(s2.live[0].state.outlier.is_ejected(now_ms()));
+        // Every instance out for health: panic mode routes to all, each once.
+        let mut r = Registry::default();
+        r.apply(Update::Replace { instances: vec![inst("p", "1", 1), inst("p", "2", 2)], revision: 1 });
+        let t = r.build().table;
+        let s = t.service("p").unwrap();
+        let policy = crate::config::OutlierPolicy::default();
+        for e in &s.live {
+            e.state.outlier.record(Outcome::ConnectFailure, now_ms(), &policy, || true);
+        }
+        let mut c = s.candidates(Pick::RoundRobin, now_ms());
+        let ids: Vec<&str> = c.by_ref().map(|e| &*e.id).collect();
+        assert_eq!(ids.len(), 2);
+        assert!(c.panicked());
+    }
 }

@@ -1,11 +1,111 @@
-//! Per-service metric handles, registered once when a service first appears and
-//! kept across table swaps, so the request path records without building labels.
+//! Per-service metrics: one [`ServiceStats`] per service name for the life of
+//! the process, rendered by `metrics::families` (not the `metrics` recorder)
+//! so that its series go away with the service.
+//!
+//! Series are created lazily: the instance gauges while the service has
+//! instances, the traffic series (requests by listener/code/method/protocol,
+//! total and upstream latency, upstream errors, retries, ejections, overflow,
+//! panic mode, health checks) at its first request or health check. A service
+//! that loses its last instance drops them all ([`ServiceStats::forget`]); 10,000
+//! services that get no traffic cost one `up` gauge each, not dozens of series.
+//! Every counter with enumerable labels is registered at zero with the traffic
+//! series, so `rate()` sees its first increment.
+//!
+//! Cardinality is bounded by configuration: listeners × status codes (100..=599,
+//! others as `code="other"`) × 8 method classes × 3 protocols per service.
 
-use metrics::{Counter, Gauge, Histogram};
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, LazyLock, Mutex, RwLock};
+
+use arc_swap::ArcSwapOption;
+use http::{Method, StatusCode, Version};
 
 use super::conn::UpstreamError;
 use super::outlier::EjectReason;
 use crate::metrics as m;
+use crate::metrics::families::{self, write_sample, Group, Histogram};
+
+/// The labels of a request that the service does not know: where it came in and how.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct RequestLabels {
+    pub listener: Arc<str>,
+    pub method: &'static str,
+    pub protocol: &'static str,
+}
+
+impl RequestLabels {
+    pub fn new(listener: &Arc<str>, method: &Method, version: Version, grpc: bool) -> RequestLabels {
+        RequestLabels { listener: listener.clone(), method: method_class(method), protocol: protocol(version, grpc) }
+    }
+}
+
+/// The method as a bounded label: the common methods by name, the rest `other`.
+pub fn method_class(method: &Method) -> &'static str {
+    match *method {
+        Method::GET => "GET",
+        Method::HEAD => "HEAD",
+        Method::POST => "POST",
+        Method::PUT => "PUT",
+        Method::DELETE => "DELETE",
+        Method::PATCH => "PATCH",
+        Method::OPTIONS => "OPTIONS",
+        _ => "other",
+    }
+}
+
+/// `grpc`, `h2` or `http1`, as the client spoke to the gateway.
+pub fn protocol(version: Version, grpc: bool) -> &'static str {
+    match (grpc, version) {
+        (true, _) => "grpc",
+        (false, Version::HTTP_2) => "h2",
+        _ => "http1",
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+struct RequestKey {
+    labels: RequestLabels,
+    /// 0 for a code outside 100..=599.
+    code: u16,
+}
+
+/// The series of a service that has had traffic (or health checks): created
+/// together, every counter at zero, at the first event of any kind.
+#[derive(Debug, Default)]
+struct Traffic {
+    requests: RwLock<HashMap<RequestKey, AtomicU64>>,
+    total: Histogram,
+    upstream: Histogram,
+    errors: [AtomicU64; UpstreamError::ALL.len()],
+    retries: [AtomicU64; RetryReason::ALL.len()],
+    budget_exhausted: AtomicU64,
+    /// connect_failures, consecutive_failures.
+    ejections: [AtomicU64; 2],
+    panic: AtomicU64,
+    /// inflight, pending.
+    overflow: [AtomicU64; 2],
+    /// ok, failed.
+    checks: [AtomicU64; 2],
+    /// healthy, unhealthy.
+    health_changes: [AtomicU64; 2],
+}
+
+/// One-label counter families: (family, label name, label values, which counters).
+fn labelled<'t>(
+    traffic: &'t Traffic,
+    family: &str,
+) -> Option<(&'static str, &'static [&'static str], &'t [AtomicU64])> {
+    Some(match family {
+        m::UPSTREAM_RETRIES => ("reason", &RetryReason::ALL, &traffic.retries),
+        // EjectReason::ConnectFailures and ::Failures, in the order of `ejections`.
+        m::UPSTREAM_EJECTIONS => ("reason", &["connect_failures", "consecutive_failures"], &traffic.ejections),
+        m::UPSTREAM_OVERFLOW => ("limit", &["inflight", "pending"], &traffic.overflow),
+        m::HEALTH_CHECKS => ("result", &["ok", "failed"], &traffic.checks),
+        m::HEALTH_CHANGES => ("to", &["healthy", "unhealthy"], &traffic.health_changes),
+        _ => return None,
+    })
+}
 
 /// Why a request was tried again, as the `reason` label of `switchyard_upstream_retries_total`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -20,7 +120,8 @@ pub enum RetryReason {
 }
 
 impl RetryReason {
-    const ALL: [&'static str; 7] = ["connect_failure", "reset", "timeout", "502", "503", "504", "grpc_unavailable"];
+    pub(crate) const ALL: [&'static str; 7] =
+        ["connect_failure", "reset", "timeout", "502", "503", "504", "grpc_unavailable"];
 }
 
 /// Which limit turned a request away, as the `limit` label of `switchyard_upstream_overflow_total`.
@@ -32,96 +133,234 @@ pub enum Overflow {
 
 #[derive(Debug)]
 pub struct ServiceStats {
-    /// Indexed by status class: 1xx..5xx → 0..4.
-    requests: [Counter; 5],
-    duration: Histogram,
-    errors: [Counter; 5],
-    /// Instances by state: up, draining, down.
-    instances: [Gauge; 3],
-    retries: [Counter; 7],
-    budget_exhausted: Counter,
-    ejections: [Counter; 2],
-    panic: Counter,
-    overflow: [Counter; 2],
-    checks: [Counter; 2],
-    health_changes: [Counter; 2],
+    name: Arc<str>,
+    traffic: ArcSwapOption<Traffic>,
+    /// Instances by state: up, draining, down. Rendered while their sum is > 0.
+    instances: [AtomicU64; 3],
+    /// Serialises creating and forgetting the traffic series.
+    create: Mutex<()>,
 }
 
+static SERVICES: LazyLock<Mutex<HashMap<Arc<str>, Arc<ServiceStats>>>> = LazyLock::new(Default::default);
+
 impl ServiceStats {
-    pub fn new(service: &str) -> Self {
-        let s = || service.to_string();
-        let requests = ["1xx", "2xx", "3xx", "4xx", "5xx"]
-            .map(|class| metrics::counter!(m::REQUESTS, "service" => s(), "class" => class));
-        let errors = UpstreamError::ALL
-            .map(|kind| metrics::counter!(m::UPSTREAM_ERRORS, "service" => s(), "kind" => kind.as_str()));
-        let duration = metrics::histogram!(m::REQUEST_DURATION, "service" => s());
-        let instances = ["up", "draining", "down"]
-            .map(|state| metrics::gauge!(m::UPSTREAM_INSTANCES, "service" => s(), "state" => state));
-        ServiceStats {
-            requests,
-            duration,
-            errors,
-            instances,
-            retries: RetryReason::ALL
-                .map(|reason| metrics::counter!(m::UPSTREAM_RETRIES, "service" => s(), "reason" => reason)),
-            budget_exhausted: metrics::counter!(m::UPSTREAM_RETRY_BUDGET_EXHAUSTED, "service" => s()),
-            ejections: [EjectReason::ConnectFailures, EjectReason::Failures]
-                .map(|r| metrics::counter!(m::UPSTREAM_EJECTIONS, "service" => s(), "reason" => r.as_str())),
-            panic: metrics::counter!(m::UPSTREAM_PANIC, "service" => s()),
-            overflow: ["inflight", "pending"]
-                .map(|limit| metrics::counter!(m::UPSTREAM_OVERFLOW, "service" => s(), "limit" => limit)),
-            checks: ["ok", "failed"]
-                .map(|result| metrics::counter!(m::HEALTH_CHECKS, "service" => s(), "result" => result)),
-            health_changes: ["healthy", "unhealthy"]
-                .map(|to| metrics::counter!(m::HEALTH_CHANGES, "service" => s(), "to" => to)),
+    /// The stats of `service`, the same object for every caller (the registry,
+    /// a route to a service that has no instance yet, the L4 proxy), so no two
+    /// writers ever render the same series.
+    pub fn of(service: &str) -> Arc<ServiceStats> {
+        let mut all = SERVICES.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(s) = all.get(service) {
+            return s.clone();
         }
+        let stats = Arc::new(ServiceStats {
+            name: service.into(),
+            traffic: ArcSwapOption::empty(),
+            instances: Default::default(),
+            create: Mutex::new(()),
+        });
+        all.insert(stats.name.clone(), stats.clone());
+        families::register(&format!("service/{service}"), stats.clone());
+        stats
     }
 
-    pub fn response(&self, status: http::StatusCode, seconds: f64) {
-        let class = (status.as_u16() / 100).clamp(1, 5) as usize - 1;
-        self.requests[class].increment(1);
-        self.duration.record(seconds);
+    fn traffic(&self) -> Arc<Traffic> {
+        if let Some(t) = self.traffic.load_full() {
+            return t;
+        }
+        let _creating = self.create.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(t) = self.traffic.load_full() {
+            return t;
+        }
+        let t = Arc::new(Traffic::default());
+        self.traffic.store(Some(t.clone()));
+        t
+    }
+
+    /// A response sent to the client (by the upstream or by the gateway itself)
+    /// `seconds` after the request head arrived.
+    pub fn response(&self, labels: &RequestLabels, status: StatusCode, seconds: f64) {
+        let traffic = self.traffic();
+        let code = status.as_u16();
+        let key = RequestKey { labels: labels.clone(), code: if (100..=599).contains(&code) { code } else { 0 } };
+        traffic.total.record(seconds);
+        {
+            let requests = traffic.requests.read().unwrap_or_else(|e| e.into_inner());
+            if let Some(n) = requests.get(&key) {
+                n.fetch_add(1, Ordering::Relaxed);
+                return;
+            }
+        }
+        let mut requests = traffic.requests.write().unwrap_or_else(|e| e.into_inner());
+        requests.entry(key).or_default().fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Time from sending the request upstream to its response head.
+    pub fn upstream_time(&self, seconds: f64) {
+        self.traffic().upstream.record(seconds);
+    }
+
+    pub fn error(&self, kind: UpstreamError) {
+        self.traffic().errors[kind as usize].fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn retry(&self, reason: RetryReason) {
+        self.traffic().retries[reason as usize].fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn budget_exhausted(&self) {
+        self.traffic().budget_exhausted.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn ejected(&self, reason: EjectReason) {
+        let i = match reason {
+            EjectReason::ConnectFailures => 0,
+            EjectReason::Failures => 1,
+            EjectReason::None => return,
+        };
+        self.traffic().ejections[i].fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn panic(&self) {
+        self.traffic().panic.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn overflow(&self, limit: Overflow) {
+        self.traffic().overflow[limit as usize].fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn check(&self, ok: bool) {
+        self.traffic().checks[usize::from(!ok)].fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn health_changed(&self, healthy: bool) {
+        self.traffic().health_changes[usize::from(!healthy)].fetch_add(1, Ordering::Relaxed);
     }
 
     pub fn instances(&self, up: usize, draining: usize, down: usize) {
         for (gauge, n) in self.instances.iter().zip([up, draining, down]) {
-            gauge.set(n as f64);
+            gauge.store(n as u64, Ordering::Relaxed);
         }
     }
 
-    pub fn error(&self, kind: UpstreamError) {
-        self.errors[kind as usize].increment(1);
+    /// The service has no instance left: its series go away with it. A later
+    /// request (answered 503) or instance brings them back, from zero.
+    pub fn forget(&self) {
+        let _creating = self.create.lock().unwrap_or_else(|e| e.into_inner());
+        self.traffic.store(None);
+        self.instances(0, 0, 0);
     }
+}
 
-    pub fn retry(&self, reason: RetryReason) {
-        self.retries[reason as usize].increment(1);
-    }
-
-    pub fn budget_exhausted(&self) {
-        self.budget_exhausted.increment(1);
-    }
-
-    pub fn ejected(&self, reason: EjectReason) {
-        match reason {
-            EjectReason::ConnectFailures => self.ejections[0].increment(1),
-            EjectReason::Failures => self.ejections[1].increment(1),
-            EjectReason::None => {}
+impl Group for ServiceStats {
+    fn render(&self, family: &str, out: &mut String) {
+        let service = &*self.name;
+        if family == m::UPSTREAM_INSTANCES {
+            let counts = self.instances.each_ref().map(|n| n.load(Ordering::Relaxed));
+            if counts.iter().sum::<u64>() == 0 {
+                return;
+            }
+            for (state, n) in ["up", "draining", "down"].into_iter().zip(counts) {
+                // `up` always (the no-live-instance alert needs its zero); the others when present.
+                if state == "up" || n > 0 {
+                    write_sample(out, family, &[("service", service), ("state", state)], n as f64);
+                }
+            }
+            return;
+        }
+        let Some(traffic) = self.traffic.load_full() else { return };
+        match family {
+            m::REQUESTS => {
+                let requests = traffic.requests.read().unwrap_or_else(|e| e.into_inner());
+                let mut rows: Vec<(&RequestKey, u64)> =
+                    requests.iter().map(|(k, v)| (k, v.load(Ordering::Relaxed))).collect();
+                rows.sort_by(|a, b| {
+                    (&a.0.labels.listener, a.0.code, a.0.labels.method, a.0.labels.protocol).cmp(&(
+                        &b.0.labels.listener,
+                        b.0.code,
+                        b.0.labels.method,
+                        b.0.labels.protocol,
+                    ))
+                });
+                for (key, n) in rows {
+                    let code = if key.code == 0 { "other".to_string() } else { key.code.to_string() };
+                    let labels = [
+                        ("listener", &*key.labels.listener),
+                        ("service", service),
+                        ("code", code.as_str()),
+                        ("method", key.labels.method),
+                        ("protocol", key.labels.protocol),
+                    ];
+                    write_sample(out, family, &labels, n as f64);
+                }
+            }
+            m::REQUEST_DURATION => traffic.total.write(out, family, &[("service", service)]),
+            m::UPSTREAM_DURATION => traffic.upstream.write(out, family, &[("service", service)]),
+            m::UPSTREAM_ERRORS => {
+                for kind in UpstreamError::ALL {
+                    let n = traffic.errors[kind as usize].load(Ordering::Relaxed);
+                    write_sample(out, family, &[("service", service), ("kind", kind.as_str())], n as f64);
+                }
+            }
+            m::UPSTREAM_RETRY_BUDGET_EXHAUSTED => write_sample(
+                out,
+                family,
+                &[("service", service)],
+                traffic.budget_exhausted.load(Ordering::Relaxed) as f64,
+            ),
+            m::UPSTREAM_PANIC => {
+                write_sample(out, family, &[("service", service)], traffic.panic.load(Ordering::Relaxed) as f64)
+            }
+            _ => {
+                if let Some((label, values, counters)) = labelled(&traffic, family) {
+                    for (value, n) in values.iter().zip(counters) {
+                        let n = n.load(Ordering::Relaxed) as f64;
+                        write_sample(out, family, &[("service", service), (label, value)], n);
+                    }
+                }
+            }
         }
     }
+}
 
-    pub fn panic(&self) {
-        self.panic.increment(1);
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rendered() -> String {
+        let mut out = String::new();
+        families::render(m::SERVICE_FAMILIES, &mut out);
+        out
     }
 
-    pub fn overflow(&self, limit: Overflow) {
-        self.overflow[limit as usize].increment(1);
-    }
-
-    pub fn check(&self, ok: bool) {
-        self.checks[usize::from(!ok)].increment(1);
-    }
-
-    pub fn health_changed(&self, healthy: bool) {
-        self.health_changes[usize::from(!healthy)].increment(1);
+    #[test]
+    fn series_appear_with_traffic_and_go_with_the_service() {
+        let s = ServiceStats::of("stats-test");
+        assert!(Arc::ptr_eq(&s, &ServiceStats::of("stats-test")));
+        assert!(!rendered().contains("stats-test"), "no series before instances or traffic");
+        s.instances(2, 0, 0);
+        let text = rendered();
+        assert!(text.contains("switchyard_upstream_instances{service=\"stats-test\",state=\"up\"} 2\n"), "{text}");
+        assert!(!text.contains("switchyard_requests_total{listener=\"web\",service=\"stats-test\""), "{text}");
+        let labels = RequestLabels::new(&Arc::from("web"), &Method::POST, Version::HTTP_11, false);
+        s.response(&labels, StatusCode::OK, 0.01);
+        s.response(&labels, StatusCode::OK, 0.01);
+        s.response(
+            &RequestLabels::new(&Arc::from("web"), &Method::from_bytes(b"BREW").unwrap(), Version::HTTP_2, true),
+            StatusCode::from_u16(999).unwrap(),
+            0.01,
+        );
+        let text = rendered();
+        let want = "switchyard_requests_total{listener=\"web\",service=\"stats-test\",code=\"200\",method=\"POST\",protocol=\"http1\"} 2\n";
+        assert!(text.contains(want), "{text}");
+        let want = "switchyard_requests_total{listener=\"web\",service=\"stats-test\",code=\"other\",method=\"other\",protocol=\"grpc\"} 1\n";
+        assert!(text.contains(want), "{text}");
+        // Registered at zero with the first request, so rate() sees the first error.
+        assert!(
+            text.contains("switchyard_upstream_errors_total{service=\"stats-test\",kind=\"timeout\"} 0\n"),
+            "{text}"
+        );
+        assert!(text.contains("switchyard_request_duration_seconds_count{service=\"stats-test\"} 3\n"), "{text}");
+        s.forget();
+        assert!(!rendered().contains("stats-test"), "forgotten service still rendered");
     }
 }

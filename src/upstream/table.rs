@@ -38,7 +38,7 @@ impl Table {
 pub struct ServiceState {
     pub round_robin: AtomicUsize,
     pub weighted: AtomicUsize,
-    pub stats: ServiceStats,
+    pub stats: Arc<ServiceStats>,
     /// Requests of this service being sent now, and of them the retries: the retry budget.
     pub active: AtomicUsize,
     pub retrying: AtomicUsize,
@@ -51,7 +51,7 @@ impl ServiceState {
         ServiceState {
             round_robin: AtomicUsize::new(0),
             weighted: AtomicUsize::new(0),
-            stats: ServiceStats::new(name),
+            stats: ServiceStats::of(name),
             active: AtomicUsize::new(0),
             retrying: AtomicUsize::new(0),
             pending: AtomicUsize::new(0),
@@ -125,14 +125,25 @@ impl Service {
             },
         };
         let mut order = Order::new(n, first.unwrap_or(0), seed);
-        if let Some(ramp) = self.live.get(order.first).and_then(|e| e.state.ramp(now_ms, self.policy.slow_start)) {
+        // Not for hash: deferring a key's instance would move the key.
+        let ramping = if matches!(how, Pick::Hash(_)) { None } else { self.live.get(order.first) };
+        if let Some(ramp) = ramping.and_then(|e| e.state.ramp(now_ms, self.policy.slow_start)) {
             // Slow start: a ramping first choice keeps only its share of what it is
             // picked for; the rest goes to the fallback order, the ramping one last.
             if fastrand::f64() >= ramp {
                 order.defer_first = true;
             }
         }
-        Candidates { service: self, order, now_ms, pass: Pass::Admitted, yielded: 0, full: 0, held_back: 0 }
+        Candidates {
+            service: self,
+            order,
+            now_ms,
+            pass: Pass::Admitted,
+            yielded: 0,
+            full: 0,
+            held_back: 0,
+            panicked: false,
+        }
     }
 
     /// The outcome hook: every try at an instance, HTTP or TCP, reports here.
@@ -223,6 +234,7 @@ pub struct Candidates<'a> {
     full: usize,
     /// Instances passed over for health (ejected, unhealthy).
     held_back: usize,
+    panicked: bool,
 }
 
 impl Candidates<'_> {
@@ -232,9 +244,9 @@ impl Candidates<'_> {
         self.yielded == 0 && self.full > 0
     }
 
-    /// Whether the candidates come from the panic pass.
+    /// Whether the candidates came from the panic pass.
     pub fn panicked(&self) -> bool {
-        self.pass == Pass::Panic
+        self.panicked
     }
 }
 
@@ -260,6 +272,7 @@ impl<'a> Iterator for Candidates<'a> {
                     }
                     None if self.yielded == 0 && self.full == 0 && self.held_back > 0 => {
                         self.pass = Pass::Panic;
+                        self.panicked = true;
                         self.service.state.stats.panic();
                         self.order.step = 0;
                     }

@@ -35,6 +35,8 @@ pub struct Etcd {
     /// (cluster id, member id) first seen healthy: a restart on the same data
     /// dir must come back as the same member of the same cluster.
     identity: Option<(u64, u64)>,
+    /// Started with etcd's default timings and keepalive flags (see [`Etcd::start_stock`]).
+    stock: bool,
 }
 
 /// PEM files for an etcd that serves its clients over TLS and requires a
@@ -80,6 +82,19 @@ impl Etcd {
         e
     }
 
+    /// A single-node etcd with every timing and keepalive flag at etcd's
+    /// defaults (heartbeat 100 ms, election 1 s, `--grpc-keepalive-min-time` 5 s):
+    /// what an operator runs. Clients that ping more often than every 5 s are
+    /// sent GOAWAY, which the fast harness etcd would not show.
+    pub async fn start_stock() -> Etcd {
+        let mut e = Etcd::member("s");
+        e.initial_cluster = format!("s=http://127.0.0.1:{}", e.peer_port);
+        e.stock = true;
+        e.spawn();
+        e.wait_healthy(Duration::from_secs(30)).await;
+        e
+    }
+
     fn member(name: &str) -> Etcd {
         assert!(
             std::path::Path::new(ETCD_BIN).exists(),
@@ -99,6 +114,7 @@ impl Etcd {
             tls: None,
             _ports: ports,
             identity: None,
+            stock: false,
         }
     }
 
@@ -126,7 +142,8 @@ impl Etcd {
                     "--client-cert-auth".into(),
                 ]
             }))
-            .args(["--heartbeat-interval=10", "--election-timeout=100", "--logger=zap", "--log-outputs=stderr"])
+            .args(if self.stock { &[][..] } else { &["--heartbeat-interval=10", "--election-timeout=100"][..] })
+            .args(["--logger=zap", "--log-outputs=stderr"])
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()

@@ -5,6 +5,7 @@
 
 pub mod backend;
 pub mod etcd;
+pub mod faults;
 pub mod grpc;
 pub mod l4;
 pub mod raw;

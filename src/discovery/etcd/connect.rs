@@ -1,6 +1,7 @@
 //! Connecting to etcd the same way for the gateway's discovery source and for the
 //! provider's registrar: one endpoint at a time (so a failure moves on to the
-//! next member deterministically), HTTP/2 keep-alive to notice dead peers,
+//! next member deterministically), HTTP/2 keep-alive to notice dead peers (at
+//! an interval etcd accepts: never below its 5 s `--grpc-keepalive-min-time`),
 //! `require_leader` so a member without quorum fails instead of going silent,
 //! optional user/password auth and TLS from PEM files.
 
@@ -18,6 +19,9 @@ pub struct EtcdConnect {
     pub tls: Option<ClientTls>,
     pub dial_timeout: Duration,
     pub request_timeout: Duration,
+    /// HTTP/2 ping interval and ping timeout; at least etcd's 5 s minimum
+    /// (config validation holds it there), or etcd ends the stream with GOAWAY.
+    pub keepalive: Duration,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -72,7 +76,9 @@ impl EtcdConnect {
             Some(_) => raw.strip_prefix("http://").or_else(|| raw.strip_prefix("https://")).unwrap_or(raw).to_string(),
             None => raw.clone(),
         };
-        let keep_alive = self.dial_timeout.max(Duration::from_millis(500));
+        // Not tied to dial_timeout: a stock etcd refuses pings more often than every
+        // 5 s (GOAWAY "too_many_pings"), which ends every watch on the connection.
+        let keep_alive = self.keepalive.max(crate::config::MIN_ETCD_KEEPALIVE);
         let mut opts = ConnectOptions::new()
             .with_connect_timeout(self.dial_timeout)
             .with_keep_alive(keep_alive, keep_alive)
@@ -122,6 +128,7 @@ impl From<&crate::config::EtcdDiscovery> for EtcdConnect {
             tls: c.tls.clone(),
             dial_timeout: c.dial_timeout,
             request_timeout: c.request_timeout,
+            keepalive: c.keepalive,
         }
     }
 }

@@ -71,6 +71,10 @@ enum SessionError {
 }
 
 impl SessionError {
+    /// Every reason a session ends with, except the writer going away (which
+    /// ends the source and is never counted).
+    const REASONS: [&'static str; 6] = ["connect", "request", "stream_error", "stream_closed", "canceled", "compacted"];
+
     fn reason(&self) -> &'static str {
         match self {
             SessionError::Connect(_) => "connect",
@@ -128,6 +132,7 @@ impl Source for EtcdSource {
             started,
         };
         metrics::gauge!(m::DISCOVERY_CONNECTED, "source" => "etcd").set(0.0);
+        register_at_zero();
         let synced_at = r.synced_at.clone();
         let since_sync = move || {
             let ms = started.elapsed().as_millis() as u64
@@ -185,6 +190,24 @@ impl Source for EtcdSource {
         }
         metrics::gauge!(m::DISCOVERY_CONNECTED, "source" => "etcd").set(0.0);
         r.flush_snapshot().await;
+    }
+}
+
+/// Every counter of this source whose labels are known from the start, at 0,
+/// so that `rate()` and `increase()` see their first increment.
+fn register_at_zero() {
+    for reason in SessionError::REASONS {
+        metrics::counter!(m::DISCOVERY_WATCH_RESTARTS, "reason" => reason).increment(0);
+        if reason != "compacted" {
+            metrics::counter!(m::DISCOVERY_ERRORS, "source" => "etcd", "kind" => reason).increment(0);
+        }
+    }
+    metrics::counter!(m::DISCOVERY_ERRORS, "source" => "etcd", "kind" => "snapshot").increment(0);
+    for kind in ["put", "delete"] {
+        metrics::counter!(m::DISCOVERY_EVENTS, "source" => "etcd", "type" => kind).increment(0);
+    }
+    for kind in state::INVALID_KINDS {
+        metrics::counter!(m::DISCOVERY_INVALID_VALUES, "source" => "etcd", "kind" => kind).increment(0);
     }
 }
 

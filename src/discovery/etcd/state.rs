@@ -119,6 +119,9 @@ impl Known {
     }
 }
 
+/// The `kind` label values of `switchyard_discovery_invalid_values_total`.
+pub(super) const INVALID_KINDS: [&str; 2] = ["key", "value"];
+
 /// Records an unreadable key or value in `into`; logs and counts it unless
 /// `seen` (or `into`) already has it at the same revision.
 fn note_invalid(

@@ -30,6 +30,10 @@ pub struct SendError {
     pub connect: bool,
     /// Refused at once by the service's `max_pending`.
     pub overloaded: bool,
+    /// The connection was closed by the instance before any byte of a response
+    /// (hyper's "incomplete message"): the instance died or closed a keep-alive
+    /// connection as the request went out.
+    pub closed: bool,
     pub detail: String,
     /// The client's request body failed (malformed, cut short): a client fault.
     pub client_body: bool,
@@ -150,6 +154,7 @@ impl Upstreams {
         let pool_error = |(e, unsent): (PoolError, Option<Request<UpstreamBody>>)| SendError {
             connect: e.is_connect() || matches!(e, PoolError::Pending),
             overloaded: matches!(e, PoolError::Pending),
+            closed: matches!(&e, PoolError::Request(h) if peer_closed(h)),
             client_body: matches!(&e, PoolError::Request(he) if client_body_failed(he)),
             detail: e.to_string(),
             unsent,
@@ -162,12 +167,32 @@ impl Upstreams {
             Via::Shared(client) => client.request(req).await.map_err(|e| SendError {
                 connect: e.is_connect(),
                 overloaded: false,
+                closed: std::error::Error::source(&e)
+                    .and_then(|s| s.downcast_ref::<hyper::Error>())
+                    .is_some_and(peer_closed),
                 client_body: client_body_failed(&e),
                 detail: format!("{e:?}"),
                 unsent: None,
             }),
         }
     }
+}
+
+/// Whether the instance closed or reset the connection before any response byte
+/// (its process died, or it dropped a keep-alive connection as the request went out).
+fn peer_closed(e: &hyper::Error) -> bool {
+    if e.is_incomplete_message() {
+        return true;
+    }
+    let mut source = std::error::Error::source(e);
+    while let Some(s) = source {
+        if let Some(io) = s.downcast_ref::<std::io::Error>() {
+            use std::io::ErrorKind::*;
+            return matches!(io.kind(), ConnectionReset | BrokenPipe | ConnectionAborted | UnexpectedEof);
+        }
+        source = s.source();
+    }
+    false
 }
 
 /// Whether an upstream send failed because the request body did: hyper's client
