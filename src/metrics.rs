@@ -189,22 +189,3 @@ fn describe() {
     describe_counter!(ACCESS_LOG_DROPPED, "Access log lines dropped because the writer fell behind, by listener.");
     describe_counter!(ACCESS_LOG_ERRORS, "Access log writes that failed (disk full, file gone), by file.");
 }
-
-/// Both results of [`CONFIG_RELOADS`] exported from the start, so `rate()` sees the first reload.
-pub(crate) fn config_reloads_at_zero() {
-    for result in ["success", "failure"] {
-        metrics::counter!(CONFIG_RELOADS, "result" => result).increment(0);
-    }
-}
-
-/// Counts one reload.
-pub(crate) fn config_reloaded(ok: bool) {
-    metrics::counter!(CONFIG_RELOADS, "result" => if ok { "success" } else { "failure" }).increment(1);
-}
-
-/// A configuration is live (start-up or a successful reload): stamps [`CONFIG_LAST_RELOAD_SUCCESS`].
-pub(crate) fn config_loaded() {
-    let now =
-        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs_f64()).unwrap_or(0.0);
-    metrics::gauge!(CONFIG_LAST_RELOAD_SUCCESS).set(now);
-}

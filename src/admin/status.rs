@@ -15,17 +15,23 @@ pub const HTML: &str = include_str!("status.html");
 /// What the page shows besides `/upstreams`: the listeners and routes of the
 /// running config and the discovery events.
 pub struct StatusPage {
-    listeners: Value,
+    /// Replaced when a config reload goes live.
+    listeners: arc_swap::ArcSwap<Value>,
 }
 
 impl StatusPage {
     pub fn new(config: &Config) -> StatusPage {
-        StatusPage { listeners: listeners(config) }
+        StatusPage { listeners: arc_swap::ArcSwap::from_pointee(listeners(config)) }
+    }
+
+    /// Shows the listeners and routes of `config`, the one now running.
+    pub fn update(&self, config: &Config) {
+        self.listeners.store(std::sync::Arc::new(listeners(config)));
     }
 
     /// `{"listeners": [{name, protocol, listen, routes: [{match, service, balance}]}], "events": [...]}`
     pub fn json(&self) -> String {
-        let doc = json!({ "listeners": &self.listeners, "events": events::recent() });
+        let doc = json!({ "listeners": &*self.listeners.load_full(), "events": events::recent() });
         format!("{doc:#}\n")
     }
 }

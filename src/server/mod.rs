@@ -188,7 +188,7 @@ impl Gateway {
             limits: AdminLimits::new(&prepared.config),
             status: crate::admin::status::StatusPage::new(&prepared.config),
         });
-        tasks.spawn(admin_server.serve(admin, stop.clone()));
+        tasks.spawn(admin_server.clone().serve(admin, stop.clone()));
         if let Some(limit) = ready_wait {
             let first_table = async {
                 while !ready.load(Ordering::Acquire) {
@@ -206,8 +206,8 @@ impl Gateway {
         let config = &prepared.config;
         let mut listeners = Listeners::new(config.limits.max_connections, config.timeouts.shutdown_grace);
         let (mut config, _) = reload::commit(prepared, &mut listeners);
-        m::config_reloads_at_zero();
-        m::config_loaded();
+        reloads_at_zero();
+        config_live();
         tracing::info!("switchyard serving");
         loop {
             tokio::select! {
@@ -216,6 +216,7 @@ impl Gateway {
                     let (hashed, services) = (hashed_services(&config), config.services.clone());
                     let outcome = reload_file(config_path.as_ref(), &mut config, &mut listeners, &table).await;
                     if outcome.is_ok() {
+                        admin_server.status.update(&config);
                         let addrs = admin_addr.into_iter().chain(listeners.running.iter().map(|r| r.addr));
                         own.store(Arc::new(OwnAddresses::new(addrs)));
                     }
@@ -279,8 +280,8 @@ async fn reload_file(
         stopped = ?summary.stopped,
         "configuration reloaded"
     );
-    m::config_reloaded(true);
-    m::config_loaded();
+    reloaded(true);
+    config_live();
     Ok(serde_json::to_value(&summary).unwrap_or_default())
 }
 
@@ -289,8 +290,25 @@ fn reload_failed(errors: Vec<String>) -> ReloadOutcome {
         tracing::error!("reload: {e}");
     }
     tracing::error!("reload failed; the running configuration stays");
-    m::config_reloaded(false);
+    reloaded(false);
     Err(errors)
+}
+
+/// Both results of `switchyard_config_reloads_total` exported from the start, so that `rate()` sees the first reload.
+fn reloads_at_zero() {
+    for result in ["success", "failure"] {
+        metrics::counter!(m::CONFIG_RELOADS, "result" => result).increment(0);
+    }
+}
+
+fn reloaded(ok: bool) {
+    metrics::counter!(m::CONFIG_RELOADS, "result" => if ok { "success" } else { "failure" }).increment(1);
+}
+
+/// A configuration went live (start-up or a successful reload).
+fn config_live() {
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0.0, |d| d.as_secs_f64());
+    metrics::gauge!(m::CONFIG_LAST_RELOAD_SUCCESS).set(now);
 }
 
 /// The `[[service]]` policies, for the table writer.
