@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use http::{header, Request, Response};
 use http_body_util::Either;
-use hyper::body::Incoming;
+use hyper::body::{Body as _, Incoming};
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
@@ -163,9 +163,15 @@ impl Upstreams {
         };
         let hyper = |res: Response<Incoming>| res.map(Either::Left);
         match via {
-            // Plain requests: the exchange runs in this task (`h1`). Upgrades stay on
-            // hyper's connection, whose 101 hands both sides to the relay.
-            Via::Instance { h2: false } if !req.headers().contains_key(header::UPGRADE) => {
+            // Plain requests without a body: the exchange runs in this task (`h1`).
+            // Upgrades stay on hyper's connection, whose 101 hands both sides to the
+            // relay; so do requests with a body, whose upload hyper keeps sending while
+            // the response streams back (an echoing backend answers before the body
+            // ends; `h1` stops sending at the response head) and whose malformed client
+            // body hyper reports as the client's fault.
+            Via::Instance { h2: false }
+                if !req.headers().contains_key(header::UPGRADE) && req.body().is_end_stream() =>
+            {
                 match endpoint.pool.send_h1(req, self.instance_pools, limits).await {
                     Ok(res) => Ok(res.map(Either::Right)),
                     Err((e, unsent)) => Err(SendError {
