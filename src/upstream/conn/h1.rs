@@ -483,8 +483,14 @@ where
         tokio::pin!(send, recv);
         let mut sent: Option<Result<(), H1Error>> = None;
         let head = loop {
+            // The request body first: a client body that fails is the client's fault
+            // (400), whatever the upstream answered meanwhile.
             tokio::select! {
-                r = &mut send, if sent.is_none() => sent = Some(r),
+                biased;
+                r = &mut send, if sent.is_none() => match r {
+                    Err(H1Error::RequestBody(e)) => return Err(H1Error::RequestBody(e).into()),
+                    r => sent = Some(r),
+                },
                 r = &mut recv => break r,
             }
         };
