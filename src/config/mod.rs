@@ -46,6 +46,10 @@ pub const DEFAULT_UPSTREAM_IDLE_PER_HOST: usize = 256;
 /// line); beyond it lines are dropped and counted, never waited for.
 pub const DEFAULT_ACCESS_LOG_QUEUE: usize = 4096;
 pub const MAX_ACCESS_LOG_QUEUE: usize = 1 << 20;
+/// etcd values above this are refused before parsing: a registration is a few
+/// hundred bytes, and etcd's own request limit (1.5 MiB) would let one key cost
+/// megabytes per table build. Envoy's and HAProxy's header limits are of the same order.
+pub const DEFAULT_MAX_VALUE_SIZE: usize = 64 * 1024;
 /// How long an unused upstream connection is kept (nginx's upstream `keepalive_timeout`
 /// is 60 s, HAProxy's `timeout server` default none; 90 s outlives common 60 s backend
 /// keep-alives less often than it is reused).

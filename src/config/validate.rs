@@ -296,7 +296,7 @@ impl Validator {
             max_value_size: self.bounded(
                 "discovery.max_value_size",
                 d.max_value_size,
-                crate::discovery::instance::MAX_VALUE_BYTES,
+                super::DEFAULT_MAX_VALUE_SIZE,
                 64..=1536 * 1024,
             ),
             snapshot_path: d.snapshot_path.map(PathBuf::from),

@@ -21,11 +21,8 @@ use tokio_util::sync::CancellationToken;
 use super::{Change, Update};
 use crate::metrics as m;
 
-/// Values above this are refused before parsing (the default of
-/// `discovery.max_value_size`): a registration is a few hundred bytes, and etcd's
-/// own request limit (1.5 MiB) would let one key cost megabytes per table build.
-/// Envoy's and HAProxy's header limits are of the same order.
-pub const MAX_VALUE_BYTES: usize = 64 * 1024;
+/// Values above this are refused before parsing unless `discovery.max_value_size` says otherwise.
+pub const MAX_VALUE_BYTES: usize = crate::config::DEFAULT_MAX_VALUE_SIZE;
 
 /// One backend of one service, as a discovery source reports it.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
