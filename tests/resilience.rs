@@ -333,6 +333,62 @@ async fn an_active_check_marks_an_instance_down_and_up_again() {
     gw.stop().await;
 }
 
+/// The other two kinds of active check, end to end: `grpc` (grpc.health.v1 against a
+/// real tonic server) and `tcp` (a port that refuses, then listens).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn grpc_and_tcp_active_checks_mark_instances_down_and_up_again() {
+    let grpc = [support::grpc::GrpcBackend::start("g1").await, support::grpc::GrpcBackend::start("g2").await];
+    let plain = Backend::start("t1").await;
+    let (closed, closed_addr) = support::refusing_addr();
+    let check = "interval = \"200ms\", timeout = \"200ms\", healthy_threshold = 2, unhealthy_threshold = 2";
+    let gw = TestGateway::start(&route(
+        "sg",
+        &format!(
+            "[[service]]\nname = \"sg\"\nhealth_check = {{ kind = \"grpc\", {check} }}\n\
+             [[service]]\nname = \"st\"\nhealth_check = {{ kind = \"tcp\", {check} }}\n"
+        ),
+    ))
+    .await;
+    let h2c: &[(&str, &str)] = &[("protocol", "h2c")];
+    write_instances(
+        &gw.instances_path(),
+        &[
+            ("sg", "g1", grpc[0].addr, h2c),
+            ("sg", "g2", grpc[1].addr, h2c),
+            ("st", "t1", plain.addr, &[]),
+            ("st", "t2", closed_addr, &[]),
+        ],
+    );
+    gw.wait_live("sg", 2).await;
+    let health = async |service: &str, index: usize| -> String {
+        let doc: serde_json::Value = serde_json::from_str(&admin_get(gw.admin, "/upstreams").await.1).unwrap();
+        doc["services"][service]["instances"][index]["health"].as_str().unwrap_or("").to_string()
+    };
+    wait_until("g2 checked healthy", Duration::from_secs(3), async || health("sg", 1).await == "healthy").await;
+    // NOT_SERVING: down within interval × threshold (+ jitter, a round in progress).
+    grpc[1].health.store(2, Ordering::Relaxed);
+    let down =
+        wait_until("g2 unhealthy", Duration::from_secs(3), async || state(&gw, "sg", "g2").await.0 == "unhealthy")
+            .await;
+    grpc[1].health.store(1, Ordering::Relaxed);
+    let up =
+        wait_until("g2 healthy again", Duration::from_secs(3), async || state(&gw, "sg", "g2").await.0 == "up").await;
+    println!("grpc check: down after {down:?}, up after {up:?}");
+
+    // TCP: the refusing port is unhealthy, the listening one healthy; then it listens.
+    wait_until("t2 unhealthy", Duration::from_secs(3), async || state(&gw, "st", "t2").await.0 == "unhealthy").await;
+    assert_eq!(health("st", 0).await, "healthy");
+    let _listening = closed.listen(16).unwrap();
+    let up = wait_until("t2 healthy once it listens", Duration::from_secs(3), async || {
+        state(&gw, "st", "t2").await.0 == "up"
+    })
+    .await;
+    println!("tcp check: up {up:?} after the port started listening");
+    let text = metrics(&gw).await;
+    assert!(metric(&text, r#"switchyard_health_changes_total{service="sg",to="unhealthy"}"#) >= 1.0, "{text}");
+    gw.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn retries_stay_within_the_budget_when_two_of_three_fail() {
     let backends = [

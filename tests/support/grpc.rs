@@ -16,7 +16,7 @@ use std::convert::Infallible;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicI32, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -33,6 +33,33 @@ use tonic::metadata::MetadataMap;
 use tonic::server::{ClientStreamingService, ServerStreamingService, StreamingService, UnaryService};
 use tonic::{Code, Request, Response, Status, Streaming};
 use tonic_prost::ProstCodec;
+
+/// `grpc.health.v1.HealthCheckRequest`.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct HealthCheckRequest {
+    #[prost(string, tag = "1")]
+    pub service: String,
+}
+
+/// `grpc.health.v1.HealthCheckResponse` (status: 1 SERVING, 2 NOT_SERVING).
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct HealthCheckResponse {
+    #[prost(int32, tag = "1")]
+    pub status: i32,
+}
+
+/// Answers `grpc.health.v1.Health/Check` with the backend's current status.
+#[derive(Clone)]
+struct Health(Arc<AtomicI32>);
+
+impl UnaryService<HealthCheckRequest> for Health {
+    type Response = HealthCheckResponse;
+    type Future = BoxFuture<Response<HealthCheckResponse>>;
+    fn call(&mut self, _req: Request<HealthCheckRequest>) -> Self::Future {
+        let status = self.0.load(Ordering::Relaxed);
+        Box::pin(async move { Ok(Response::new(HealthCheckResponse { status })) })
+    }
+}
 
 #[derive(Clone, PartialEq, prost::Message)]
 pub struct Msg {
@@ -138,10 +165,15 @@ impl StreamingService<Msg> for Chat {
 
 async fn dispatch(
     name: Arc<str>,
+    health: Arc<AtomicI32>,
     req: http::Request<Incoming>,
 ) -> Result<http::Response<tonic::body::Body>, Infallible> {
     let mut grpc = tonic::server::Grpc::new(ProstCodec::<Msg, Msg>::default());
     let res = match req.uri().path() {
+        "/grpc.health.v1.Health/Check" => {
+            let mut grpc = tonic::server::Grpc::new(ProstCodec::<HealthCheckResponse, HealthCheckRequest>::default());
+            grpc.unary(Health(health), req).await
+        }
         "/test.Echo/Unary" => grpc.unary(Handler(name), req).await,
         "/test.Echo/Collect" => grpc.client_streaming(Collect(name), req).await,
         "/test.Echo/Repeat" => grpc.server_streaming(Repeat(name), req).await,
@@ -155,6 +187,8 @@ async fn dispatch(
 pub struct GrpcBackend {
     pub addr: SocketAddr,
     pub calls: Arc<AtomicUsize>,
+    /// What `grpc.health.v1.Health/Check` answers: 1 SERVING (the default), 2 NOT_SERVING.
+    pub health: Arc<AtomicI32>,
     shutdown: CancellationToken,
 }
 
@@ -163,23 +197,24 @@ impl GrpcBackend {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let calls = Arc::new(AtomicUsize::new(0));
+        let health = Arc::new(AtomicI32::new(1));
         let shutdown = CancellationToken::new();
         let name: Arc<str> = name.into();
-        let (stop, counter) = (shutdown.clone(), calls.clone());
+        let (stop, counter, serving) = (shutdown.clone(), calls.clone(), health.clone());
         tokio::spawn(async move {
             loop {
                 let (tcp, _) = tokio::select! {
                     _ = stop.cancelled() => return,
                     a = listener.accept() => match a { Ok(a) => a, Err(_) => continue },
                 };
-                let (name, counter, stop) = (name.clone(), counter.clone(), stop.clone());
+                let (name, counter, stop, serving) = (name.clone(), counter.clone(), stop.clone(), serving.clone());
                 // gRPC writes headers, data and trailers separately: without this, Nagle
                 // and delayed ACKs add 40 ms to each call.
                 let _ = tcp.set_nodelay(true);
                 tokio::spawn(async move {
                     let service = hyper::service::service_fn(move |req| {
                         counter.fetch_add(1, Ordering::Relaxed);
-                        dispatch(name.clone(), req)
+                        dispatch(name.clone(), serving.clone(), req)
                     });
                     let builder = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
                     let conn = builder.serve_connection(TokioIo::new(tcp), service);
@@ -190,7 +225,7 @@ impl GrpcBackend {
                 });
             }
         });
-        GrpcBackend { addr, calls, shutdown }
+        GrpcBackend { addr, calls, health, shutdown }
     }
 
     pub fn calls(&self) -> usize {
