@@ -12,6 +12,7 @@
 mod body;
 mod parse;
 
+use super::pool::Slot;
 use std::io;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -118,22 +119,6 @@ struct Conn {
     buf: BytesMut,
     /// Its place in the instance's count of open connections, given back on drop.
     _slot: Slot,
-}
-
-/// One open connection counted in the pool's `open`; frees its place (and wakes
-/// a request waiting for one) when the connection is dropped. It holds the two
-/// counters only, not the pool, which holds idle connections (no cycle).
-#[derive(Debug)]
-struct Slot {
-    open: Arc<AtomicUsize>,
-    freed: Arc<Notify>,
-}
-
-impl Drop for Slot {
-    fn drop(&mut self) {
-        self.open.fetch_sub(1, Ordering::Relaxed);
-        self.freed.notify_waiters();
-    }
 }
 
 #[derive(Debug)]

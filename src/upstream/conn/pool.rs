@@ -371,10 +371,13 @@ impl InstancePool {
     }
 }
 
-/// One reserved connection slot of a pool; frees it on drop.
-struct Slot {
-    open: Arc<AtomicUsize>,
-    freed: Arc<Notify>,
+/// One open connection counted in a pool's `open` (hyper's or the in-task
+/// exchange's, `h1`); frees its place and wakes a request waiting for one on drop.
+/// It holds the two counters only, not the pool, which holds idle connections.
+#[derive(Debug)]
+pub(super) struct Slot {
+    pub(super) open: Arc<AtomicUsize>,
+    pub(super) freed: Arc<Notify>,
 }
 
 impl Drop for Slot {
