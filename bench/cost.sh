@@ -191,7 +191,7 @@ declare -A IR=() MEMCPY=()
 measure_ir() {
   local name=$1 pid t0 t1 t2 t3 idle load out=$BENCH_TMP/cg
   mkdir -p "$out"
-  start_proxy "$name" valgrind --tool=callgrind --callgrind-out-file="$out/$name.%p"
+  start_proxy "$name" valgrind --tool=callgrind --compress-strings=no --compress-pos=no --callgrind-out-file="$out/$name.%p"
   pid=${PID_OF[$name]}
   warm "$name"
   callgrind_control -z "$pid" >/dev/null

@@ -13,7 +13,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use http::{HeaderMap, Method};
 use http_body_util::{BodyExt, Empty, Full, StreamBody};
-use switchyard::upstream::conn::h1::{encode_line, H1Error, H1Pool, H1Settings, RequestHead};
+use switchyard::upstream::conn::h1::{H1Error, H1Pool, H1Settings, RequestHead};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
@@ -142,7 +142,7 @@ where
     B: http_body::Body<Data = Bytes> + Unpin,
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
-    let head = RequestHead { method: &method, target: path, headers, extra: b"", skip: &[] };
+    let head = RequestHead { method: &method, target: path, headers, extra: &[], skip: &[] };
     let res = tokio::time::timeout(LIMIT, pool.send(head, body, SETTINGS))
         .await
         .expect("send timed out")
@@ -308,7 +308,7 @@ async fn upgrade_hands_over_the_raw_connection() {
     headers.insert("connection", "upgrade".parse().unwrap());
     headers.insert("upgrade", "echo".parse().unwrap());
     let method = Method::GET;
-    let head = RequestHead { method: &method, target: "/ws", headers: &headers, extra: b"", skip: &[] };
+    let head = RequestHead { method: &method, target: "/ws", headers: &headers, extra: &[], skip: &[] };
     let res = pool.send(head, Empty::<Bytes>::new(), SETTINGS).await.map_err(|e| e.error).unwrap();
     assert_eq!(res.status(), 101);
     assert_eq!(res.headers()["upgrade"], "echo");
@@ -349,7 +349,7 @@ async fn upstream_closing_early() {
     let gone = TcpListener::bind("127.0.0.1:0").await.unwrap().local_addr().unwrap();
     let pool = H1Pool::new(&gone.to_string());
     let (method, headers) = (Method::POST, HeaderMap::new());
-    let head = RequestHead { method: &method, target: "/", headers: &headers, extra: b"", skip: &[] };
+    let head = RequestHead { method: &method, target: "/", headers: &headers, extra: &[], skip: &[] };
     let err = pool.send(head, Full::new(Bytes::from_static(b"keep me")), SETTINGS).await.unwrap_err();
     assert!(err.error.is_connect(), "{}", err.error);
     assert!(err.unsent.is_some(), "the unsent body comes back");
@@ -420,9 +420,7 @@ async fn extra_lines_are_written_into_the_head() {
     headers.insert("host", "a.example".parse().unwrap());
     // the client's own value is replaced by the extra line (skipped here)
     headers.insert("x-forwarded-for", "6.6.6.6".parse().unwrap());
-    let mut extra = Vec::new();
-    encode_line(&mut extra, "x-forwarded-for", b"10.1.2.3");
-    encode_line(&mut extra, "x-forwarded-proto", b"http");
+    let extra: [(&str, &[u8]); 2] = [("x-forwarded-for", b"10.1.2.3"), ("x-forwarded-proto", b"http")];
     let method = Method::GET;
     let skip = [http::header::HeaderName::from_static("x-forwarded-for")];
     let head = RequestHead { method: &method, target: "/x", headers: &headers, extra: &extra, skip: &skip };

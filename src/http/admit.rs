@@ -115,12 +115,17 @@ impl Admission {
 
     /// Adds this gateway to the `Via` of a message it forwards, as received in `version`.
     pub fn add_via(&self, headers: &mut HeaderMap, version: Version) {
-        let v = match version {
+        headers.append(header::VIA, self.via(version));
+    }
+
+    /// This gateway's `Via` entry for a message received as `version`.
+    pub fn via(&self, version: Version) -> HeaderValue {
+        match version {
             Version::HTTP_10 | Version::HTTP_09 => &self.via[0],
             Version::HTTP_2 | Version::HTTP_3 => &self.via[2],
             _ => &self.via[1],
-        };
-        headers.append(header::VIA, v.clone());
+        }
+        .clone()
     }
 
     fn looped(&self, headers: &HeaderMap) -> bool {

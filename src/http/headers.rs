@@ -5,6 +5,8 @@ use std::net::IpAddr;
 
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 
+use crate::upstream::conn::request::X_FORWARDED_FOR;
+
 static HOP_BY_HOP: [HeaderName; 7] = [
     header::CONNECTION,
     HeaderName::from_static("keep-alive"),
@@ -14,10 +16,6 @@ static HOP_BY_HOP: [HeaderName; 7] = [
     header::TRANSFER_ENCODING,
     header::UPGRADE,
 ];
-
-static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
-static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
-static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
 
 /// Removes hop-by-hop headers, including those the `Connection` header names.
 /// `TE: trailers` survives: gRPC needs it end to end.
@@ -89,10 +87,11 @@ pub fn client_value(client: IpAddr) -> HeaderValue {
     HeaderValue::try_from(ip.to_string()).unwrap_or_else(|_| HeaderValue::from_static("unknown"))
 }
 
-/// Appends the client (see [`client_value`]) to `X-Forwarded-For` and sets
-/// `X-Forwarded-Proto` and `X-Forwarded-Host` (when the request named a host).
-pub fn add_forwarded(headers: &mut HeaderMap, client: &HeaderValue, proto: &'static str, host: Option<HeaderValue>) {
-    let xff = match headers.get(&X_FORWARDED_FOR) {
+/// The `X-Forwarded-For` to send upstream: the client's list (when it sent
+/// one) with the client (see [`client_value`]) appended. `X-Forwarded-Proto`
+/// and `-Host` are the gateway's alone (`upstream::conn::OutgoingHead`).
+pub fn forwarded_for(headers: &HeaderMap, client: &HeaderValue) -> HeaderValue {
+    match headers.get(&X_FORWARDED_FOR) {
         Some(prior) => {
             let mut joined = Vec::with_capacity(prior.len() + 2 + client.len());
             joined.extend_from_slice(prior.as_bytes());
@@ -101,11 +100,6 @@ pub fn add_forwarded(headers: &mut HeaderMap, client: &HeaderValue, proto: &'sta
             HeaderValue::from_maybe_shared(bytes::Bytes::from(joined)).unwrap_or_else(|_| client.clone())
         }
         None => client.clone(),
-    };
-    headers.insert(X_FORWARDED_FOR.clone(), xff);
-    headers.insert(X_FORWARDED_PROTO.clone(), HeaderValue::from_static(proto));
-    if let Some(host) = host {
-        headers.insert(X_FORWARDED_HOST.clone(), host);
     }
 }
 
@@ -150,18 +144,8 @@ mod tests {
     fn forwarded_headers() {
         let mut h = HeaderMap::new();
         h.insert("x-forwarded-for", "10.0.0.1".parse().unwrap());
-        add_forwarded(
-            &mut h,
-            &client_value("::ffff:127.0.0.1".parse().unwrap()),
-            "https",
-            Some("a.com".parse().unwrap()),
-        );
-        assert_eq!(h["x-forwarded-for"], "10.0.0.1, 127.0.0.1");
-        assert_eq!(h["x-forwarded-proto"], "https");
-        assert_eq!(h["x-forwarded-host"], "a.com");
-        let mut h = HeaderMap::new();
-        add_forwarded(&mut h, &client_value("::1".parse().unwrap()), "http", None);
-        assert_eq!(h["x-forwarded-for"], "::1");
-        assert!(!h.contains_key("x-forwarded-host"));
+        let xff = forwarded_for(&h, &client_value("::ffff:127.0.0.1".parse().unwrap()));
+        assert_eq!(xff, "10.0.0.1, 127.0.0.1");
+        assert_eq!(forwarded_for(&HeaderMap::new(), &client_value("::1".parse().unwrap())), "::1");
     }
 }

@@ -19,7 +19,7 @@ use hyper::body::{Body as _, Incoming};
 use super::access_log::{AccessLog, Entry};
 use super::admit::Admission;
 use super::grpc;
-use super::headers::{add_forwarded, strip_hop_by_hop};
+use super::headers::{forwarded_for, strip_hop_by_hop};
 use super::plan;
 use super::request_id::{self, X_REQUEST_ID};
 use super::respond::{self, ProxyBody};
@@ -28,7 +28,7 @@ use super::send::{self, AnsweredBy, Body, Failed, Outgoing};
 use super::upgrade::{self, Upgrades};
 use crate::config::{Config, Route};
 use crate::metrics as m;
-use crate::upstream::conn::{UpstreamError, Upstreams};
+use crate::upstream::conn::{OutgoingHead, UpstreamError, Upstreams};
 use crate::upstream::stats::{RequestLabels, ServiceStats};
 use crate::upstream::SharedTable;
 
@@ -123,7 +123,7 @@ impl HttpProxy {
         let id = request_id::ensure(req.headers_mut());
         let requested = self.access_log.as_ref().map(|_| Requested::of(&req));
         let mut service = None;
-        let mut res = self.forward(req, client, client_ip, &mut service).await;
+        let mut res = self.forward(req, start, client, client_ip, &mut service).await;
         if let (Some(log), Some(r)) = (&self.access_log, requested) {
             let upstream = res.extensions().get::<AnsweredBy>().map(|a| a.0.clone());
             log.record(&Entry {
@@ -146,16 +146,17 @@ impl HttpProxy {
         res
     }
 
-    /// `client_ip` is [`client_value`] of `client`, made once per connection;
-    /// `routed` gets the service the request was routed to.
+    /// `start` is when the request head arrived; `client_ip` is [`client_value`]
+    /// of `client`, made once per connection; `routed` gets the service the
+    /// request was routed to.
     async fn forward(
         &self,
         mut req: Request<Incoming>,
+        start: Instant,
         client: SocketAddr,
         client_ip: &HeaderValue,
         routed: &mut Option<Arc<str>>,
     ) -> Response<ProxyBody> {
-        let start = Instant::now();
         let is_grpc = grpc::is_grpc(req.headers());
         let labels = RequestLabels::new(&self.listener, req.method(), req.version(), is_grpc);
         if let Some(refused) = self.admit.check(&mut req, is_grpc) {
@@ -248,8 +249,7 @@ impl HttpProxy {
             .cloned()
             .or(original_host)
             .unwrap_or_else(|| HeaderValue::from_static("localhost"));
-        add_forwarded(&mut headers, client_ip, self.proto, Some(host.clone()));
-        self.admit.add_via(&mut headers, client_version);
+        let forwarded_for = forwarded_for(&headers, client_ip);
         let body = if plan.buffer_body {
             match tokio::time::timeout(plan.deadline, body.collect()).await {
                 Ok(Ok(collected)) => Body::Buffered(collected.to_bytes()),
@@ -266,10 +266,15 @@ impl HttpProxy {
             Body::Stream(Some(body))
         };
         let out = Outgoing {
-            method: parts.method,
-            path_and_query: path_and_query.unwrap_or_else(|| PathAndQuery::from_static("/")),
-            headers,
-            host,
+            head: OutgoingHead {
+                method: parts.method,
+                path_and_query: path_and_query.unwrap_or_else(|| PathAndQuery::from_static("/")),
+                headers,
+                host,
+                forwarded_for,
+                forwarded_proto: self.proto,
+                via: self.admit.via(client_version),
+            },
             upgrade: upgrade.is_some(),
             body,
         };
@@ -294,8 +299,9 @@ impl HttpProxy {
                 }
                 self.own_response(&mut res, client_version);
                 // From the first send to the response head, retries included.
-                state.stats.upstream_time(sent_at.elapsed().as_secs_f64());
-                state.stats.response(&labels, res.status(), start.elapsed().as_secs_f64());
+                let now = Instant::now();
+                state.stats.upstream_time((now - sent_at).as_secs_f64());
+                state.stats.response(&labels, res.status(), (now - start).as_secs_f64());
                 res.map(Either::Left)
             }
             Err(Failed::ClientBody) => answered(&state.stats, &labels, start, self.admit.malformed_body(is_grpc)),

@@ -32,13 +32,37 @@ fn generate() -> HeaderValue {
     static COUNTER: AtomicU64 = AtomicU64::new(0);
     let prefix = *PREFIX.get_or_init(|| fastrand::u64(..) & 0xffff_ffff_ffff);
     let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+    // Written by hand: `format!` costs ~1,000 instructions a request, this ~100.
+    let mut buf = [0u8; 12 + 1 + 16];
+    hex(prefix, &mut buf[..12]);
+    buf[12] = b'-';
+    let digits = (16 - n.leading_zeros() as usize / 4).max(1);
+    hex(n, &mut buf[13..13 + digits]);
     // Hex digits and '-' only: always a valid header value.
-    HeaderValue::try_from(format!("{prefix:012x}-{n:x}")).unwrap_or_else(|_| HeaderValue::from_static("-"))
+    HeaderValue::from_bytes(&buf[..13 + digits]).unwrap_or_else(|_| HeaderValue::from_static("-"))
+}
+
+/// The low `dst.len()` hex digits of `n`, most significant first.
+fn hex(mut n: u64, dst: &mut [u8]) {
+    for d in dst.iter_mut().rev() {
+        *d = b"0123456789abcdef"[(n & 0xf) as usize];
+        n >>= 4;
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn hex_digits() {
+        let mut b = [0u8; 12];
+        hex(0xabc_0123_4567, &mut b);
+        assert_eq!(&b, b"0abc01234567");
+        let mut one = [0u8; 1];
+        hex(0, &mut one);
+        assert_eq!(&one, b"0");
+    }
 
     #[test]
     fn passes_through_or_generates_unique_ids() {

@@ -13,29 +13,23 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use bytes::Bytes;
-use http::header::{self, HeaderMap, HeaderValue};
-use http::uri::{PathAndQuery, Scheme, Uri};
-use http::{Method, Request, Response, Version};
+use http::Response;
 use http_body_util::{Either, Full};
 use hyper::body::Incoming;
 use tokio::time::Instant;
 
 use super::plan::{self, Plan, TryEnd};
 use crate::upstream::conn::pool::SendLimits;
-use crate::upstream::conn::{ResponseBody, UpstreamError, Upstreams, Via};
+use crate::upstream::conn::{OutgoingHead, ResponseBody, UpstreamBody, UpstreamError, Upstreams};
 use crate::upstream::instance::now_ms;
 use crate::upstream::outlier::Outcome;
 use crate::upstream::stats::Overflow;
 use crate::upstream::{Endpoint, Pick, Protocol, Service};
 
-/// The request as it goes upstream, before it is aimed at an instance.
+/// The request as it goes upstream: its head, lent to every try, and its body.
 pub struct Outgoing {
-    pub method: Method,
-    pub path_and_query: PathAndQuery,
-    /// Rewritten already: hop-by-hop headers gone, `X-Forwarded-*` added.
-    pub headers: HeaderMap,
-    /// The `Host` an HTTP/1.1 instance gets (HTTP/2 ones get `:authority`).
-    pub host: HeaderValue,
+    /// Rewritten already: hop-by-hop headers gone, the gateway's own set.
+    pub head: OutgoingHead,
     /// An `Upgrade` request: HTTP/1.1 to every instance.
     pub upgrade: bool,
     pub body: Body,
@@ -53,17 +47,12 @@ impl Outgoing {
         !matches!(self.body, Body::Stream(None))
     }
 
-    /// The request for one try, or `None` when its streamed body was already used.
-    fn request(&mut self) -> Option<Request<crate::upstream::conn::UpstreamBody>> {
-        let (body, headers) = match &mut self.body {
-            Body::Buffered(bytes) => (Either::Left(Full::new(bytes.clone())), self.headers.clone()),
-            // Streamed once: the headers are not needed again either.
-            Body::Stream(body) => (Either::Right(body.take()?), std::mem::take(&mut self.headers)),
-        };
-        let mut req = Request::new(body);
-        *req.method_mut() = self.method.clone();
-        *req.headers_mut() = headers;
-        Some(req)
+    /// The body for one try, or `None` when its streamed body was already used.
+    fn body(&mut self) -> Option<UpstreamBody> {
+        match &mut self.body {
+            Body::Buffered(bytes) => Some(Either::Left(Full::new(bytes.clone()))),
+            Body::Stream(body) => Some(Either::Right(body.take()?)),
+        }
     }
 }
 
@@ -73,30 +62,6 @@ fn protocol_for(endpoint: &Endpoint, upgrade: bool) -> Protocol {
         (true, Protocol::H2c) => Protocol::Http1,
         (true, Protocol::H2) => Protocol::Https,
         (_, p) => p,
-    }
-}
-
-/// Aims `req` at `endpoint`: URI form, version and `Host` for the transport `via`.
-fn aim<B>(req: &mut Request<B>, out: &Outgoing, endpoint: &Endpoint, via: Via<'_>, protocol: Protocol) {
-    *req.uri_mut() = match via {
-        // The instance's own HTTP/1.1 connection takes the origin form.
-        Via::Instance { h2: false } => Uri::from(out.path_and_query.clone()),
-        Via::Instance { h2: true } | Via::Shared(_) => {
-            let mut parts = http::uri::Parts::default();
-            parts.scheme = Some(if matches!(via, Via::Shared(_)) { Scheme::HTTPS } else { Scheme::HTTP });
-            parts.authority = Some(endpoint.authority.clone());
-            parts.path_and_query = Some(out.path_and_query.clone());
-            // Scheme, authority and path all present: this cannot fail.
-            Uri::from_parts(parts).unwrap_or_else(|_| Uri::from(out.path_and_query.clone()))
-        }
-    };
-    *req.version_mut() = if protocol.is_h2() { Version::HTTP_2 } else { Version::HTTP_11 };
-    if protocol.is_h2() {
-        // HTTP/2 carries the target in `:authority`; a `Host` that disagrees with it is
-        // refused by strict servers (nginx: 400). The client's host is in X-Forwarded-Host.
-        req.headers_mut().remove(header::HOST);
-    } else {
-        req.headers_mut().insert(header::HOST, out.host.clone());
     }
 }
 
@@ -163,23 +128,24 @@ pub async fn send(
     for endpoint in candidates.by_ref() {
         let protocol = protocol_for(endpoint, out.upgrade);
         let via = upstreams.client(&service.name, protocol);
-        let Some(mut req) = unsent.take().or_else(|| out.request()) else { break };
-        aim(&mut req, &out, endpoint, via, protocol);
+        let Some(body) = unsent.take().or_else(|| out.body()) else { break };
         let now = Instant::now();
         if now >= deadline {
             last = Last::Error(UpstreamError::Timeout);
             break;
         }
-        let limit = plan.per_try.map_or(deadline - now, |t| t.min(deadline - now));
+        let try_deadline = plan.per_try.map_or(deadline, |t| deadline.min(now + t));
         let Some(inflight) = endpoint.load.try_start(service.policy.limits.max_inflight) else {
             // Admitted a moment ago, full now (a concurrent request took the last slot).
             raced = true;
-            unsent = Some(req);
+            unsent = Some(body);
             continue;
         };
         tries += 1;
         // Boxed before the timeout wraps it: the send's state is not moved again.
-        let sent = tokio::time::timeout(limit, Box::pin(upstreams.send(via, endpoint, req, limits))).await;
+        let sent =
+            tokio::time::timeout_at(try_deadline, Box::pin(upstreams.send(via, endpoint, &out.head, body, limits)))
+                .await;
         drop(inflight);
         let end = match sent {
             Ok(Ok(mut res)) => match plan::classify(res.status(), res.headers(), plan.grpc) {
@@ -222,7 +188,7 @@ pub async fn send(
                 end
             }
             Err(_) => {
-                tracing::debug!(service = %service.name, id = %endpoint.id, addr = %endpoint.addr, ?limit, "upstream try timed out");
+                tracing::debug!(service = %service.name, id = %endpoint.id, addr = %endpoint.addr, after = ?(try_deadline - now), "upstream try timed out");
                 service.observe(endpoint, Outcome::Timeout);
                 state.stats.error(UpstreamError::Timeout);
                 last = Last::Error(UpstreamError::Timeout);

@@ -15,6 +15,7 @@
 //! others as `code="other"`) × 8 method classes × 3 protocols per service.
 
 use std::collections::HashMap;
+use std::hash::{BuildHasherDefault, Hasher};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, LazyLock, Mutex, RwLock};
 
@@ -74,7 +75,7 @@ struct RequestKey {
 /// together, every counter at zero, at the first event of any kind.
 #[derive(Debug, Default)]
 struct Traffic {
-    requests: RwLock<HashMap<RequestKey, AtomicU64>>,
+    requests: RwLock<HashMap<RequestKey, AtomicU64, BuildHasherDefault<LabelHasher>>>,
     total: Histogram,
     upstream: Histogram,
     errors: [AtomicU64; UpstreamError::ALL.len()],
@@ -89,6 +90,44 @@ struct Traffic {
     checks: [AtomicU64; 2],
     /// healthy, unhealthy.
     health_changes: [AtomicU64; 2],
+}
+
+/// A multiply-rotate hash (FxHash's) for [`RequestKey`]: its labels come from
+/// configuration and bounded sets, never from a client, so it needs no
+/// SipHash keyed against flooding, and hashing it costs ~40 instructions, not ~400.
+#[derive(Debug, Default)]
+struct LabelHasher(u64);
+
+impl Hasher for LabelHasher {
+    fn write(&mut self, bytes: &[u8]) {
+        for chunk in bytes.chunks(8) {
+            let mut word = [0u8; 8];
+            word[..chunk.len()].copy_from_slice(chunk);
+            self.add(u64::from_le_bytes(word));
+        }
+    }
+
+    fn write_u8(&mut self, n: u8) {
+        self.add(u64::from(n));
+    }
+
+    fn write_u16(&mut self, n: u16) {
+        self.add(u64::from(n));
+    }
+
+    fn write_usize(&mut self, n: usize) {
+        self.add(n as u64);
+    }
+
+    fn finish(&self) -> u64 {
+        self.0
+    }
+}
+
+impl LabelHasher {
+    fn add(&mut self, word: u64) {
+        self.0 = (self.0.rotate_left(5) ^ word).wrapping_mul(0x51_7c_c1_b7_27_22_0a_95);
+    }
 }
 
 /// One-label counter families: (family, label name, label values, which counters).
@@ -163,6 +202,15 @@ impl ServiceStats {
         stats
     }
 
+    /// The traffic series, created at the first event. The usual case borrows
+    /// them through arc-swap's guard: no reference count is touched per request.
+    fn with_traffic<R>(&self, f: impl FnOnce(&Traffic) -> R) -> R {
+        if let Some(t) = &*self.traffic.load() {
+            return f(t);
+        }
+        f(&self.traffic())
+    }
+
     fn traffic(&self) -> Arc<Traffic> {
         if let Some(t) = self.traffic.load_full() {
             return t;
@@ -179,36 +227,37 @@ impl ServiceStats {
     /// A response sent to the client (by the upstream or by the gateway itself)
     /// `seconds` after the request head arrived.
     pub fn response(&self, labels: &RequestLabels, status: StatusCode, seconds: f64) {
-        let traffic = self.traffic();
-        let code = status.as_u16();
-        let key = RequestKey { labels: labels.clone(), code: if (100..=599).contains(&code) { code } else { 0 } };
-        traffic.total.record(seconds);
-        {
-            let requests = traffic.requests.read().unwrap_or_else(|e| e.into_inner());
-            if let Some(n) = requests.get(&key) {
-                n.fetch_add(1, Ordering::Relaxed);
-                return;
+        self.with_traffic(|traffic| {
+            let code = status.as_u16();
+            let key = RequestKey { labels: labels.clone(), code: if (100..=599).contains(&code) { code } else { 0 } };
+            traffic.total.record(seconds);
+            {
+                let requests = traffic.requests.read().unwrap_or_else(|e| e.into_inner());
+                if let Some(n) = requests.get(&key) {
+                    n.fetch_add(1, Ordering::Relaxed);
+                    return;
+                }
             }
-        }
-        let mut requests = traffic.requests.write().unwrap_or_else(|e| e.into_inner());
-        requests.entry(key).or_default().fetch_add(1, Ordering::Relaxed);
+            let mut requests = traffic.requests.write().unwrap_or_else(|e| e.into_inner());
+            requests.entry(key).or_default().fetch_add(1, Ordering::Relaxed);
+        })
     }
 
     /// Time from sending the request upstream to its response head.
     pub fn upstream_time(&self, seconds: f64) {
-        self.traffic().upstream.record(seconds);
+        self.with_traffic(|t| t.upstream.record(seconds));
     }
 
     pub fn error(&self, kind: UpstreamError) {
-        self.traffic().errors[kind as usize].fetch_add(1, Ordering::Relaxed);
+        self.with_traffic(|t| t.errors[kind as usize].fetch_add(1, Ordering::Relaxed));
     }
 
     pub fn retry(&self, reason: RetryReason) {
-        self.traffic().retries[reason as usize].fetch_add(1, Ordering::Relaxed);
+        self.with_traffic(|t| t.retries[reason as usize].fetch_add(1, Ordering::Relaxed));
     }
 
     pub fn budget_exhausted(&self) {
-        self.traffic().budget_exhausted.fetch_add(1, Ordering::Relaxed);
+        self.with_traffic(|t| t.budget_exhausted.fetch_add(1, Ordering::Relaxed));
     }
 
     pub fn ejected(&self, reason: EjectReason) {
@@ -217,23 +266,23 @@ impl ServiceStats {
             EjectReason::Failures => 1,
             EjectReason::None => return,
         };
-        self.traffic().ejections[i].fetch_add(1, Ordering::Relaxed);
+        self.with_traffic(|t| t.ejections[i].fetch_add(1, Ordering::Relaxed));
     }
 
     pub fn panic(&self) {
-        self.traffic().panic.fetch_add(1, Ordering::Relaxed);
+        self.with_traffic(|t| t.panic.fetch_add(1, Ordering::Relaxed));
     }
 
     pub fn overflow(&self, limit: Overflow) {
-        self.traffic().overflow[limit as usize].fetch_add(1, Ordering::Relaxed);
+        self.with_traffic(|t| t.overflow[limit as usize].fetch_add(1, Ordering::Relaxed));
     }
 
     pub fn check(&self, ok: bool) {
-        self.traffic().checks[usize::from(!ok)].fetch_add(1, Ordering::Relaxed);
+        self.with_traffic(|t| t.checks[usize::from(!ok)].fetch_add(1, Ordering::Relaxed));
     }
 
     pub fn health_changed(&self, healthy: bool) {
-        self.traffic().health_changes[usize::from(!healthy)].fetch_add(1, Ordering::Relaxed);
+        self.with_traffic(|t| t.health_changes[usize::from(!healthy)].fetch_add(1, Ordering::Relaxed));
     }
 
     pub fn instances(&self, up: usize, draining: usize, down: usize) {

@@ -18,6 +18,7 @@ use hyper_util::rt::{TokioExecutor, TokioTimer};
 
 use super::h1::H1Error;
 use super::pool::{PoolError, PoolSettings, SendLimits};
+use super::request::{Aim, OutgoingHead};
 use super::tls::{TlsSettings, UpstreamConnector, UpstreamTlsError, ALPN_H2, ALPN_HTTP1};
 use super::{Protocol, ResponseBody, UpstreamBody};
 use crate::config::{ClientTls, Config, ConfigError};
@@ -39,8 +40,8 @@ pub struct SendError {
     pub detail: String,
     /// The client's request body failed (malformed, cut short): a client fault.
     pub client_body: bool,
-    /// The request, when the transport could give it back unsent.
-    pub unsent: Option<Request<UpstreamBody>>,
+    /// The request's body, when the transport could give it back unsent.
+    pub unsent: Option<UpstreamBody>,
 }
 
 /// How a request reaches its instance.
@@ -49,7 +50,7 @@ pub enum Via<'a> {
     /// Plain HTTP/1.1 or h2c: the pool that lives with the endpoint (`Endpoint::pool`).
     Instance { h2: bool },
     /// A TLS pool shared by instances, keyed by address inside it.
-    Shared(&'a HttpClient),
+    Shared { client: &'a HttpClient, h2: bool },
 }
 
 /// An HTTP/1.1 pool and an HTTP/2 pool with the same transport.
@@ -131,26 +132,29 @@ impl Upstreams {
     pub fn client(&self, service: &str, protocol: Protocol) -> Via<'_> {
         if !self.services.is_empty() {
             if let Some(pair) = self.services.get(service) {
-                return Via::Shared(pair.get(protocol.is_h2()));
+                return Via::Shared { client: pair.get(protocol.is_h2()), h2: protocol.is_h2() };
             }
         }
         match protocol {
             Protocol::Http1 => Via::Instance { h2: false },
             Protocol::H2c => Via::Instance { h2: true },
-            Protocol::Https | Protocol::H2 => Via::Shared(self.tls.get(protocol.is_h2())),
+            Protocol::Https | Protocol::H2 => {
+                Via::Shared { client: self.tls.get(protocol.is_h2()), h2: protocol.is_h2() }
+            }
         }
     }
 }
 
 impl Upstreams {
-    /// Sends `req` on `endpoint`'s connection the way `via` says (its URI and
-    /// version already set for it). The one place the retry loop reaches the
+    /// Sends the request (`head`, lent for this try, and `body`) on `endpoint`'s
+    /// connection the way `via` says. The one place the retry loop reaches the
     /// network, so a new transport only changes this function.
     pub async fn send(
         &self,
         via: Via<'_>,
         endpoint: &Endpoint,
-        req: Request<UpstreamBody>,
+        head: &OutgoingHead,
+        body: UpstreamBody,
         limits: SendLimits<'_>,
     ) -> Result<Response<ResponseBody>, SendError> {
         let pool_error = |(e, unsent): (PoolError, Option<Request<UpstreamBody>>)| SendError {
@@ -159,7 +163,7 @@ impl Upstreams {
             closed: matches!(&e, PoolError::Request(h) if peer_closed(h)),
             client_body: matches!(&e, PoolError::Request(he) if client_body_failed(he)),
             detail: e.to_string(),
-            unsent,
+            unsent: unsent.map(Request::into_body),
         };
         let hyper = |res: Response<Incoming>| res.map(Either::Left);
         match via {
@@ -169,10 +173,9 @@ impl Upstreams {
             // the response streams back (an echoing backend answers before the body
             // ends; `h1` stops sending at the response head) and whose malformed client
             // body hyper reports as the client's fault.
-            Via::Instance { h2: false }
-                if !req.headers().contains_key(header::UPGRADE) && req.body().is_end_stream() =>
-            {
-                match endpoint.pool.send_h1(req, self.instance_pools, limits).await {
+            Via::Instance { h2: false } if !head.headers.contains_key(header::UPGRADE) && body.is_end_stream() => {
+                let mut lines = Default::default();
+                match endpoint.pool.send_h1(head.h1(&mut lines), body, self.instance_pools, limits).await {
                     Ok(res) => Ok(res.map(Either::Right)),
                     Err((e, unsent)) => Err(SendError {
                         connect: e.is_connect(),
@@ -186,21 +189,27 @@ impl Upstreams {
                 }
             }
             Via::Instance { h2: false } => {
+                let req = head.request(body, Aim::Http1);
                 endpoint.pool.send(req, self.instance_pools, limits).await.map(hyper).map_err(pool_error)
             }
             Via::Instance { h2: true } => {
+                let req = head.request(body, Aim::H2 { authority: &endpoint.authority, tls: false });
                 endpoint.pool.send_h2(req, self.instance_pools).await.map(hyper).map_err(pool_error)
             }
-            Via::Shared(client) => client.request(req).await.map(hyper).map_err(|e| SendError {
-                connect: e.is_connect(),
-                overloaded: false,
-                closed: std::error::Error::source(&e)
-                    .and_then(|s| s.downcast_ref::<hyper::Error>())
-                    .is_some_and(peer_closed),
-                client_body: client_body_failed(&e),
-                detail: format!("{e:?}"),
-                unsent: None,
-            }),
+            Via::Shared { client, h2 } => {
+                let authority = &endpoint.authority;
+                let aim = if h2 { Aim::H2 { authority, tls: true } } else { Aim::Https { authority } };
+                client.request(head.request(body, aim)).await.map(hyper).map_err(|e| SendError {
+                    connect: e.is_connect(),
+                    overloaded: false,
+                    closed: std::error::Error::source(&e)
+                        .and_then(|s| s.downcast_ref::<hyper::Error>())
+                        .is_some_and(peer_closed),
+                    client_body: client_body_failed(&e),
+                    detail: format!("{e:?}"),
+                    unsent: None,
+                })
+            }
         }
     }
 }

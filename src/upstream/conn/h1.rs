@@ -100,15 +100,15 @@ pub struct H1Limits<'a> {
 }
 
 /// What to send: the parts of the request that make its head. `target` is the
-/// origin form (path and query). `extra` are whole header lines (`name: value\r\n`)
-/// written after `headers`, such as the `X-Forwarded-*` set (see `encode_line`);
-/// `skip` names headers of `headers` not to write (those `extra` replaces).
+/// origin form (path and query). `extra` are header lines (name, value) written
+/// after `headers`, such as the gateway's `X-Forwarded-*` set; `skip` names
+/// headers of `headers` not to write (those `extra` replaces).
 #[derive(Debug, Clone, Copy)]
 pub struct RequestHead<'a> {
     pub method: &'a Method,
     pub target: &'a str,
     pub headers: &'a HeaderMap,
-    pub extra: &'a [u8],
+    pub extra: &'a [(&'static str, &'a [u8])],
     pub skip: &'a [HeaderName],
 }
 
@@ -376,8 +376,8 @@ fn request_framing<B: Body>(head: &RequestHead<'_>, body: &B) -> ReqFraming {
     }
 }
 
-/// `name: value\r\n`, for [`RequestHead::extra`].
-pub fn encode_line(dst: &mut Vec<u8>, name: &str, value: &[u8]) {
+/// `name: value\r\n`.
+fn encode_line(dst: &mut Vec<u8>, name: &str, value: &[u8]) {
     dst.extend_from_slice(name.as_bytes());
     dst.extend_from_slice(b": ");
     dst.extend_from_slice(value);
@@ -388,9 +388,12 @@ pub fn encode_line(dst: &mut Vec<u8>, name: &str, value: &[u8]) {
 /// carried is replaced by what the body really is. Names and values come from
 /// `http` types, which cannot hold CR or LF, so nothing here can split a line.
 fn encode_head(head: &RequestHead<'_>, framing: ReqFraming) -> Vec<u8> {
-    let mut size = head.method.as_str().len() + head.target.len() + head.extra.len() + 48;
+    let mut size = head.method.as_str().len() + head.target.len() + 48;
     for (name, value) in head.headers {
         size += name.as_str().len() + value.len() + 4;
+    }
+    for (name, value) in head.extra {
+        size += name.len() + value.len() + 4;
     }
     let mut dst = Vec::with_capacity(size);
     dst.extend_from_slice(head.method.as_str().as_bytes());
@@ -403,7 +406,9 @@ fn encode_head(head: &RequestHead<'_>, framing: ReqFraming) -> Vec<u8> {
         }
         encode_line(&mut dst, name.as_str(), value.as_bytes());
     }
-    dst.extend_from_slice(head.extra);
+    for (name, value) in head.extra {
+        encode_line(&mut dst, name, value);
+    }
     match framing {
         ReqFraming::None => {}
         ReqFraming::Length(n) => {
@@ -584,28 +589,35 @@ mod tests {
     use super::*;
     use http_body_util::{Empty, Full};
 
-    fn head<'a>(method: &'a Method, headers: &'a HeaderMap, extra: &'a [u8]) -> RequestHead<'a> {
-        RequestHead { method, target: "/a?b=1", headers, extra, skip: &[] }
+    fn head<'a>(
+        method: &'a Method,
+        headers: &'a HeaderMap,
+        extra: &'a [(&'static str, &'a [u8])],
+        skip: &'a [HeaderName],
+    ) -> RequestHead<'a> {
+        RequestHead { method, target: "/a?b=1", headers, extra, skip }
     }
 
     #[test]
     fn head_encoding() {
         let mut h = HeaderMap::new();
         h.insert(header::HOST, "example.com".parse().unwrap());
-        let mut extra = Vec::new();
-        encode_line(&mut extra, "x-forwarded-for", b"10.0.0.1");
+        h.insert("x-forwarded-for", "1.2.3.4".parse().unwrap());
+        let extra: [(&str, &[u8]); 1] = [("x-forwarded-for", b"1.2.3.4, 10.0.0.1")];
+        let skip = [HeaderName::from_static("x-forwarded-for")];
         let get = Method::GET;
-        let hd = head(&get, &h, &extra);
+        let hd = head(&get, &h, &extra, &skip);
         let out = encode_head(&hd, request_framing(&hd, &Empty::<Bytes>::new()));
         assert_eq!(
             String::from_utf8(out).unwrap(),
-            "GET /a?b=1 HTTP/1.1\r\nhost: example.com\r\nx-forwarded-for: 10.0.0.1\r\n\r\n"
+            "GET /a?b=1 HTTP/1.1\r\nhost: example.com\r\nx-forwarded-for: 1.2.3.4, 10.0.0.1\r\n\r\n"
         );
         // the client's framing headers are replaced by the body's real one
         h.insert(header::CONTENT_LENGTH, "999".parse().unwrap());
         h.insert(header::TRANSFER_ENCODING, "chunked".parse().unwrap());
         let post = Method::POST;
-        let hd = head(&post, &h, b"");
+        h.remove("x-forwarded-for");
+        let hd = head(&post, &h, &[], &[]);
         let out = encode_head(&hd, request_framing(&hd, &Full::new(Bytes::from_static(b"abc"))));
         assert!(String::from_utf8(out).unwrap().ends_with("host: example.com\r\ncontent-length: 3\r\n\r\n"));
         let out = encode_head(&hd, request_framing(&hd, &Empty::<Bytes>::new()));

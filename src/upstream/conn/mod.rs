@@ -5,9 +5,11 @@
 pub(crate) mod client;
 pub mod h1;
 pub(crate) mod pool;
+pub(crate) mod request;
 pub(crate) mod tls;
 
-pub(crate) use client::{Upstreams, Via};
+pub(crate) use client::Upstreams;
+pub(crate) use request::OutgoingHead;
 
 /// How the gateway talks to this instance (metadata `protocol`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]

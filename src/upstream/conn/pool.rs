@@ -23,7 +23,7 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::net::TcpStream;
 use tokio::sync::Notify;
 
-use super::h1::{H1Body, H1Error, H1Limits, H1Pool, H1Settings, RequestHead, SendError};
+use super::h1::{H1Body, H1Error, H1Limits, H1Pool, H1Settings, RequestHead};
 use super::UpstreamBody;
 
 #[derive(Debug, thiserror::Error)]
@@ -179,31 +179,21 @@ impl InstancePool {
     }
 
     /// Sends a plain (non-upgrade) request over the in-task HTTP/1.1 connections
-    /// (`h1`), within the same limits as [`InstancePool::send`]; the request comes
-    /// back when nothing of it reached the instance.
+    /// (`h1`), within the same limits as [`InstancePool::send`]; the body comes
+    /// back when nothing of the request reached the instance.
     pub async fn send_h1(
         &self,
-        req: Request<UpstreamBody>,
+        head: RequestHead<'_>,
+        body: UpstreamBody,
         settings: PoolSettings,
         limits: SendLimits<'_>,
-    ) -> Result<Response<H1Body>, (H1Error, Option<Request<UpstreamBody>>)> {
-        let (parts, body) = req.into_parts();
-        let head = RequestHead {
-            method: &parts.method,
-            target: parts.uri.path_and_query().map_or("/", |p| p.as_str()),
-            headers: &parts.headers,
-            extra: b"",
-            skip: &[],
-        };
+    ) -> Result<Response<H1Body>, (H1Error, Option<UpstreamBody>)> {
         let limits = H1Limits {
             max_connections: limits.max_connections,
             max_pending: limits.max_pending,
             pending: limits.pending,
         };
-        match self.h1.send_limited(head, body, settings.h1(), limits).await {
-            Ok(res) => Ok(res),
-            Err(SendError { error, unsent }) => Err((error, unsent.map(|body| Request::from_parts(parts, body)))),
-        }
+        self.h1.send_limited(head, body, settings.h1(), limits).await.map_err(|e| (e.error, e.unsent))
     }
 
     /// A ready connection, a reserved slot for a new one, or — at the cap — a wait

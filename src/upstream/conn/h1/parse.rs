@@ -167,7 +167,8 @@ fn one_head(buf: &mut BytesMut, req: RequestKind) -> Result<Option<Head>, H1Erro
     }
 
     let bytes: Bytes = buf.split_to(len).freeze();
-    let mut headers = HeaderMap::with_capacity(count);
+    // Room for the two the gateway adds (`Via`, `x-request-id`): no rehash per response.
+    let mut headers = HeaderMap::with_capacity(count + 2);
     for line in &lines[..count] {
         let name = HeaderName::from_bytes(&bytes[line.name.0 as usize..line.name.1 as usize])
             .map_err(|_| H1Error::Invalid("header name"))?;
