@@ -42,7 +42,7 @@
 #   MODES="scale" bench/cost.sh
 #   PROXIES="switchyard" MODES=ir bench/cost.sh    # only switchyard (no ratios)
 # Knobs: SWITCHYARD (binary), N (20000), CONNS (50), H2_CONNS (16), H2_STREAMS (32),
-#   IDLE_S (5), DURATION (10), ROUNDS (3), IDLE_CONNS (10000), NGINX_KEEPALIVE (1024: nginx
+#   IDLE_S (5), DURATION (10), ROUNDS (3), IDLE_CONNS (10000), PORT_OFFSET (0), NGINX_KEEPALIVE (1024: nginx
 #   caches only that many idle upstream connections; 64 would make it open new ones under
 #   h2c's 512 concurrent streams), WORKERS_LIST, SCALE_SERVICES, SCALE_INSTANCES.
 # Ports: 127.0.0.1:15081-15084 (h1), 15281-15284 (h2c), backends 15100-15103, admin 15984.
@@ -71,11 +71,13 @@ SCALE_INSTANCES=${SCALE_INSTANCES:-10}
 SCALE_PROBES=${SCALE_PROBES:-20}
 WORKERS=1
 
-BE_STUB=15100
-BE_PORTS=(15101 15102 15103)
-declare -A H1_PORT=([nginx]=15081 [haproxy]=15082 [switchyard]=15084)
-declare -A H2_PORT=([nginx]=15281 [haproxy]=15282 [switchyard]=15284)
-SW_ADMIN=15984
+# PORT_OFFSET moves every port (two runs side by side: PORT_OFFSET=1000).
+O=${PORT_OFFSET:-0}
+BE_STUB=$((15100 + O))
+BE_PORTS=($((15101 + O)) $((15102 + O)) $((15103 + O)))
+declare -A H1_PORT=([nginx]=$((15081 + O)) [haproxy]=$((15082 + O)) [switchyard]=$((15084 + O)))
+declare -A H2_PORT=([nginx]=$((15281 + O)) [haproxy]=$((15282 + O)) [switchyard]=$((15284 + O)))
+SW_ADMIN=$((15984 + O))
 CLK=$(getconf CLK_TCK)
 
 for t in nginx haproxy wrk h2load valgrind callgrind_control callgrind_annotate perf python3 curl; do

@@ -274,8 +274,8 @@ impl HttpProxy {
                 forwarded_for,
                 forwarded_proto: self.proto,
                 via: self.admit.via(client_version),
+                upgrade: upgrade.is_some(),
             },
-            upgrade: upgrade.is_some(),
             body,
         };
 

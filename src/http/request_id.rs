@@ -15,13 +15,19 @@ pub(crate) static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-
 const MAX_LEN: usize = 200;
 
 /// The request's id, added to `headers` when it had none (or an unusable one).
+///
+/// Marked sensitive: a value that differs on every message must not enter an
+/// HTTP/2 connection's HPACK table, where each new one would evict a useful
+/// entry and lengthen the encoder's search for every later `x-request-id`.
 pub(crate) fn ensure(headers: &mut HeaderMap) -> HeaderValue {
-    if let Some(id) = headers.get(&X_REQUEST_ID) {
+    if let Some(id) = headers.get_mut(&X_REQUEST_ID) {
         if !id.is_empty() && id.len() <= MAX_LEN {
+            id.set_sensitive(true);
             return id.clone();
         }
     }
-    let id = generate();
+    let mut id = generate();
+    id.set_sensitive(true);
     headers.insert(X_REQUEST_ID.clone(), id.clone());
     id
 }
@@ -74,6 +80,7 @@ mod tests {
         let (mut a, mut b) = (HeaderMap::new(), HeaderMap::new());
         let (ida, idb) = (ensure(&mut a), ensure(&mut b));
         assert_ne!(ida, idb);
+        assert!(ida.is_sensitive() && a["x-request-id"].is_sensitive());
         assert_eq!(a["x-request-id"], ida);
         let text = ida.to_str().unwrap();
         let (prefix, counter) = text.split_once('-').unwrap();

@@ -30,8 +30,6 @@ use crate::upstream::{Endpoint, Pick, Protocol, Service};
 pub struct Outgoing {
     /// Rewritten already: hop-by-hop headers gone, the gateway's own set.
     pub head: OutgoingHead,
-    /// An `Upgrade` request: HTTP/1.1 to every instance.
-    pub upgrade: bool,
     pub body: Body,
 }
 
@@ -126,7 +124,7 @@ pub async fn send(
     let mut raced = false;
     let mut last = Last::Error(UpstreamError::NoInstance);
     for endpoint in candidates.by_ref() {
-        let protocol = protocol_for(endpoint, out.upgrade);
+        let protocol = protocol_for(endpoint, out.head.upgrade);
         let via = upstreams.client(&service.name, protocol);
         let Some(body) = unsent.take().or_else(|| out.body()) else { break };
         let now = Instant::now();

@@ -9,7 +9,7 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
-use http::{header, Request, Response};
+use http::{Request, Response};
 use http_body_util::Either;
 use hyper::body::{Body as _, Incoming};
 use hyper_util::client::legacy::connect::HttpConnector;
@@ -173,7 +173,7 @@ impl Upstreams {
             // the response streams back (an echoing backend answers before the body
             // ends; `h1` stops sending at the response head) and whose malformed client
             // body hyper reports as the client's fault.
-            Via::Instance { h2: false } if !head.headers.contains_key(header::UPGRADE) && body.is_end_stream() => {
+            Via::Instance { h2: false } if !head.upgrade && body.is_end_stream() => {
                 let mut lines = Default::default();
                 match endpoint.pool.send_h1(head.h1(&mut lines), body, self.instance_pools, limits).await {
                     Ok(res) => Ok(res.map(Either::Right)),

@@ -38,6 +38,9 @@ pub struct OutgoingHead {
     pub forwarded_proto: &'static str,
     /// This gateway's `Via` entry, after any the request carried.
     pub via: HeaderValue,
+    /// An `Upgrade` request (its `Upgrade` header restored): HTTP/1.1 to every
+    /// instance, over a connection that can hand both sides to the relay.
+    pub upgrade: bool,
 }
 
 /// The URI form and version a hyper transport needs.
@@ -129,6 +132,7 @@ mod tests {
             forwarded_for: HeaderValue::from_static("10.0.0.9, 127.0.0.1"),
             forwarded_proto: "https",
             via: HeaderValue::from_static("1.1 gw"),
+            upgrade: false,
         }
     }
 
