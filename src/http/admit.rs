@@ -13,6 +13,7 @@ use http::uri::{PathAndQuery, Uri};
 use http::{Method, Request, Response, StatusCode, Version};
 
 use super::canonical::{canonical_host, normalize_path, CanonError};
+use super::present::Present;
 use super::respond::{self, ProxyBody};
 use super::route::{Router, Target};
 use crate::metrics as m;
@@ -65,8 +66,9 @@ impl Admission {
     }
 
     /// The checks and rewrites before routing; `Some` is the answer to send instead.
-    pub fn check<B>(&self, req: &mut Request<B>, is_grpc: bool) -> Option<Response<ProxyBody>> {
-        if self.looped(req.headers()) {
+    /// `present`: which headers the request may carry.
+    pub fn check<B>(&self, req: &mut Request<B>, present: Present, is_grpc: bool) -> Option<Response<ProxyBody>> {
+        if present.has(Present::VIA) && self.looped(req.headers()) {
             self.loops.increment(1);
             self.refused[4].increment(1);
             return Some(respond::refused(
@@ -75,7 +77,9 @@ impl Admission {
                 is_grpc,
             ));
         }
-        strip_h2c_upgrade(req.headers_mut());
+        if present.has(Present::UPGRADE) {
+            strip_h2c_upgrade(req.headers_mut());
+        }
         if let Err(e) = self.canonicalise(req) {
             self.refused[e as usize].increment(1);
             let reason = match e {
@@ -86,7 +90,9 @@ impl Admission {
             };
             return Some(respond::refused(StatusCode::BAD_REQUEST, reason, is_grpc));
         }
-        self.protect_from_connection(req.headers_mut());
+        if present.has(Present::CONNECTION) {
+            self.protect_from_connection(req.headers_mut());
+        }
         None
     }
 
@@ -251,25 +257,25 @@ mod tests {
         let mine = h[header::VIA].to_str().unwrap().to_string();
         assert!(mine.starts_with("1.1 switchyard-"));
         let mut r = req(&[("host", "a"), ("via", &format!("1.0 fred, {mine} (x)"))], "/", Version::HTTP_11);
-        assert_eq!(a.check(&mut r, false).unwrap().status(), StatusCode::LOOP_DETECTED);
+        assert_eq!(a.check(&mut r, Present::of(r.headers()), false).unwrap().status(), StatusCode::LOOP_DETECTED);
         let mut r = req(&[("host", "a"), ("via", "1.1 switchyard-00000000")], "/", Version::HTTP_11);
-        assert!(a.check(&mut r, false).is_none());
+        assert!(a.check(&mut r, Present::of(r.headers()), false).is_none());
     }
 
     #[test]
     fn host_is_made_to_match_the_target_and_paths_are_normalised() {
         let a = admission();
         let mut r = req(&[("host", "evil.example")], "http://good.example/a/../b?q=1", Version::HTTP_11);
-        assert!(a.check(&mut r, false).is_none());
+        assert!(a.check(&mut r, Present::of(r.headers()), false).is_none());
         assert_eq!(r.headers()[header::HOST], "good.example");
         assert_eq!(r.uri().path(), "/b");
         assert_eq!(r.uri().query(), Some("q=1"));
         let mut r = req(&[], "/", Version::HTTP_11);
-        assert_eq!(a.check(&mut r, false).unwrap().status(), StatusCode::BAD_REQUEST);
+        assert_eq!(a.check(&mut r, Present::of(r.headers()), false).unwrap().status(), StatusCode::BAD_REQUEST);
         let mut r = req(&[], "/", Version::HTTP_10);
-        assert!(a.check(&mut r, false).is_none());
+        assert!(a.check(&mut r, Present::of(r.headers()), false).is_none());
         let mut r = req(&[("host", "a")], "/%2e%2e/etc", Version::HTTP_11);
-        assert_eq!(a.check(&mut r, false).unwrap().status(), StatusCode::BAD_REQUEST);
+        assert_eq!(a.check(&mut r, Present::of(r.headers()), false).unwrap().status(), StatusCode::BAD_REQUEST);
     }
 
     #[test]
@@ -280,12 +286,12 @@ mod tests {
             "/",
             Version::HTTP_11,
         );
-        assert!(a.check(&mut r, false).is_none());
+        assert!(a.check(&mut r, Present::of(r.headers()), false).is_none());
         assert_eq!(r.headers()[header::CONNECTION], "x-other");
         assert!(!r.headers().contains_key(header::UPGRADE));
         assert!(!r.headers().contains_key("http2-settings"));
         let mut r = req(&[("host", "a"), ("connection", "host")], "/", Version::HTTP_11);
-        assert!(a.check(&mut r, false).is_none());
+        assert!(a.check(&mut r, Present::of(r.headers()), false).is_none());
         assert!(!r.headers().contains_key(header::CONNECTION));
     }
 }

@@ -90,8 +90,9 @@ pub fn client_value(client: IpAddr) -> HeaderValue {
 /// The `X-Forwarded-For` to send upstream: the client's list (when it sent
 /// one) with the client (see [`client_value`]) appended. `X-Forwarded-Proto`
 /// and `-Host` are the gateway's alone (`upstream::conn::OutgoingHead`).
-pub fn forwarded_for(headers: &HeaderMap, client: &HeaderValue) -> HeaderValue {
-    match headers.get(&X_FORWARDED_FOR) {
+/// `sent` says whether the request may carry one (`super::present`).
+pub fn forwarded_for(headers: &HeaderMap, sent: bool, client: &HeaderValue) -> HeaderValue {
+    match if sent { headers.get(&X_FORWARDED_FOR) } else { None } {
         Some(prior) => {
             let mut joined = Vec::with_capacity(prior.len() + 2 + client.len());
             joined.extend_from_slice(prior.as_bytes());
@@ -144,8 +145,8 @@ mod tests {
     fn forwarded_headers() {
         let mut h = HeaderMap::new();
         h.insert("x-forwarded-for", "10.0.0.1".parse().unwrap());
-        let xff = forwarded_for(&h, &client_value("::ffff:127.0.0.1".parse().unwrap()));
+        let xff = forwarded_for(&h, true, &client_value("::ffff:127.0.0.1".parse().unwrap()));
         assert_eq!(xff, "10.0.0.1, 127.0.0.1");
-        assert_eq!(forwarded_for(&HeaderMap::new(), &client_value("::1".parse().unwrap())), "::1");
+        assert_eq!(forwarded_for(&HeaderMap::new(), false, &client_value("::1".parse().unwrap())), "::1");
     }
 }

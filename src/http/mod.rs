@@ -13,6 +13,7 @@ pub(crate) mod canonical;
 pub(crate) mod grpc;
 pub(crate) mod headers;
 pub(crate) mod plan;
+mod present;
 mod proxy;
 pub(crate) mod request_id;
 pub(crate) mod respond;

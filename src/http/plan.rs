@@ -35,17 +35,18 @@ pub fn is_idempotent(method: &Method) -> bool {
     matches!(*method, Method::GET | Method::HEAD | Method::OPTIONS | Method::TRACE | Method::PUT | Method::DELETE)
 }
 
-/// Plans one request. `body_upper` is the body's size bound when known (0 for no
-/// body); `timeout` is the route's (or the global) request timeout.
+/// Plans one request. `grpc`: [`grpc::is_grpc`] of its headers; `body_upper` is
+/// the body's size bound when known (0 for no body); `timeout` is the route's
+/// (or the global) request timeout.
 pub fn plan(
     method: &Method,
     headers: &HeaderMap,
+    grpc: bool,
     body_upper: Option<u64>,
     retry: Option<&RetryPolicy>,
     timeout: Duration,
     upgrade: bool,
 ) -> Plan {
-    let grpc = grpc::is_grpc(headers);
     let deadline = if grpc { grpc::request_timeout(headers, timeout) } else { timeout };
     let retry = retry.cloned().unwrap_or_default();
     let buffer_body = body_upper.is_some_and(|n| n <= retry.buffer as u64);
@@ -142,7 +143,7 @@ mod tests {
     use http::HeaderValue;
 
     fn get() -> Plan {
-        plan(&Method::GET, &HeaderMap::new(), Some(0), None, Duration::from_secs(30), false)
+        plan(&Method::GET, &HeaderMap::new(), false, Some(0), None, Duration::from_secs(30), false)
     }
 
     #[test]
@@ -166,7 +167,7 @@ mod tests {
 
     #[test]
     fn connect_failures_always_retry_while_the_request_is_at_hand() {
-        let post = plan(&Method::POST, &HeaderMap::new(), None, None, Duration::from_secs(1), false);
+        let post = plan(&Method::POST, &HeaderMap::new(), false, None, None, Duration::from_secs(1), false);
         assert!(!post.retry_after_send);
         assert_eq!(retry_reason(&post, 9, TryEnd::ConnectFailure, true), Some(RetryReason::ConnectFailure));
         assert_eq!(retry_reason(&post, 1, TryEnd::ConnectFailure, false), None, "the body is gone");
@@ -176,17 +177,17 @@ mod tests {
     #[test]
     fn non_idempotent_needs_the_route_to_say_so() {
         let r = RetryPolicy { non_idempotent: true, ..RetryPolicy::default() };
-        let p = plan(&Method::POST, &HeaderMap::new(), Some(10), Some(&r), Duration::from_secs(1), false);
+        let p = plan(&Method::POST, &HeaderMap::new(), false, Some(10), Some(&r), Duration::from_secs(1), false);
         assert_eq!(retry_reason(&p, 1, TryEnd::Reset, true), Some(RetryReason::Reset));
     }
 
     #[test]
     fn bodies_over_the_buffer_are_not_retried_after_send() {
-        let p = plan(&Method::PUT, &HeaderMap::new(), Some(64 * 1024 + 1), None, Duration::from_secs(1), false);
+        let p = plan(&Method::PUT, &HeaderMap::new(), false, Some(64 * 1024 + 1), None, Duration::from_secs(1), false);
         assert!(!p.buffer_body && !p.retry_after_send);
-        let p = plan(&Method::PUT, &HeaderMap::new(), None, None, Duration::from_secs(1), false);
+        let p = plan(&Method::PUT, &HeaderMap::new(), false, None, None, Duration::from_secs(1), false);
         assert!(!p.buffer_body, "unknown length (chunked) streams");
-        let p = plan(&Method::PUT, &HeaderMap::new(), Some(64 * 1024), None, Duration::from_secs(1), false);
+        let p = plan(&Method::PUT, &HeaderMap::new(), false, Some(64 * 1024), None, Duration::from_secs(1), false);
         assert!(p.buffer_body && p.retry_after_send);
     }
 
@@ -198,7 +199,7 @@ mod tests {
             per_try_timeout: Some(Duration::from_millis(200)),
             ..RetryPolicy::default()
         };
-        let p = plan(&Method::GET, &HeaderMap::new(), Some(0), Some(&r), Duration::from_millis(100), false);
+        let p = plan(&Method::GET, &HeaderMap::new(), false, Some(0), Some(&r), Duration::from_millis(100), false);
         assert_eq!(p.per_try, Some(Duration::from_millis(100)), "never past the deadline");
         assert_eq!(retry_reason(&p, 1, TryEnd::Status(503), true), Some(RetryReason::Status503));
         assert_eq!(retry_reason(&p, 2, TryEnd::Timeout, true), Some(RetryReason::Timeout));
@@ -209,7 +210,7 @@ mod tests {
 
     #[test]
     fn upgrades_are_not_retried_after_send() {
-        let p = plan(&Method::GET, &HeaderMap::new(), Some(0), None, Duration::from_secs(1), true);
+        let p = plan(&Method::GET, &HeaderMap::new(), false, Some(0), None, Duration::from_secs(1), true);
         assert!(!p.retry_after_send);
     }
 
@@ -222,6 +223,7 @@ mod tests {
         let p = plan(
             &Method::POST,
             &h,
+            grpc::is_grpc(&h),
             Some(12),
             Some(&RetryPolicy { non_idempotent: true, ..r }),
             Duration::from_secs(30),

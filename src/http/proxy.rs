@@ -21,6 +21,7 @@ use super::admit::Admission;
 use super::grpc;
 use super::headers::{forwarded_for, strip_hop_by_hop};
 use super::plan;
+use super::present::Present;
 use super::request_id::{self, X_REQUEST_ID};
 use super::respond::{self, ProxyBody};
 use super::route::{request_host, RequestView, Router, Target};
@@ -120,10 +121,11 @@ impl HttpProxy {
         client_ip: &HeaderValue,
     ) -> Response<ProxyBody> {
         let start = Instant::now();
-        let id = request_id::ensure(req.headers_mut());
+        let present = Present::of(req.headers());
+        let id = request_id::ensure(req.headers_mut(), present.has(Present::REQUEST_ID));
         let requested = self.access_log.as_ref().map(|_| Requested::of(&req));
         let mut service = None;
-        let mut res = self.forward(req, start, client, client_ip, &mut service).await;
+        let mut res = self.forward(req, start, present, client, client_ip, &mut service).await;
         if let (Some(log), Some(r)) = (&self.access_log, requested) {
             let upstream = res.extensions().get::<AnsweredBy>().map(|a| a.0.clone());
             log.record(&Entry {
@@ -146,20 +148,21 @@ impl HttpProxy {
         res
     }
 
-    /// `start` is when the request head arrived; `client_ip` is [`client_value`]
-    /// of `client`, made once per connection; `routed` gets the service the
-    /// request was routed to.
+    /// `start` is when the request head arrived; `present`, which headers it may
+    /// carry; `client_ip` is [`client_value`] of `client`, made once per
+    /// connection; `routed` gets the service the request was routed to.
     async fn forward(
         &self,
         mut req: Request<Incoming>,
         start: Instant,
+        present: Present,
         client: SocketAddr,
         client_ip: &HeaderValue,
         routed: &mut Option<Arc<str>>,
     ) -> Response<ProxyBody> {
-        let is_grpc = grpc::is_grpc(req.headers());
+        let is_grpc = present.has(Present::CONTENT_TYPE) && grpc::is_grpc(req.headers());
         let labels = RequestLabels::new(&self.listener, req.method(), req.version(), is_grpc);
-        if let Some(refused) = self.admit.check(&mut req, is_grpc) {
+        if let Some(refused) = self.admit.check(&mut req, present, is_grpc) {
             return answered(&self.unrouted, &labels, start, refused);
         }
         let client_version = req.version();
@@ -223,11 +226,16 @@ impl HttpProxy {
         };
         drop(table);
         // An upgrade needs HTTP/1.1 on both sides: its pool is chosen for that, whatever the metadata.
-        let upgrade = if req.version() == Version::HTTP_11 { upgrade::requested(req.headers()) } else { None };
+        let upgrade = if req.version() == Version::HTTP_11 && present.has(Present::UPGRADE) {
+            upgrade::requested(req.headers())
+        } else {
+            None
+        };
         let body_upper = if req.body().is_end_stream() { Some(0) } else { req.body().size_hint().upper() };
         let plan = plan::plan(
             req.method(),
             req.headers(),
+            is_grpc,
             body_upper,
             route.and_then(|r| r.retry.as_ref()),
             route.and_then(|r| r.timeout).unwrap_or(self.request_timeout),
@@ -249,7 +257,7 @@ impl HttpProxy {
             .cloned()
             .or(original_host)
             .unwrap_or_else(|| HeaderValue::from_static("localhost"));
-        let forwarded_for = forwarded_for(&headers, client_ip);
+        let forwarded_for = forwarded_for(&headers, present.has(Present::FORWARDED_FOR), client_ip);
         let body = if plan.buffer_body {
             match tokio::time::timeout(plan.deadline, body.collect()).await {
                 Ok(Ok(collected)) => Body::Buffered(collected.to_bytes()),

@@ -19,8 +19,9 @@ const MAX_LEN: usize = 200;
 /// Marked sensitive: a value that differs on every message must not enter an
 /// HTTP/2 connection's HPACK table, where each new one would evict a useful
 /// entry and lengthen the encoder's search for every later `x-request-id`.
-pub(crate) fn ensure(headers: &mut HeaderMap) -> HeaderValue {
-    if let Some(id) = headers.get_mut(&X_REQUEST_ID) {
+/// `sent` says whether the request may carry one (`super::present`).
+pub(crate) fn ensure(headers: &mut HeaderMap, sent: bool) -> HeaderValue {
+    if let Some(id) = if sent { headers.get_mut(&X_REQUEST_ID) } else { None } {
         if !id.is_empty() && id.len() <= MAX_LEN {
             id.set_sensitive(true);
             return id.clone();
@@ -74,11 +75,11 @@ mod tests {
     fn passes_through_or_generates_unique_ids() {
         let mut h = HeaderMap::new();
         h.insert("x-request-id", "from-client".parse().unwrap());
-        assert_eq!(ensure(&mut h), "from-client");
+        assert_eq!(ensure(&mut h, true), "from-client");
         assert_eq!(h["x-request-id"], "from-client");
 
         let (mut a, mut b) = (HeaderMap::new(), HeaderMap::new());
-        let (ida, idb) = (ensure(&mut a), ensure(&mut b));
+        let (ida, idb) = (ensure(&mut a, false), ensure(&mut b, false));
         assert_ne!(ida, idb);
         assert!(ida.is_sensitive() && a["x-request-id"].is_sensitive());
         assert_eq!(a["x-request-id"], ida);
@@ -89,9 +90,9 @@ mod tests {
 
         let mut long = HeaderMap::new();
         long.insert("x-request-id", HeaderValue::try_from("x".repeat(MAX_LEN + 1)).unwrap());
-        assert_ne!(ensure(&mut long).len(), MAX_LEN + 1);
+        assert_ne!(ensure(&mut long, true).len(), MAX_LEN + 1);
         let mut empty = HeaderMap::new();
         empty.insert("x-request-id", HeaderValue::from_static(""));
-        assert!(!ensure(&mut empty).is_empty());
+        assert!(!ensure(&mut empty, true).is_empty());
     }
 }
