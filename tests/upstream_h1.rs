@@ -594,7 +594,12 @@ async fn streamed_content_length_body_arrives_byte_exact_and_the_connection_is_r
     let seen = be.seen.lock().unwrap()[0].1.clone();
     let mut expected = b"POST /up HTTP/1.1\r\nhost: backend\r\ncontent-length: 300000\r\n\r\n".to_vec();
     expected.extend_from_slice(&data);
-    assert!(seen == expected, "the request differs from what was sent ({} bytes, {} expected)", seen.len(), expected.len());
+    assert!(
+        seen == expected,
+        "the request differs from what was sent ({} bytes, {} expected)",
+        seen.len(),
+        expected.len()
+    );
     assert_eq!(pool.idle(), 1, "both directions complete, keep-alive: pooled");
     assert_eq!(get(&pool, Method::GET, "/").await.unwrap().2, "next");
     assert_eq!(be.connections(), 1, "the POST's connection carried the next request");

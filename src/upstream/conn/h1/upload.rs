@@ -88,7 +88,9 @@ where
                 Some(Err(e)) => return Poll::Ready(Err(Stop::Client(H1Error::RequestBody(e.into())))),
                 None => {
                     if let ReqFraming::Length(_) = self.framing {
-                        return Poll::Ready(Err(Stop::Client(H1Error::RequestLength("shorter than its content-length"))));
+                        return Poll::Ready(Err(Stop::Client(H1Error::RequestLength(
+                            "shorter than its content-length",
+                        ))));
                     }
                     self.out[0] = Bytes::from_static(b"0\r\n\r\n");
                     self.last = true;
@@ -101,11 +103,8 @@ where
                     self.taken += data.len() as u64;
                     match self.framing {
                         ReqFraming::Chunked => {
-                            self.out = [
-                                Bytes::from(format!("{:x}\r\n", data.len())),
-                                data,
-                                Bytes::from_static(b"\r\n"),
-                            ];
+                            self.out =
+                                [Bytes::from(format!("{:x}\r\n", data.len())), data, Bytes::from_static(b"\r\n")];
                         }
                         ReqFraming::Length(n) if self.taken > n => {
                             return Poll::Ready(Err(Stop::Client(H1Error::RequestLength(
