@@ -861,6 +861,25 @@ async fn expect_100_continue_through_the_gateway() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_body_cut_short_after_the_response_head_cuts_the_client_connection() {
+    // The echo answers at once, so the response head is on its way to the client
+    // when the client stops sending, 100 bytes into the 1 MB it announced (over
+    // the 64 KiB retry buffer: streamed, not read into memory first).
+    let b = support::Backend::start("echo").await;
+    let gw = gateway_to(b.addr).await;
+    let mut s = TcpStream::connect(gw.addr).await.unwrap();
+    s.write_all(b"POST /echo HTTP/1.1\r\nhost: x\r\ncontent-length: 1000000\r\n\r\n").await.unwrap();
+    s.write_all(&[b'c'; 100]).await.unwrap();
+    let head = read_until(&mut s, |t| t.contains("\r\n\r\n")).await;
+    assert!(head.starts_with("HTTP/1.1 200 OK\r\n"), "{head:?}");
+    s.shutdown().await.unwrap();
+    let (rest, closed) = support::raw::read_until_close(&mut s, LIMIT).await;
+    assert!(closed, "the gateway cut the client connection");
+    let body = format!("{head}{rest}").split_once("\r\n\r\n").map(|(_, b)| b.len()).unwrap_or(0);
+    assert!(body <= 100, "only what was sent can have come back: {body} bytes");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_streamed_upload_is_echoed_through_the_gateway() {
     const SIZE: usize = 8 * 1024 * 1024;
     let b = support::Backend::start("echo").await;
