@@ -526,10 +526,9 @@ where
     }
     let mut unwritten = encoded;
     let mut upload: Option<Upload<B>> = None;
-    // The request is out in full (`Sent`), or writing it failed (`Broken`).
     let mut sending = Sending::Head;
     let mut got_any = !conn.buf.is_empty();
-    let head = poll_fn(|cx| {
+    let mut head = poll_fn(|cx| {
         let Conn { io, buf, .. } = &mut conn;
         if let Err(e) = send_step(io, cx, &mut sending, &mut unwritten, &mut upload, body, framing) {
             // The client's body failed: its fault (400), whatever the upstream answers.
@@ -538,13 +537,12 @@ where
         poll_head(io, buf, cx, kind, &mut got_any)
     })
     .await?;
-    let mut head = head;
-    let upload: Option<Box<dyn Pump>> = match sending {
+    let upload = match sending {
         Sending::Sent => None,
-        Sending::Body => match upload {
-            Some(up) if head.framing != parse::Framing::Upgrade => Some(Box::new(up)),
-            _ => return Err(H1Error::Invalid("101 before the request body was sent").into()),
-        },
+        Sending::Body if head.framing == parse::Framing::Upgrade => {
+            return Err(H1Error::Invalid("101 before the request body was sent").into())
+        }
+        Sending::Body => upload.map(|up| Box::new(up) as Box<dyn Pump>),
         // Answered before the request head was even written, or the upload broke: the
         // response stands, the connection is not reused.
         Sending::Head | Sending::Broken => {
@@ -555,11 +553,16 @@ where
     Ok(Exchanged { conn, head, upload })
 }
 
+/// How far the request with a body has gone out.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Sending {
+    /// Its head is being written; the body is still in its place.
     Head,
+    /// Its body is being written (`Upload`).
     Body,
+    /// All of it is written.
     Sent,
+    /// Writing failed: the upstream closed or reset the connection.
     Broken,
 }
 
