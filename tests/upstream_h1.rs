@@ -2,7 +2,12 @@
 //! backend that records what it receives and answers scripted bytes, and
 //! against real nginx and HAProxy: keep-alive reuse, `Connection: close`,
 //! content-length and chunked bodies both ways, 1xx, HEAD, 204/304, upgrade,
-//! upstreams that close early, and response smuggling attempts.
+//! upstreams that close early, and response smuggling attempts. Request bodies:
+//! streamed byte-exact, echoed while they are sent (directly and through the
+//! gateway), answered early (413), cut short by the client, resent on a stale
+//! connection only when buffered; `Expect: 100-continue` through the gateway.
+
+mod support;
 
 use std::collections::VecDeque;
 use std::net::SocketAddr;
@@ -12,10 +17,13 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use http::{HeaderMap, Method};
+use http_body::Frame;
 use http_body_util::{BodyExt, Empty, Full, StreamBody};
-use switchyard::upstream::conn::h1::{H1Error, H1Pool, H1Settings, RequestHead};
+use switchyard::upstream::conn::h1::{H1Error, H1Pool, H1Settings, Replay, RequestHead};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
+
+use support::{http_config, write_instances, TestGateway};
 
 const SETTINGS: H1Settings =
     H1Settings { connect_timeout: Duration::from_secs(2), max_idle: 8, idle_timeout: Duration::from_secs(90) };
@@ -102,8 +110,8 @@ async fn read_request(stream: &mut TcpStream, buf: &mut Vec<u8>) -> Option<usize
                     return Some(total);
                 }
             } else if head.contains("transfer-encoding: chunked") {
-                if let Some(e) = find(&buf[body_start..], b"0\r\n\r\n") {
-                    return Some(body_start + e + 5);
+                if let Some(len) = chunked_len(&buf[body_start..]) {
+                    return Some(body_start + len);
                 }
             } else {
                 return Some(body_start);
@@ -114,6 +122,31 @@ async fn read_request(stream: &mut TcpStream, buf: &mut Vec<u8>) -> Option<usize
             Ok(0) | Err(_) => return None,
             Ok(n) => buf.extend_from_slice(&chunk[..n]),
         }
+    }
+}
+
+/// The length of a whole chunked body (trailers included) at the start of `buf`, if it is all there.
+fn chunked_len(buf: &[u8]) -> Option<usize> {
+    let mut at = 0;
+    loop {
+        let line = find(&buf[at..], b"\r\n")?;
+        let size_text = String::from_utf8_lossy(&buf[at..at + line]).into_owned();
+        let size = usize::from_str_radix(size_text.split(';').next()?.trim(), 16).ok()?;
+        at += line + 2;
+        if size == 0 {
+            // Trailer lines up to an empty one.
+            loop {
+                let line = find(&buf[at..], b"\r\n")?;
+                at += line + 2;
+                if line == 0 {
+                    return Some(at);
+                }
+            }
+        }
+        if buf.len() < at + size + 2 {
+            return None;
+        }
+        at += size + 2;
     }
 }
 
@@ -139,7 +172,7 @@ async fn send<B>(
     body: B,
 ) -> Result<(u16, HeaderMap, String, Option<HeaderMap>), H1Error>
 where
-    B: http_body::Body<Data = Bytes> + Unpin,
+    B: http_body::Body<Data = Bytes> + Replay + Unpin + Send + 'static,
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
     let head = RequestHead { method: &method, target: path, headers, extra: &[], skip: &[] };
@@ -429,6 +462,445 @@ async fn extra_lines_are_written_into_the_head() {
         be.requests()[0].1,
         "GET /x HTTP/1.1\r\nhost: a.example\r\nx-forwarded-for: 10.1.2.3\r\nx-forwarded-proto: http\r\n\r\n"
     );
+}
+
+// ---- request bodies: streamed with the response, cut short, answered early ----------------
+
+/// A request body the test feeds frame by frame (or with an error) through a
+/// channel; with a declared length it goes out by `Content-Length`, else chunked.
+struct Feed {
+    rx: tokio::sync::mpsc::Receiver<Result<Frame<Bytes>, std::io::Error>>,
+    len: Option<u64>,
+}
+
+type FeedTx = tokio::sync::mpsc::Sender<Result<Frame<Bytes>, std::io::Error>>;
+
+fn feed(len: Option<u64>) -> (FeedTx, Feed) {
+    let (tx, rx) = tokio::sync::mpsc::channel(4);
+    (tx, Feed { rx, len })
+}
+
+impl http_body::Body for Feed {
+    type Data = Bytes;
+    type Error = std::io::Error;
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<Frame<Bytes>, std::io::Error>>> {
+        self.rx.poll_recv(cx)
+    }
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.len.map_or_else(http_body::SizeHint::default, http_body::SizeHint::with_exact)
+    }
+}
+
+impl Replay for Feed {
+    fn replay(&self) -> Option<Feed> {
+        None
+    }
+}
+
+/// Bytes that differ from one offset to the next, so a lost, doubled or moved piece shows.
+fn pattern(len: usize) -> Vec<u8> {
+    (0..len).map(|i| (i % 251) as u8 ^ (i / 251) as u8).collect()
+}
+
+/// A backend that answers as soon as it has a request head — `200` with the
+/// request's own Content-Length — and then writes the body back as it reads it,
+/// as an echo server does; then takes the next request on the connection.
+/// Counts the connections it accepted.
+async fn echo_backend() -> (SocketAddr, Arc<Mutex<usize>>) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let accepted = Arc::new(Mutex::new(0));
+    let count = accepted.clone();
+    tokio::spawn(async move {
+        loop {
+            let Ok((mut s, _)) = listener.accept().await else { return };
+            *count.lock().unwrap() += 1;
+            tokio::spawn(async move {
+                let mut buf = Vec::new();
+                loop {
+                    let end = loop {
+                        if let Some(end) = find(&buf, b"\r\n\r\n") {
+                            break end;
+                        }
+                        let mut chunk = [0u8; 4096];
+                        match s.read(&mut chunk).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                        }
+                    };
+                    let head = String::from_utf8_lossy(&buf[..end]).to_ascii_lowercase();
+                    let len: usize = head
+                        .lines()
+                        .find_map(|l| l.strip_prefix("content-length: "))
+                        .and_then(|v| v.trim().parse().ok())
+                        .unwrap_or(0);
+                    buf.drain(..end + 4);
+                    let answer = format!("HTTP/1.1 200 OK\r\nContent-Length: {len}\r\n\r\n");
+                    if s.write_all(answer.as_bytes()).await.is_err() {
+                        return;
+                    }
+                    let mut left = len;
+                    while left > 0 {
+                        if buf.is_empty() {
+                            let mut chunk = vec![0u8; 64 * 1024];
+                            match s.read(&mut chunk).await {
+                                Ok(0) | Err(_) => return,
+                                Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                            }
+                        }
+                        let n = left.min(buf.len());
+                        if s.write_all(&buf[..n]).await.is_err() {
+                            return;
+                        }
+                        buf.drain(..n);
+                        left -= n;
+                    }
+                }
+            });
+        }
+    });
+    (addr, accepted)
+}
+
+fn host() -> HeaderMap {
+    let mut headers = HeaderMap::new();
+    headers.insert("host", "backend".parse().unwrap());
+    headers
+}
+
+#[tokio::test]
+async fn streamed_content_length_body_arrives_byte_exact_and_the_connection_is_reused() {
+    let be = RawBackend::start(vec![
+        reply("HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"),
+        reply("HTTP/1.1 200 OK\r\nContent-Length: 4\r\n\r\nnext"),
+    ])
+    .await;
+    let pool = H1Pool::new(&be.addr.to_string());
+    let data = pattern(300_000);
+    let (tx, body) = feed(Some(data.len() as u64));
+    let frames = data.clone();
+    tokio::spawn(async move {
+        // uneven frames, one of them empty
+        for piece in frames.chunks(70_001) {
+            let _ = tx.send(Ok(Frame::data(Bytes::new()))).await;
+            let _ = tx.send(Ok(Frame::data(Bytes::copy_from_slice(piece)))).await;
+        }
+    });
+    let (status, _, text, _) = send(&pool, Method::POST, "/up", &host(), body).await.unwrap();
+    assert_eq!((status, text.as_str()), (200, "ok"));
+    let seen = be.seen.lock().unwrap()[0].1.clone();
+    let mut expected = b"POST /up HTTP/1.1\r\nhost: backend\r\ncontent-length: 300000\r\n\r\n".to_vec();
+    expected.extend_from_slice(&data);
+    assert!(
+        seen == expected,
+        "the request differs from what was sent ({} bytes, {} expected)",
+        seen.len(),
+        expected.len()
+    );
+    assert_eq!(pool.idle(), 1, "both directions complete, keep-alive: pooled");
+    assert_eq!(get(&pool, Method::GET, "/").await.unwrap().2, "next");
+    assert_eq!(be.connections(), 1, "the POST's connection carried the next request");
+}
+
+#[tokio::test]
+async fn chunked_request_body_with_trailers_goes_out_chunked() {
+    let be = RawBackend::start(vec![
+        reply("HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"),
+        reply("HTTP/1.1 200 OK\r\nContent-Length: 4\r\n\r\nnext"),
+    ])
+    .await;
+    let pool = H1Pool::new(&be.addr.to_string());
+    let mut trailers = HeaderMap::new();
+    trailers.insert("x-checksum", "abc".parse().unwrap());
+    let (tx, body) = feed(None);
+    tokio::spawn(async move {
+        let _ = tx.send(Ok(Frame::data(Bytes::from_static(b"first,")))).await;
+        let _ = tx.send(Ok(Frame::data(Bytes::from(vec![b'z'; 20])))).await;
+        let _ = tx.send(Ok(Frame::trailers(trailers))).await;
+    });
+    let mut headers = host();
+    // the client's framing is replaced by this hop's
+    headers.insert("content-length", "5".parse().unwrap());
+    let (status, ..) = send(&pool, Method::POST, "/c", &headers, body).await.unwrap();
+    assert_eq!(status, 200);
+    assert_eq!(
+        be.requests()[0].1,
+        format!(
+            "POST /c HTTP/1.1\r\nhost: backend\r\ntransfer-encoding: chunked\r\n\r\n6\r\nfirst,\r\n14\r\n{}\r\n0\r\nx-checksum: abc\r\n\r\n",
+            "z".repeat(20)
+        )
+    );
+    assert_eq!(get(&pool, Method::GET, "/").await.unwrap().2, "next");
+    assert_eq!(be.connections(), 1);
+}
+
+#[tokio::test]
+async fn a_large_upload_is_echoed_while_it_is_sent() {
+    // The backend answers at the request head and streams the body back as it
+    // reads it: were the upload to stop at the response head, both sides would
+    // wait for each other once the socket buffers fill.
+    const SIZE: usize = 16 * 1024 * 1024;
+    let (addr, accepted) = echo_backend().await;
+    let pool = H1Pool::new(&addr.to_string());
+    let data = Bytes::from(pattern(SIZE));
+    let (tx, body) = feed(Some(SIZE as u64));
+    let frames = data.clone();
+    tokio::spawn(async move {
+        let mut at = 0;
+        while at < frames.len() {
+            let end = (at + 256 * 1024).min(frames.len());
+            if tx.send(Ok(Frame::data(frames.slice(at..end)))).await.is_err() {
+                return;
+            }
+            at = end;
+        }
+    });
+    let method = Method::POST;
+    let headers = host();
+    let head = RequestHead { method: &method, target: "/echo", headers: &headers, extra: &[], skip: &[] };
+    let echoed = tokio::time::timeout(Duration::from_secs(60), async {
+        let res = pool.send(head, body, SETTINGS).await.map_err(|e| e.error).unwrap();
+        assert_eq!(res.status(), 200);
+        res.into_body().collect().await.unwrap().to_bytes()
+    })
+    .await
+    .expect("the echo finished in time (no deadlock)");
+    assert_eq!(echoed.len(), SIZE);
+    assert!(echoed == data, "the echo differs from the upload");
+    assert_eq!(pool.idle(), 1, "both directions complete: pooled");
+    let (status, _, text, _) = get(&pool, Method::GET, "/").await.unwrap();
+    assert_eq!((status, text.as_str()), (200, ""));
+    assert_eq!(*accepted.lock().unwrap(), 1, "the echo's connection carried the next request");
+}
+
+/// Accepts one connection, reads the request head, writes `answer`, and then —
+/// without reading the body — holds the connection for `hold`, or keeps it
+/// open until the test ends when `hold` is `None`.
+async fn early_answer(answer: &'static str, hold: Option<Duration>) -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        let (mut s, _) = listener.accept().await.unwrap();
+        let mut buf = Vec::new();
+        while find(&buf, b"\r\n\r\n").is_none() {
+            let mut chunk = [0u8; 4096];
+            match s.read(&mut chunk).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => buf.extend_from_slice(&chunk[..n]),
+            }
+        }
+        s.write_all(answer.as_bytes()).await.unwrap();
+        match hold {
+            // closed with the body unread: the kernel resets the connection
+            Some(hold) => tokio::time::sleep(hold).await,
+            None => tokio::time::sleep(Duration::from_secs(3600)).await,
+        }
+    });
+    addr
+}
+
+/// A body of `len` bytes that the test never runs out of: frames are made on demand.
+fn endless(len: u64) -> StreamBody<impl futures_util::Stream<Item = Result<Frame<Bytes>, std::convert::Infallible>>> {
+    let chunk = Bytes::from(vec![b'u'; 64 * 1024]);
+    let frames = (len / chunk.len() as u64) as usize;
+    StreamBody::new(futures_util::stream::iter((0..frames).map(move |_| Ok(Frame::data(chunk.clone())))))
+}
+
+#[tokio::test]
+async fn an_early_413_reaches_the_client_and_the_upload_stops_quietly() {
+    // The backend answers 413 with `Connection: close` and closes (a reset: the
+    // body was not read) while an 8 MiB upload is far from done.
+    let addr = early_answer(
+        "HTTP/1.1 413 Payload Too Large\r\nContent-Length: 9\r\nConnection: close\r\n\r\ntoo large",
+        Some(Duration::from_millis(200)),
+    )
+    .await;
+    let pool = H1Pool::new(&addr.to_string());
+    let (status, _, text, _) = send(&pool, Method::POST, "/", &host(), endless(8 << 20)).await.unwrap();
+    assert_eq!((status, text.as_str()), (413, "too large"));
+    assert_eq!(pool.idle(), 0);
+    // The same with keep-alive and a backend that just never reads the body: the
+    // response ends when it is complete, and the connection (its request unfinished) is closed.
+    let addr = early_answer("HTTP/1.1 413 Payload Too Large\r\nContent-Length: 4\r\n\r\nbig!", None).await;
+    let pool = H1Pool::new(&addr.to_string());
+    let (status, _, text, _) = send(&pool, Method::POST, "/", &host(), endless(8 << 20)).await.unwrap();
+    assert_eq!((status, text.as_str()), (413, "big!"));
+    assert_eq!(pool.idle(), 0, "a connection with half a request on it is not reused");
+}
+
+#[tokio::test]
+async fn a_client_body_cut_short_is_the_clients_fault_and_closes_the_connection() {
+    // Before the response head: the send fails as the client's fault.
+    let be = RawBackend::start(vec![reply("HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")]).await;
+    let pool = H1Pool::new(&be.addr.to_string());
+    let (tx, body) = feed(Some(1000));
+    tokio::spawn(async move {
+        let _ = tx.send(Ok(Frame::data(Bytes::from(vec![b'a'; 100])))).await;
+        let _ = tx.send(Err(std::io::Error::other("client went away"))).await;
+    });
+    let err = send(&pool, Method::POST, "/", &host(), body).await.unwrap_err();
+    assert!(matches!(err, H1Error::RequestBody(_)), "{err}");
+    assert_eq!(pool.idle(), 0);
+    assert_eq!(get(&pool, Method::GET, "/").await.unwrap().2, "ok");
+    assert_eq!(be.connections(), 2, "the next request had a new connection");
+    assert_eq!(be.requests().len(), 1, "the half request never reached the backend whole");
+
+    // After the response head (an echo answers at once): the response body ends with the error.
+    let (addr, accepted) = echo_backend().await;
+    let pool = H1Pool::new(&addr.to_string());
+    let (tx, body) = feed(Some(1000));
+    let method = Method::POST;
+    let headers = host();
+    let head = RequestHead { method: &method, target: "/", headers: &headers, extra: &[], skip: &[] };
+    let res = tokio::time::timeout(LIMIT, pool.send(head, body, SETTINGS)).await.unwrap().map_err(|e| e.error).unwrap();
+    assert_eq!(res.status(), 200);
+    let mut res_body = res.into_body();
+    tx.send(Ok(Frame::data(Bytes::from(vec![b'b'; 100])))).await.unwrap();
+    let mut got = 0;
+    let err = loop {
+        match tokio::time::timeout(LIMIT, res_body.frame()).await.expect("frame in time") {
+            Some(Ok(frame)) => {
+                got += frame.into_data().map_or(0, |d| d.len());
+                if got == 100 {
+                    tx.send(Err(std::io::Error::other("client went away"))).await.unwrap();
+                }
+            }
+            Some(Err(e)) => break e,
+            None => panic!("the response ended cleanly after {got} bytes"),
+        }
+    };
+    assert!(matches!(err, H1Error::RequestBody(_)), "{err}");
+    assert_eq!(got, 100, "the echo of what was sent came through first");
+    assert_eq!(pool.idle(), 0);
+    let (status, _, text, _) = get(&pool, Method::GET, "/").await.unwrap();
+    assert_eq!((status, text.as_str()), (200, ""));
+    assert_eq!(*accepted.lock().unwrap(), 2, "the next request had a new connection");
+}
+
+#[tokio::test]
+async fn a_stale_connection_resends_a_buffered_body_but_never_a_streamed_one() {
+    // The backend answers a first request, then reads the second on the same
+    // connection and closes it without a byte of response (its keep-alive timeout).
+    let be = RawBackend::start(vec![
+        reply("HTTP/1.1 200 OK\r\nContent-Length: 1\r\n\r\n1"),
+        reply_close(""),
+        reply("HTTP/1.1 200 OK\r\nContent-Length: 1\r\n\r\n2"),
+    ])
+    .await;
+    let pool = H1Pool::new(&be.addr.to_string());
+    assert_eq!(get(&pool, Method::GET, "/").await.unwrap().2, "1");
+    let (status, _, text, _) =
+        send(&pool, Method::POST, "/b", &host(), Full::new(Bytes::from_static(b"buffered"))).await.unwrap();
+    assert_eq!((status, text.as_str()), (200, "2"));
+    let reqs = be.requests();
+    assert_eq!(reqs.len(), 3);
+    assert_eq!((reqs[1].0, reqs[2].0), (1, 2), "sent on the stale connection, then again on a new one");
+    assert_eq!(reqs[1].1, reqs[2].1);
+    assert!(reqs[2].1.ends_with("content-length: 8\r\n\r\nbuffered"), "{:?}", reqs[2].1);
+
+    let be = RawBackend::start(vec![
+        reply("HTTP/1.1 200 OK\r\nContent-Length: 1\r\n\r\n1"),
+        reply_close(""),
+        reply("HTTP/1.1 200 OK\r\nContent-Length: 1\r\n\r\n2"),
+    ])
+    .await;
+    let pool = H1Pool::new(&be.addr.to_string());
+    assert_eq!(get(&pool, Method::GET, "/").await.unwrap().2, "1");
+    let (tx, body) = feed(None);
+    tokio::spawn(async move {
+        let _ = tx.send(Ok(Frame::data(Bytes::from_static(b"streamed")))).await;
+    });
+    let err = send(&pool, Method::POST, "/s", &host(), body).await.unwrap_err();
+    assert!(matches!(err, H1Error::ClosedBeforeResponse), "{err}");
+    assert_eq!(be.requests().len(), 2, "the streamed body was not sent again");
+    assert_eq!(be.connections(), 1);
+}
+
+// ---- through the gateway --------------------------------------------------------------
+
+/// Reads from `s` until `done` holds for what was read, within `LIMIT`.
+async fn read_until(s: &mut TcpStream, done: impl Fn(&str) -> bool) -> String {
+    let mut out = Vec::new();
+    tokio::time::timeout(LIMIT, async {
+        while !done(&String::from_utf8_lossy(&out)) {
+            let mut chunk = [0u8; 4096];
+            match s.read(&mut chunk).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => out.extend_from_slice(&chunk[..n]),
+            }
+        }
+    })
+    .await
+    .expect("read in time");
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+async fn gateway_to(backend: SocketAddr) -> TestGateway {
+    let gw = TestGateway::start(&http_config("[[listener.route]]\nservice = \"s\"\n")).await;
+    write_instances(&gw.instances_path(), &[("s", "1", backend, &[])]);
+    gw.wait_live("s", 1).await;
+    gw
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn expect_100_continue_through_the_gateway() {
+    let b = support::Backend::start("echo").await;
+    let gw = gateway_to(b.addr).await;
+    let mut s = TcpStream::connect(gw.addr).await.unwrap();
+    s.write_all(b"POST /echo HTTP/1.1\r\nhost: x\r\nexpect: 100-continue\r\ncontent-length: 5\r\n\r\n").await.unwrap();
+    // The gateway asks for the body when it starts sending it upstream.
+    let interim = read_until(&mut s, |t| t.contains("\r\n\r\n")).await;
+    assert!(interim.starts_with("HTTP/1.1 100 Continue\r\n"), "{interim:?}");
+    s.write_all(b"hello").await.unwrap();
+    let res = read_until(&mut s, |t| t.ends_with("hello")).await;
+    assert!(res.starts_with("HTTP/1.1 200 OK\r\n"), "{res:?}");
+    assert!(res.ends_with("\r\n\r\nhello"), "{res:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_body_cut_short_after_the_response_head_cuts_the_client_connection() {
+    // The echo answers at once, so the response head is on its way to the client
+    // when the client stops sending, 100 bytes into the 1 MB it announced (over
+    // the 64 KiB retry buffer: streamed, not read into memory first).
+    let b = support::Backend::start("echo").await;
+    let gw = gateway_to(b.addr).await;
+    let mut s = TcpStream::connect(gw.addr).await.unwrap();
+    s.write_all(b"POST /echo HTTP/1.1\r\nhost: x\r\ncontent-length: 1000000\r\n\r\n").await.unwrap();
+    s.write_all(&[b'c'; 100]).await.unwrap();
+    let head = read_until(&mut s, |t| t.contains("\r\n\r\n")).await;
+    assert!(head.starts_with("HTTP/1.1 200 OK\r\n"), "{head:?}");
+    s.shutdown().await.unwrap();
+    let (rest, closed) = support::raw::read_until_close(&mut s, LIMIT).await;
+    assert!(closed, "the gateway cut the client connection");
+    let body = format!("{head}{rest}").split_once("\r\n\r\n").map(|(_, b)| b.len()).unwrap_or(0);
+    assert!(body <= 100, "only what was sent can have come back: {body} bytes");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_streamed_upload_is_echoed_through_the_gateway() {
+    const SIZE: usize = 8 * 1024 * 1024;
+    let b = support::Backend::start("echo").await;
+    let gw = gateway_to(b.addr).await;
+    let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new()).build_http();
+    let data = Bytes::from(pattern(SIZE));
+    let frames = data.clone();
+    let stream = futures_util::stream::iter(
+        (0..SIZE / (128 * 1024))
+            .map(move |i| Ok::<_, std::io::Error>(Frame::data(frames.slice(i * 128 * 1024..(i + 1) * 128 * 1024)))),
+    );
+    let req = http::Request::post(gw.url("/echo")).body(StreamBody::new(stream)).unwrap();
+    let echoed = tokio::time::timeout(Duration::from_secs(60), async {
+        let res = client.request(req).await.unwrap();
+        assert_eq!(res.status(), 200);
+        res.into_body().collect().await.unwrap().to_bytes()
+    })
+    .await
+    .expect("the echo finished in time (no deadlock)");
+    assert_eq!(echoed.len(), SIZE);
+    assert!(echoed == data, "the echo differs from the upload");
 }
 
 // ---- real nginx and HAProxy as upstreams ------------------------------------------------

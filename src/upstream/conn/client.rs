@@ -1,5 +1,7 @@
 //! How a request reaches its instance. Plain-text instances (HTTP/1.1 and h2c)
-//! use their own pool, `pool`, reached through the picked endpoint. TLS
+//! use their own pool, `pool`, reached through the picked endpoint: HTTP/1.1
+//! requests run their exchange in the request's task (`h1`), except upgrades,
+//! which use a hyper connection of the same pool. TLS
 //! instances use pooled clients shared by every listener and keyed by instance
 //! address inside each pool: HTTPS and h2 trusting the system bundle (instances
 //! whose metadata says `https`/`h2`), and, per service with `upstream_tls`, an
@@ -11,7 +13,7 @@ use std::time::Duration;
 
 use http::{Request, Response};
 use http_body_util::Either;
-use hyper::body::{Body as _, Incoming};
+use hyper::body::Incoming;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
@@ -167,13 +169,11 @@ impl Upstreams {
         };
         let hyper = |res: Response<Incoming>| res.map(Either::Left);
         match via {
-            // Plain requests without a body: the exchange runs in this task (`h1`).
-            // Upgrades stay on hyper's connection, whose 101 hands both sides to the
-            // relay; so do requests with a body, whose upload hyper keeps sending while
-            // the response streams back (an echoing backend answers before the body
-            // ends; `h1` stops sending at the response head) and whose malformed client
-            // body hyper reports as the client's fault.
-            Via::Instance { h2: false } if !head.upgrade && body.is_end_stream() => {
+            // Plain requests, with a body or without: the exchange runs in this task
+            // (`h1`), the upload going on while the response streams back. Upgrades
+            // stay on hyper's connection (`pool.send`), whose 101 hands both sides to
+            // the relay.
+            Via::Instance { h2: false } if !head.upgrade => {
                 let mut lines = Default::default();
                 match endpoint.pool.send_h1(head.h1(&mut lines), body, self.instance_pools, limits).await {
                     Ok(res) => Ok(res.map(Either::Right)),
@@ -181,8 +181,9 @@ impl Upstreams {
                         connect: e.is_connect(),
                         overloaded: matches!(e, H1Error::Pending),
                         closed: matches!(e, H1Error::ClosedBeforeResponse),
-                        // The request body that failed is the client's (`Incoming`).
-                        client_body: matches!(e, H1Error::RequestBody(_)),
+                        // The request body that failed, or was not as long as it said, is
+                        // the client's (`Incoming`).
+                        client_body: matches!(e, H1Error::RequestBody(_) | H1Error::RequestLength(_)),
                         detail: e.to_string(),
                         unsent,
                     }),

@@ -1,9 +1,11 @@
 //! The upstream HTTP/1.1 exchange, run inside the request's own task: the pool
 //! keeps the connections themselves (a `TcpStream` and its read buffer), and a
 //! request writes its head (encoded straight from the request's parts, with
-//! extra lines such as `X-Forwarded-*` appended as bytes), streams its body,
-//! reads and parses the response head (`parse`), and hands back a response
-//! whose body (`body`) reads from the connection and returns it to the pool when
+//! extra lines such as `X-Forwarded-*` appended as bytes), streams its body
+//! (`upload`) while it reads and parses the response head (`parse`), and hands
+//! back a response whose body (`body`) reads from the connection — writing the
+//! rest of the request body meanwhile, when the upstream answered before it
+//! had all of it — and returns the connection to the pool when both are
 //! complete. No per-connection task, no channels: what hyper's client
 //! dispatcher does with two tasks and a channel hop happens in one.
 //!
@@ -11,25 +13,29 @@
 
 mod body;
 mod parse;
+mod upload;
 
 use super::pool::Slot;
+use std::future::poll_fn;
 use std::io;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
-use std::task::{Context, Poll};
+use std::task::{ready, Context, Poll};
 use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
 use http::header::{self, HeaderMap, HeaderName};
 use http::{Method, Response};
 use http_body::Body;
-use http_body_util::BodyExt;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use http_body_util::{Either, Empty, Full, StreamBody};
+use tokio::io::{AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::Notify;
 
 pub use body::{H1Body, H1Upgraded};
 pub use parse::{MAX_CHUNK_LINE, MAX_HEAD, MAX_HEADERS};
+use upload::{Pump, Stop, Upload};
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
@@ -77,6 +83,46 @@ impl H1Error {
 pub struct SendError<B> {
     pub error: H1Error,
     pub unsent: Option<B>,
+}
+
+/// A request body that can be sent again when a pooled connection turns out to
+/// have been closed before it answered: a buffered body gives a copy (a
+/// reference count, no allocation); a streamed one cannot, once read from.
+pub trait Replay: Sized {
+    fn replay(&self) -> Option<Self>;
+}
+
+impl Replay for Full<Bytes> {
+    fn replay(&self) -> Option<Self> {
+        Some(self.clone())
+    }
+}
+
+impl Replay for Empty<Bytes> {
+    fn replay(&self) -> Option<Self> {
+        Some(Empty::new())
+    }
+}
+
+impl Replay for hyper::body::Incoming {
+    fn replay(&self) -> Option<Self> {
+        None
+    }
+}
+
+impl<S> Replay for StreamBody<S> {
+    fn replay(&self) -> Option<Self> {
+        None
+    }
+}
+
+impl<L: Replay, R: Replay> Replay for Either<L, R> {
+    fn replay(&self) -> Option<Self> {
+        match self {
+            Either::Left(l) => l.replay().map(Either::Left),
+            Either::Right(r) => r.replay().map(Either::Right),
+        }
+    }
 }
 
 /// Settings shared by every instance's pool.
@@ -218,7 +264,7 @@ impl H1Pool {
         settings: H1Settings,
     ) -> Result<Response<H1Body>, SendError<B>>
     where
-        B: Body<Data = Bytes> + Unpin,
+        B: Body<Data = Bytes> + Replay + Unpin + Send + 'static,
         B::Error: Into<BoxError>,
     {
         let pending = AtomicUsize::new(0);
@@ -231,9 +277,11 @@ impl H1Pool {
     /// `max_pending`, for one to be returned or closed). A pooled connection
     /// that turns out closed before any byte of a response (the upstream's
     /// keep-alive timeout raced this request) is dropped and the request sent
-    /// again on the next one, as long as its body was not started — nothing
-    /// of it can have been processed. Then the response head is parsed and the
-    /// response returned with its body still on the connection.
+    /// again on the next one, as long as its body can be given again (none, a
+    /// buffered one, or one not read from yet) — nothing of it can have been
+    /// processed. Then the response head is parsed and the response returned
+    /// with its body still on the connection, and the rest of the request body
+    /// too if the upstream answered before it had all of it.
     pub async fn send_limited<B>(
         &self,
         head: RequestHead<'_>,
@@ -242,7 +290,7 @@ impl H1Pool {
         limits: H1Limits<'_>,
     ) -> Result<Response<H1Body>, SendError<B>>
     where
-        B: Body<Data = Bytes> + Unpin,
+        B: Body<Data = Bytes> + Replay + Unpin + Send + 'static,
         B::Error: Into<BoxError>,
     {
         let framing = request_framing(&head, &body);
@@ -261,21 +309,30 @@ impl H1Pool {
                 },
                 Err(error) => return Err(SendError { error, unsent: body.take() }),
             };
+            // Only a pooled connection can be stale, and only a body that will be read needs a copy.
+            let spare = match &body {
+                Some(b) if reused && !b.is_end_stream() => b.replay(),
+                _ => None,
+            };
             match exchange(conn, &encoded, &mut body, framing, kind).await {
-                Ok((conn, head)) => {
+                Ok(Exchanged { conn, head, upload }) => {
                     let back = head.keep_alive.then(|| Return {
                         shared: self.shared.clone(),
                         max: settings.max_idle,
                         idle_timeout: settings.idle_timeout,
                     });
-                    let mut res = Response::new(H1Body::new(conn, head.framing, head.keep_alive, back));
+                    let body = H1Body::new(conn, head.framing, head.keep_alive, back, upload);
+                    let mut res = Response::new(body);
                     *res.status_mut() = head.status;
                     *res.version_mut() = head.version;
                     *res.headers_mut() = head.headers;
                     return Ok(res);
                 }
-                Err(Failed { error, stale }) if stale && reused && body.is_some() => {
+                Err(Failed { error, stale }) if stale && reused && (body.is_some() || spare.is_some()) => {
                     tracing::debug!(addr = %self.addr, "pooled connection closed before a response, sending again: {error}");
+                    if body.is_none() {
+                        body = spare;
+                    }
                 }
                 Err(Failed { error, .. }) => return Err(SendError { error, unsent: None }),
             }
@@ -422,8 +479,9 @@ fn encode_head(head: &RequestHead<'_>, framing: ReqFraming) -> Vec<u8> {
     dst
 }
 
-/// Why an exchange failed; `stale`: not one byte of a response arrived and
-/// the request body was not touched, so sending it again elsewhere is safe.
+/// Why an exchange failed; `stale`: not one byte of a response arrived, so
+/// nothing of the request was processed and it may be sent again elsewhere
+/// (if its body can be).
 struct Failed {
     error: H1Error,
     stale: bool,
@@ -435,153 +493,170 @@ impl From<H1Error> for Failed {
     }
 }
 
+/// A response head, and the rest of the request body when it came first.
+struct Exchanged {
+    conn: Conn,
+    head: parse::Head,
+    upload: Option<Box<dyn Pump>>,
+}
+
 /// Writes the request and reads the response head. A request without a body
-/// is one write and then reads; one with a body is streamed while the
-/// response head is awaited, since an upstream may answer (say 413) before
-/// reading it all — the connection is then not reused.
+/// is one write and then reads. One with a body is streamed while the response
+/// head is awaited, in the same poll: an upstream may answer before reading it
+/// all (a 413, or an echo that streams it back as it arrives), and the upload
+/// then goes on inside the response body. `body` stays in place until the
+/// request head is written, so a stale connection can still send it again.
 async fn exchange<B>(
     mut conn: Conn,
     encoded: &[u8],
     body: &mut Option<B>,
     framing: ReqFraming,
     kind: parse::RequestKind,
-) -> Result<(Conn, parse::Head), Failed>
+) -> Result<Exchanged, Failed>
+where
+    B: Body<Data = Bytes> + Unpin + Send + 'static,
+    B::Error: Into<BoxError>,
+{
+    if body.as_ref().is_none_or(|b| b.is_end_stream()) {
+        if let Err(e) = conn.io.write_all(encoded).await {
+            return Err(Failed { error: e.into(), stale: true });
+        }
+        let head = read_head(&mut conn, kind).await?;
+        return Ok(Exchanged { conn, head, upload: None });
+    }
+    let mut unwritten = encoded;
+    let mut upload: Option<Upload<B>> = None;
+    let mut sending = Sending::Head;
+    let mut got_any = !conn.buf.is_empty();
+    let mut head = poll_fn(|cx| {
+        let Conn { io, buf, .. } = &mut conn;
+        if let Err(e) = send_step(io, cx, &mut sending, &mut unwritten, &mut upload, body, framing) {
+            // The client's body failed: its fault (400), whatever the upstream answers.
+            return Poll::Ready(Err(Failed::from(e)));
+        }
+        poll_head(io, buf, cx, kind, &mut got_any)
+    })
+    .await?;
+    let upload = match sending {
+        Sending::Sent => None,
+        Sending::Body if head.framing == parse::Framing::Upgrade => {
+            return Err(H1Error::Invalid("101 before the request body was sent").into())
+        }
+        Sending::Body => upload.map(|up| Box::new(up) as Box<dyn Pump>),
+        // Answered before the request head was even written, or the upload broke: the
+        // response stands, the connection is not reused.
+        Sending::Head | Sending::Broken => {
+            head.keep_alive = false;
+            None
+        }
+    };
+    Ok(Exchanged { conn, head, upload })
+}
+
+/// How far the request with a body has gone out.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Sending {
+    /// Its head is being written; the body is still in its place.
+    Head,
+    /// Its body is being written (`Upload`).
+    Body,
+    /// All of it is written.
+    Sent,
+    /// Writing failed: the upstream closed or reset the connection.
+    Broken,
+}
+
+/// Writes as much of the request as the connection takes now: the rest of
+/// its head, then (taking `body` from its place) the body. A failing write is
+/// noted (`Broken`), not returned: the upstream may have answered and closed,
+/// and reading tells. A failing client body is returned.
+fn send_step<B>(
+    io: &mut TcpStream,
+    cx: &mut Context<'_>,
+    sending: &mut Sending,
+    unwritten: &mut &[u8],
+    upload: &mut Option<Upload<B>>,
+    body: &mut Option<B>,
+    framing: ReqFraming,
+) -> Result<(), H1Error>
 where
     B: Body<Data = Bytes> + Unpin,
     B::Error: Into<BoxError>,
 {
-    let mut req_body = match body.take() {
-        Some(b) if !b.is_end_stream() => b,
-        empty => {
-            // Left in place: a stale connection can send it again.
-            *body = empty;
-            if let Err(e) = conn.io.write_all(encoded).await {
-                return Err(Failed { error: e.into(), stale: true });
+    if *sending == Sending::Head {
+        while !unwritten.is_empty() {
+            match Pin::new(&mut *io).poll_write(cx, unwritten) {
+                Poll::Ready(Ok(n)) if n > 0 => *unwritten = &unwritten[n..],
+                Poll::Ready(r) => {
+                    tracing::debug!("writing the request head upstream failed: {r:?}");
+                    *sending = Sending::Broken;
+                    return Ok(());
+                }
+                Poll::Pending => return Ok(()),
             }
-            let head = read_head(&mut conn, kind).await?;
-            return Ok((conn, head));
         }
-    };
-    let (head, sent) = {
-        let Conn { io, buf, .. } = &mut conn;
-        let (mut rd, mut wr) = io.split();
-        let send = async {
-            wr.write_all(encoded).await?;
-            write_body(&mut wr, &mut req_body, framing).await
-        };
-        let recv = read_head_from(&mut rd, buf, kind);
-        tokio::pin!(send, recv);
-        let mut sent: Option<Result<(), H1Error>> = None;
-        let head = loop {
-            // The request body first: a client body that fails is the client's fault
-            // (400), whatever the upstream answered meanwhile.
-            tokio::select! {
-                biased;
-                r = &mut send, if sent.is_none() => match r {
-                    Err(H1Error::RequestBody(e)) => return Err(H1Error::RequestBody(e).into()),
-                    r => sent = Some(r),
-                },
-                r = &mut recv => break r,
+        match body.take() {
+            Some(b) => *upload = Some(Upload::new(b, framing)),
+            None => {
+                *sending = Sending::Sent;
+                return Ok(());
             }
-        };
-        (head, sent)
-    };
-    let head = match (head, sent) {
-        (Ok(head), Some(Ok(()))) => head,
-        // Answered before the request body was all sent (or its sending failed):
-        // the response stands; the connection is not reused.
-        (Ok(mut head), _) => {
-            head.keep_alive = false;
-            head
         }
-        (Err(f), Some(Err(H1Error::RequestBody(b)))) => {
-            tracing::debug!("upstream exchange failed ({}) after the request body failed", f.error);
-            return Err(H1Error::RequestBody(b).into());
+        *sending = Sending::Body;
+    }
+    if *sending == Sending::Body {
+        if let Some(up) = upload.as_mut() {
+            match up.poll_send(io, cx) {
+                Poll::Ready(Ok(())) => {
+                    *upload = None;
+                    *sending = Sending::Sent;
+                }
+                Poll::Ready(Err(Stop::Client(e))) => return Err(e),
+                Poll::Ready(Err(Stop::Upstream(e))) => {
+                    tracing::debug!("writing the request body upstream failed: {e}");
+                    *upload = None;
+                    *sending = Sending::Broken;
+                }
+                Poll::Pending => {}
+            }
         }
-        (Err(f), _) => return Err(f),
-    };
-    Ok((conn, head))
+    }
+    Ok(())
 }
 
 async fn read_head(conn: &mut Conn, kind: parse::RequestKind) -> Result<parse::Head, Failed> {
     let Conn { io, buf, .. } = conn;
-    read_head_from(io, buf, kind).await
+    let mut got_any = !buf.is_empty();
+    poll_fn(|cx| poll_head(io, buf, cx, kind, &mut got_any)).await
 }
 
-async fn read_head_from<R>(rd: &mut R, buf: &mut BytesMut, kind: parse::RequestKind) -> Result<parse::Head, Failed>
-where
-    R: tokio::io::AsyncRead + Unpin,
-{
-    let mut got_any = !buf.is_empty();
+/// Reads until a whole final response head is in `buf`; `got_any`: some byte of a response arrived.
+fn poll_head(
+    io: &mut TcpStream,
+    buf: &mut BytesMut,
+    cx: &mut Context<'_>,
+    kind: parse::RequestKind,
+    got_any: &mut bool,
+) -> Poll<Result<parse::Head, Failed>> {
     loop {
         if !buf.is_empty() {
             if let Some(head) = parse::response_head(buf, kind)? {
-                return Ok(head);
+                return Poll::Ready(Ok(head));
             }
         }
         if buf.capacity() - buf.len() < 1024 {
             buf.reserve(READ_SIZE);
         }
-        match rd.read_buf(buf).await {
-            Ok(0) if got_any => return Err(H1Error::ClosedBeforeResponse.into()),
-            Ok(0) => return Err(Failed { error: H1Error::ClosedBeforeResponse, stale: true }),
-            Ok(_) => got_any = true,
-            Err(e) if !got_any && e.kind() == io::ErrorKind::ConnectionReset => {
-                return Err(Failed { error: e.into(), stale: true })
+        match ready!(tokio_util::io::poll_read_buf(Pin::new(&mut *io), cx, buf)) {
+            Ok(0) if *got_any => return Poll::Ready(Err(H1Error::ClosedBeforeResponse.into())),
+            Ok(0) => return Poll::Ready(Err(Failed { error: H1Error::ClosedBeforeResponse, stale: true })),
+            Ok(_) => *got_any = true,
+            Err(e) if !*got_any && e.kind() == io::ErrorKind::ConnectionReset => {
+                return Poll::Ready(Err(Failed { error: e.into(), stale: true }))
             }
-            Err(e) => return Err(H1Error::Io(e).into()),
+            Err(e) => return Poll::Ready(Err(H1Error::Io(e).into())),
         }
     }
-}
-
-/// Streams the request body with the framing its head announced.
-async fn write_body<W, B>(wr: &mut W, body: &mut B, framing: ReqFraming) -> Result<(), H1Error>
-where
-    W: tokio::io::AsyncWrite + Unpin,
-    B: Body<Data = Bytes> + Unpin,
-    B::Error: Into<BoxError>,
-{
-    let mut written: u64 = 0;
-    while let Some(frame) = body.frame().await {
-        let frame = frame.map_err(|e| H1Error::RequestBody(e.into()))?;
-        match frame.into_data() {
-            Ok(mut data) => {
-                if data.is_empty() {
-                    continue;
-                }
-                written += data.len() as u64;
-                match framing {
-                    ReqFraming::Chunked => {
-                        let size = format!("{:x}\r\n", data.len());
-                        wr.write_all(size.as_bytes()).await?;
-                        wr.write_all_buf(&mut data).await?;
-                        wr.write_all(b"\r\n").await?;
-                    }
-                    ReqFraming::Length(n) if written > n => {
-                        return Err(H1Error::RequestLength("longer than its content-length"))
-                    }
-                    _ => wr.write_all_buf(&mut data).await?,
-                }
-            }
-            Err(frame) => {
-                if let (ReqFraming::Chunked, Ok(trailers)) = (framing, frame.into_trailers()) {
-                    let mut end = b"0\r\n".to_vec();
-                    for (name, value) in &trailers {
-                        encode_line(&mut end, name.as_str(), value.as_bytes());
-                    }
-                    end.extend_from_slice(b"\r\n");
-                    wr.write_all(&end).await?;
-                    return Ok(());
-                }
-            }
-        }
-    }
-    match framing {
-        ReqFraming::Chunked => wr.write_all(b"0\r\n\r\n").await?,
-        ReqFraming::Length(n) if written != n => return Err(H1Error::RequestLength("shorter than its content-length")),
-        _ => {}
-    }
-    Ok(())
 }
 
 #[cfg(test)]
@@ -622,24 +697,5 @@ mod tests {
         assert!(String::from_utf8(out).unwrap().ends_with("host: example.com\r\ncontent-length: 3\r\n\r\n"));
         let out = encode_head(&hd, request_framing(&hd, &Empty::<Bytes>::new()));
         assert!(String::from_utf8(out).unwrap().ends_with("content-length: 0\r\n\r\n"));
-    }
-
-    #[tokio::test]
-    async fn chunked_request_body_with_trailers() {
-        let mut trailers = HeaderMap::new();
-        trailers.insert("x-sum", "7".parse().unwrap());
-        let frames: Vec<Result<http_body::Frame<Bytes>, std::convert::Infallible>> = vec![
-            Ok(http_body::Frame::data(Bytes::from_static(b"hello"))),
-            Ok(http_body::Frame::data(Bytes::new())),
-            Ok(http_body::Frame::data(Bytes::from_static(b" world!"))),
-            Ok(http_body::Frame::trailers(trailers)),
-        ];
-        let mut body = http_body_util::StreamBody::new(futures_util::stream::iter(frames));
-        let mut out = Vec::new();
-        write_body(&mut out, &mut body, ReqFraming::Chunked).await.unwrap();
-        assert_eq!(out, b"5\r\nhello\r\n7\r\n world!\r\n0\r\nx-sum: 7\r\n\r\n");
-        let mut short = Full::new(Bytes::from_static(b"ab"));
-        let mut out = Vec::new();
-        assert!(write_body(&mut out, &mut short, ReqFraming::Length(3)).await.is_err());
     }
 }

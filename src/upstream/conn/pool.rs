@@ -145,7 +145,9 @@ impl InstancePool {
         }
     }
 
-    /// Sends `req` (origin-form URI) on a pooled connection, or a new one. A
+    /// Sends `req` (origin-form URI) on one of hyper's pooled connections, or a
+    /// new one: used for upgrades only, whose 101 hands the connection to the
+    /// relay (every other HTTP/1.1 request goes through `h1`, `send_h1`). A
     /// request that a pooled connection could not send (it closed meanwhile) is
     /// retried on another, since nothing of it reached the instance. When no
     /// connection can be made the request comes back untouched, for another instance.

@@ -1,9 +1,12 @@
 //! The body of an upstream HTTP/1.1 response, read by whoever polls it (the
 //! client connection's task), straight from the pooled connection: by
 //! `Content-Length`, chunked (trailers included) or until the upstream closes.
-//! The connection goes back to its pool in the same poll that yields the last
-//! bytes, and only when the whole body was read, nothing more arrived after it,
-//! and the response allowed keep-alive; a body dropped early closes it.
+//! When the upstream answered before it had the whole request body, each poll
+//! also writes more of that (`upload`): a client body that fails then ends this
+//! body with the error, so the client sees its connection cut. The connection
+//! goes back to its pool in the same poll that yields the last bytes, and only
+//! when the whole body was read, the whole request body written, nothing more
+//! arrived after it, and the response allowed keep-alive; otherwise it closes.
 
 use std::pin::Pin;
 use std::task::{ready, Context, Poll};
@@ -13,6 +16,7 @@ use http_body::{Body, Frame, SizeHint};
 use tokio::net::TcpStream;
 
 use super::parse::{self, Framing};
+use super::upload::{Pump, Stop};
 use super::{Conn, H1Error, Return};
 
 /// Read size when more body bytes are needed (hyper's initial read buffer is 8 KiB too).
@@ -32,6 +36,8 @@ struct Reading {
     state: State,
     keep_alive: bool,
     back: Option<Return>,
+    /// The rest of the request body, still being written.
+    upload: Option<Box<dyn Pump>>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -58,11 +64,17 @@ pub struct H1Upgraded {
 }
 
 impl H1Body {
-    pub(super) fn new(conn: Conn, framing: Framing, keep_alive: bool, back: Option<Return>) -> H1Body {
+    pub(super) fn new(
+        conn: Conn,
+        framing: Framing,
+        keep_alive: bool,
+        back: Option<Return>,
+        upload: Option<Box<dyn Pump>>,
+    ) -> H1Body {
         let state = match framing {
             Framing::Empty => {
-                let mut body =
-                    H1Body { reading: Some(Box::new(Reading { conn, state: State::Length(0), keep_alive, back })) };
+                let reading = Reading { conn, state: State::Length(0), keep_alive, back, upload };
+                let mut body = H1Body { reading: Some(Box::new(reading)) };
                 body.finish();
                 return body;
             }
@@ -71,7 +83,7 @@ impl H1Body {
             Framing::Close => State::Close,
             Framing::Upgrade => State::Upgrade,
         };
-        H1Body { reading: Some(Box::new(Reading { conn, state, keep_alive, back })) }
+        H1Body { reading: Some(Box::new(Reading { conn, state, keep_alive, back, upload })) }
     }
 
     /// The upstream connection of a 101 response; `None` for any other.
@@ -85,11 +97,13 @@ impl H1Body {
         }
     }
 
-    /// The body is complete: the connection returns to its pool if it may.
+    /// The body is complete: the connection returns to its pool if it may. An
+    /// upload still going is dropped with the connection: the upstream answered
+    /// in full without waiting for it.
     fn finish(&mut self) {
         if let Some(r) = self.reading.take() {
             let r = *r;
-            if r.keep_alive && r.conn.buf.is_empty() {
+            if r.keep_alive && r.conn.buf.is_empty() && r.upload.is_none() {
                 if let Some(back) = r.back {
                     back.put(r.conn);
                 }
@@ -111,6 +125,21 @@ impl Body for H1Body {
                     return this.fail(e);
                 }
             };
+        }
+        if let Some(r) = this.reading.as_mut() {
+            if let Some(up) = r.upload.as_mut() {
+                match up.poll_pump(&mut r.conn.io, cx) {
+                    Poll::Ready(Ok(())) => r.upload = None,
+                    Poll::Ready(Err(Stop::Client(e))) => return this.fail(e),
+                    Poll::Ready(Err(Stop::Upstream(e))) => {
+                        // The upstream stopped reading; what it answers still stands.
+                        tracing::debug!("writing the request body upstream failed: {e}");
+                        r.upload = None;
+                        r.keep_alive = false;
+                    }
+                    Poll::Pending => {}
+                }
+            }
         }
         loop {
             let Some(r) = this.reading.as_mut() else { return Poll::Ready(None) };
