@@ -17,7 +17,7 @@
 #         -n N -c CONNS; h2: -c H2_CONNS -m H2_STREAMS), dumped.
 #         Ir/req = (Ir(load) - idle Ir/s × load seconds) / N. Moves 1-4 % run to run with
 #         how many events one wakeup handles. For switchyard it also prints memcpy calls
-#         and Ir per request (callgrind_annotate).
+#         and the top functions by self Ir per request (bench/callgrind_self.py; results/*.profile.txt).
 #   sys   syscalls per request: `perf stat -e raw_syscalls:sys_enter` on the proxy process
 #         (all threads) around exactly N requests, minus the idle rate; the proxy runs at
 #         full speed, so epoll batching is the real one (strace -c -f would slow it ~5×).
@@ -80,7 +80,7 @@ declare -A H2_PORT=([nginx]=$((15281 + O)) [haproxy]=$((15282 + O)) [switchyard]
 SW_ADMIN=$((15984 + O))
 CLK=$(getconf CLK_TCK)
 
-for t in nginx haproxy wrk h2load valgrind callgrind_control callgrind_annotate perf python3 curl; do
+for t in nginx haproxy wrk h2load valgrind callgrind_control perf python3 curl; do
   require_tool "$t" "$t"
 done
 [[ "$PROTO" == h1 || "$PROTO" == h2 ]] || die "PROTO must be h1 or h2"
@@ -212,11 +212,9 @@ measure_ir() {
     'BEGIN { printf "%.0f", (l - i / (b - a) * (d - c)) / n }')
   if [[ $name == switchyard ]]; then
     # memcpy/memmove: exclusive Ir per request (moves of futures, requests, responses).
-    MEMCPY[$name]=$(callgrind_annotate --inclusive=no --threshold=100 "$fl" 2>/dev/null |
-      awk -v n="$N" '/__mem(cpy|move)/ { gsub(",", "", $1); s += $1 } END { printf "%.0f", s / n }')
-    callgrind_annotate --inclusive=no --threshold=95 "$fl" 2>/dev/null |
-      awk -v n="$N" '/^ *[0-9,]+ \(/ { v = $1; gsub(",", "", v); printf "%8.0f Ir/req  %s\n", v / n, substr($0, index($0, ")") + 2) }' |
-      sed -n '1,40p' >"$BENCH_TMP/profile-$PROTO.txt"
+    "$BENCH_DIR/callgrind_self.py" "$fl" "$N" 40 >"$BENCH_TMP/profile-$PROTO.txt"
+    MEMCPY[$name]=$("$BENCH_DIR/callgrind_self.py" "$fl" "$N" 100000 |
+      awk '/__mem(cpy|move)/ { s += $1 } END { printf "%.0f", s }')
     cp "$fl" "$BENCH_TMP/switchyard-$PROTO.callgrind"
   fi
   log "ir $name: ${IR[$name]} instructions/request"

@@ -84,8 +84,8 @@ pub fn check_authority(text: &str) -> Result<(), CanonError> {
             },
         }
     } else {
-        let (host, port) = match text.split_once(':') {
-            Some((h, p)) => (h, Some(p)),
+        let (host, port) = match text.bytes().position(|b| b == b':') {
+            Some(colon) => (&text[..colon], Some(&text[colon + 1..])),
             None => (text, None),
         };
         let name_ok = !host.is_empty()

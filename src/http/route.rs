@@ -185,11 +185,13 @@ pub fn request_host<'a>(uri: &'a http::Uri, headers: &'a HeaderMap) -> &'a str {
         Some(a) => a.as_str(),
         None => headers.get(http::header::HOST).and_then(|h| h.to_str().ok()).unwrap_or(""),
     };
-    let raw = raw.rsplit_once('@').map_or(raw, |(_, h)| h);
+    // Byte scans: a host is a few ASCII bytes, where `str`'s char searcher costs
+    // more to set up than to run (~130 instructions each).
+    let raw = raw.bytes().rposition(|b| b == b'@').map_or(raw, |at| &raw[at + 1..]);
     if raw.starts_with('[') {
-        return raw.split_once(']').map_or(raw, |(h, _)| &raw[..h.len() + 1]);
+        return raw.bytes().position(|b| b == b']').map_or(raw, |end| &raw[..end + 1]);
     }
-    raw.split_once(':').map_or(raw, |(h, _)| h)
+    raw.bytes().position(|b| b == b':').map_or(raw, |colon| &raw[..colon])
 }
 
 #[cfg(test)]
@@ -281,6 +283,9 @@ mod tests {
         assert_eq!(request_host(&rel, &HeaderMap::new()), "");
         let abs: http::Uri = "http://b.com:81/x".parse().unwrap();
         assert_eq!(request_host(&abs, &h("a.com")), "b.com");
+        let userinfo: http::Uri = "http://u:p@c.com:82/x".parse().unwrap();
+        assert_eq!(request_host(&userinfo, &h("a.com")), "c.com");
+        assert_eq!(request_host(&rel, &h("a.com")), "a.com");
     }
 
     #[test]

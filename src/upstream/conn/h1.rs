@@ -342,6 +342,10 @@ impl H1Pool {
     /// An idle connection (`Some`), a reserved place for a new one (`None`), or —
     /// at the cap — a wait for one to be returned or closed.
     async fn lease(&self, settings: H1Settings, limits: H1Limits<'_>) -> Result<Option<Conn>, H1Error> {
+        // The usual case first, without registering for a wake-up.
+        if let Some(conn) = self.checkout(settings) {
+            return Ok(Some(conn));
+        }
         let mut waiting: Option<Waiting<'_>> = None;
         loop {
             // Registered before looking, so a return between the look and the wait is not missed.
