@@ -73,6 +73,17 @@ pub const MAX_CONNECTION_LIFE: Duration = Duration::from_secs(60);
 /// accepting fails for want of one.
 const FD_RESERVE: usize = 4;
 
+/// Nice 10 for the calling thread (Linux: a thread's own attribute): where the
+/// admin thread and a proxy worker share a core, a scrape's rendering gives way
+/// to proxied requests at once instead of running out its time slice (bench/cost.sh
+/// `scale` pins the gateway to one core); on an idle core it runs at full speed.
+/// Under a saturated core it still gets ~10% of it (CFS weights 110 vs 1024).
+fn lower_priority() {
+    if let Err(e) = rustix::process::setpriority_process(Some(rustix::thread::gettid()), 10) {
+        tracing::debug!("admin thread priority unchanged: {e}");
+    }
+}
+
 impl Admin {
     /// Serves on a thread of its own, with its own current-thread runtime, until
     /// `shutdown`: rendering a scrape of many services (hundreds of milliseconds
@@ -90,6 +101,7 @@ impl Admin {
         };
         let (done, finished) = tokio::sync::oneshot::channel::<()>();
         let thread = std::thread::Builder::new().name("switchyard-admin".into()).spawn(move || {
+            lower_priority();
             let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
                 Ok(r) => r,
                 Err(e) => return tracing::error!("admin runtime: {e}"),
