@@ -25,6 +25,9 @@ pub(crate) struct ListenerContext<'a> {
     pub tracker: TaskTracker,
     /// Cancelled when the listeners stop accepting.
     pub shutdown: CancellationToken,
+    /// Cancelled when the graceful shutdown of the hyper connections begins: a
+    /// connection that has not shown its protocol yet is closed then.
+    pub drain: CancellationToken,
     /// Cancelled when the grace period is over: tracked tasks must end now.
     pub hard_stop: CancellationToken,
 }

@@ -19,7 +19,7 @@
 //! connection's slot under `limits.max_connections`, so an upgraded connection
 //! counts against the limit until its relay ends.
 
-use std::future::Future;
+use std::future::{poll_fn, Future};
 use std::io;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
@@ -27,7 +27,8 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::io::{AsyncRead, AsyncWrite, Interest, ReadBuf};
+use tokio::net::TcpStream;
 use tokio::time::{sleep_until, Instant, Sleep};
 
 use super::accept::ConnectionSlot;
@@ -253,6 +254,55 @@ impl<IO: AsyncRead + Unpin> Guarded<IO> {
             }
         }
         Poll::Pending
+    }
+}
+
+impl Guarded<TcpStream> {
+    /// Looks at the bytes waiting in the socket without taking them (hyper reads
+    /// them next), under the read deadline, until `decide` can tell from them what
+    /// it needs; `decide` sees an empty slice once the client has closed.
+    pub async fn peek<T>(&mut self, buf: &mut [u8], decide: impl Fn(&[u8]) -> Option<T>) -> io::Result<T> {
+        poll_fn(|cx| self.poll_peek(cx, buf, &decide)).await
+    }
+
+    fn poll_peek<T>(
+        &mut self,
+        cx: &mut Context<'_>,
+        buf: &mut [u8],
+        decide: &impl Fn(&[u8]) -> Option<T>,
+    ) -> Poll<io::Result<T>> {
+        if let Some(e) = self.state.expired() {
+            return Poll::Ready(Err(e));
+        }
+        loop {
+            match self.io.poll_read_ready(cx) {
+                Poll::Ready(Ok(())) => {}
+                Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+                Poll::Pending => {
+                    return match self.poll_read_deadline(cx) {
+                        Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
+                        _ => Poll::Pending,
+                    }
+                }
+            }
+            // Peeked inside `try_io`: when `decide` needs more bytes, the readiness seen
+            // before this peek is cleared, so the next pass waits for new bytes instead
+            // of peeking the same ones again (bytes that came meanwhile keep it set).
+            let io = &self.io;
+            let peeked = io.try_io(Interest::READABLE, || {
+                let mut peek = ReadBuf::new(buf);
+                match io.poll_peek(cx, &mut peek) {
+                    Poll::Ready(Ok(_)) => decide(peek.filled()).ok_or_else(|| io::ErrorKind::WouldBlock.into()),
+                    Poll::Ready(Err(e)) => Err(e),
+                    Poll::Pending => Err(io::ErrorKind::WouldBlock.into()),
+                }
+            });
+            match peeked {
+                Ok(t) => return Poll::Ready(Ok(t)),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+                Err(e) => return Poll::Ready(Err(e)),
+            }
+        }
     }
 }
 
