@@ -12,8 +12,8 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
-use http::header;
-use hyper::body::{Body, Frame, SizeHint};
+use http::{header, HeaderValue, Request, Response};
+use hyper::body::{Body, Frame, Incoming, SizeHint};
 use hyper::server::conn::{http1, http2};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::graceful::Watcher;
@@ -25,6 +25,7 @@ use super::accept::{accept_loop, ListenerContext};
 use super::watchdog::{ConnState, Deadlines, Exchange, Guarded};
 use crate::config::Config;
 use crate::http::headers::client_value;
+use crate::http::respond::ProxyBody;
 use crate::http::upgrade::{RelayHook, Relayed};
 use crate::metrics as m;
 
@@ -109,7 +110,8 @@ impl HttpServer {
     where
         IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
-        tokio::spawn(serve(self.shared.clone(), io, protocol, peer, drain, conn));
+        let server = Server::new(&self.shared, io, protocol, peer, conn);
+        tokio::spawn(drive(server, drain, self.shared.clone(), peer));
     }
 
     /// Serves a plain `http` connection: HTTP/1.1, or h2c when it opens with the
@@ -120,17 +122,20 @@ impl HttpServer {
     /// connection did.
     fn spawn_plain(&self, mut io: Guarded<TcpStream>, peer: SocketAddr, drain: Drain, conn: Arc<ConnState>) {
         let shared = self.shared.clone();
-        tokio::spawn(async move {
+        let task = async move {
             let mut first = [0u8; H2_PREFACE.len()];
             let protocol = tokio::select! {
                 p = io.peek(&mut first, Protocol::sniff) => p,
                 () = drain.token.cancelled() => return,
             };
             match protocol {
-                Ok(protocol) => serve(shared, io, protocol, peer, drain, conn).await,
+                // The server goes straight into `drive`: a named local would be a second
+                // copy of it in this task.
+                Ok(protocol) => drive(Server::new(&shared, io, protocol, peer, conn), drain, shared, peer).await,
                 Err(e) => tracing::debug!(%peer, "client connection ended before its first request: {e}"),
             }
-        });
+        };
+        tokio::spawn(task);
     }
 
     /// Serves a plain `http` listener.
@@ -158,60 +163,24 @@ impl Drain {
     pub fn new(ctx: &ListenerContext<'_>) -> Drain {
         Drain { _watcher: ctx.graceful.watcher(), token: ctx.drain.clone() }
     }
-
-    /// Runs `conn` to its end; once the drain begins, `shutdown` tells it to finish
-    /// its in-flight requests and close.
-    async fn run<C: Future>(&self, conn: C, shutdown: impl FnOnce(Pin<&mut C>)) -> C::Output {
-        let mut conn = std::pin::pin!(conn);
-        tokio::select! {
-            r = conn.as_mut() => return r,
-            () = self.token.cancelled() => {}
-        }
-        shutdown(conn.as_mut());
-        conn.await
-    }
 }
 
-/// One client connection, served by hyper's HTTP/1.1 or HTTP/2 server.
-async fn serve<IO>(
-    shared: Arc<Shared>,
-    io: IO,
-    protocol: Protocol,
-    peer: SocketAddr,
-    drain: Drain,
-    conn: Arc<ConnState>,
-) where
+/// Runs a connection's server to its end; once the drain begins, it finishes its
+/// in-flight requests and closes. The server is polled in place (`&mut`): every
+/// move of it into another future would be one more copy in the task.
+async fn drive<IO>(mut server: Server<IO>, drain: Drain, shared: Arc<Shared>, peer: SocketAddr)
+where
     IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    let client_ip = client_value(peer.ip());
-    let proxy = shared.proxy.clone();
-    let service = hyper::service::service_fn(move |mut req: http::Request<hyper::body::Incoming>| {
-        let proxy = proxy.load_full();
-        let client_ip = client_ip.clone();
-        let exchange = conn.start_request(req.version() == http::Version::HTTP_2);
-        if req.headers().contains_key(header::UPGRADE) {
-            // Only then: an extension costs an allocation per request.
-            req.extensions_mut().insert(RelayHook(conn.clone() as Arc<dyn Relayed>));
-        }
-        // Boxed: hyper keeps an h1 connection's in-flight slot (sized for this future)
-        // allocated while the connection idles, and moves each h2 stream's future into
-        // a task of its own; a pointer keeps both small (bench/cost.sh `mem`, `ir`).
-        Box::pin(async move {
-            let res = proxy.handle(req, peer, &client_ip).await;
-            Ok::<_, Infallible>(res.map(|body| Tracked { body, _exchange: exchange }))
-        })
-    });
-    let io = TokioIo::new(io);
-    let result = match protocol {
-        Protocol::Http1 => {
-            let conn = shared.http1.serve_connection(io, service).with_upgrades();
-            drain.run(conn, |c| c.graceful_shutdown()).await
-        }
-        // Boxed: an HTTP/2 connection's state is several times an HTTP/1.1 one's, and
-        // the task is sized for the larger of the two.
-        Protocol::Http2 => {
-            let conn = shared.http2.serve_connection(io, service);
-            Box::pin(drain.run(conn, |c| c.graceful_shutdown())).await
+    let ended = tokio::select! {
+        r = &mut server => Some(r),
+        () = drain.token.cancelled() => None,
+    };
+    let result = match ended {
+        Some(r) => r,
+        None => {
+            server.graceful_shutdown();
+            (&mut server).await
         }
     };
     if let Err(e) = result {
@@ -221,6 +190,85 @@ async fn serve<IO>(
             shared.malformed.increment(1);
         }
         tracing::debug!(%peer, "client connection ended with error: {e}");
+    }
+}
+
+/// hyper's server for one client connection: HTTP/1.1 inline, HTTP/2 boxed, as
+/// its state is several times an HTTP/1.1 one's and the task is sized for the
+/// larger of the two.
+enum Server<IO> {
+    Http1(http1::UpgradeableConnection<TokioIo<IO>, ClientService>),
+    Http2(Pin<Box<http2::Connection<TokioIo<IO>, ClientService, TokioExecutor>>>),
+}
+
+impl<IO> Server<IO>
+where
+    IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    fn new(shared: &Shared, io: IO, protocol: Protocol, peer: SocketAddr, conn: Arc<ConnState>) -> Server<IO> {
+        let service = ClientService { proxy: shared.proxy.clone(), client_ip: client_value(peer.ip()), peer, conn };
+        let io = TokioIo::new(io);
+        match protocol {
+            Protocol::Http1 => Server::Http1(shared.http1.serve_connection(io, service).with_upgrades()),
+            Protocol::Http2 => Server::Http2(Box::pin(shared.http2.serve_connection(io, service))),
+        }
+    }
+
+    /// Finishes the in-flight requests, then closes (HTTP/1.1: no keep-alive; HTTP/2: GOAWAY).
+    fn graceful_shutdown(&mut self) {
+        match self {
+            Server::Http1(conn) => Pin::new(conn).graceful_shutdown(),
+            Server::Http2(conn) => conn.as_mut().graceful_shutdown(),
+        }
+    }
+}
+
+impl<IO> Future for Server<IO>
+where
+    IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    type Output = Result<(), hyper::Error>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        match self.get_mut() {
+            Server::Http1(conn) => Pin::new(conn).poll(cx),
+            Server::Http2(conn) => conn.as_mut().poll(cx),
+        }
+    }
+}
+
+/// What hyper calls for each request of one client connection.
+struct ClientService {
+    /// Read once per request: a config reload swaps it under open connections.
+    proxy: super::ProxySlot,
+    client_ip: HeaderValue,
+    peer: SocketAddr,
+    conn: Arc<ConnState>,
+}
+
+type Responding = Pin<Box<dyn Future<Output = Result<Response<Tracked<ProxyBody>>, Infallible>> + Send>>;
+
+impl hyper::service::Service<Request<Incoming>> for ClientService {
+    type Response = Response<Tracked<ProxyBody>>;
+    type Error = Infallible;
+    type Future = Responding;
+
+    fn call(&self, mut req: Request<Incoming>) -> Responding {
+        let proxy = self.proxy.load_full();
+        let client_ip = self.client_ip.clone();
+        let peer = self.peer;
+        let exchange = self.conn.start_request(req.version() == http::Version::HTTP_2);
+        if req.headers().contains_key(header::UPGRADE) {
+            // Only then: an extension costs an allocation per request.
+            req.extensions_mut().insert(RelayHook(self.conn.clone() as Arc<dyn Relayed>));
+        }
+        // Boxed: hyper keeps an h1 connection's in-flight slot (sized for this future)
+        // allocated while the connection idles, and moves each h2 stream's future into
+        // a task of its own; a pointer keeps both small (bench/cost.sh `mem`, `ir`).
+        Box::pin(async move {
+            let res = proxy.handle(req, peer, &client_ip).await;
+            Ok(res.map(|body| Tracked { body, _exchange: exchange }))
+        })
     }
 }
 
