@@ -10,7 +10,7 @@ use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{Context, Poll};
+use std::task::{ready, Context, Poll};
 
 use http::{header, HeaderValue, Request, Response};
 use hyper::body::{Body, Frame, Incoming, SizeHint};
@@ -19,7 +19,7 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::graceful::Watcher;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
-use tokio_util::sync::CancellationToken;
+use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
 
 use super::accept::{accept_loop, ListenerContext};
 use super::watchdog::{ConnState, Deadlines, Exchange, Guarded};
@@ -115,25 +115,15 @@ impl HttpServer {
     }
 
     /// Serves a plain `http` connection: HTTP/1.1, or h2c when it opens with the
-    /// HTTP/2 preface. The preface is peeked, not read, so hyper reads the first
-    /// request from the socket in one go (a first read of only the sniffed bytes
-    /// made hyper grow its read buffer to 16 KiB). A graceful shutdown that begins
-    /// before the first bytes came closes the connection, as hyper-util's `auto`
-    /// connection did.
-    fn spawn_plain(&self, mut io: Guarded<TcpStream>, peer: SocketAddr, drain: Drain, conn: Arc<ConnState>) {
-        let shared = self.shared.clone();
-        let task = async move {
-            let mut first = [0u8; H2_PREFACE.len()];
-            let protocol = tokio::select! {
-                p = io.peek(&mut first, Protocol::sniff) => p,
-                () = drain.token.cancelled() => return,
-            };
-            match protocol {
-                // The server goes straight into `drive`: a named local would be a second
-                // copy of it in this task.
-                Ok(protocol) => drive(Server::new(&shared, io, protocol, peer, conn), drain, shared, peer).await,
-                Err(e) => tracing::debug!(%peer, "client connection ended before its first request: {e}"),
-            }
+    /// HTTP/2 preface (see [`PlainConnection`]).
+    fn spawn_plain(&self, io: Guarded<TcpStream>, peer: SocketAddr, drain: Drain, conn: Arc<ConnState>) {
+        let task = PlainConnection {
+            stage: Stage::Sniffing { io, conn },
+            drained: drain.token.cancelled_owned(),
+            draining: false,
+            _watcher: drain.watcher,
+            shared: self.shared.clone(),
+            peer,
         };
         tokio::spawn(task);
     }
@@ -155,17 +145,81 @@ pub(crate) struct Drain {
     /// Made at accept, before the shutdown can begin; held, not watched: hyper-util
     /// only watches its own `auto` connection and hyper's HTTP/1.1 connection
     /// without upgrades.
-    _watcher: Watcher,
+    watcher: Watcher,
     token: CancellationToken,
 }
 
 impl Drain {
     pub fn new(ctx: &ListenerContext<'_>) -> Drain {
-        Drain { _watcher: ctx.graceful.watcher(), token: ctx.drain.clone() }
+        Drain { watcher: ctx.graceful.watcher(), token: ctx.drain.clone() }
     }
 }
 
-/// Runs a connection's server to its end; once the drain begins, it finishes its
+pin_project_lite::pin_project! {
+    /// One plain `http` connection's task, written out rather than an `async`
+    /// block, which kept the socket, the server and each step's futures in slots
+    /// of their own: 2040 bytes, for 792 of hyper's HTTP/1.1 connection.
+    ///
+    /// It first peeks at the client's first bytes, without taking them, so hyper
+    /// reads the first request from the socket in one go (when the sniffed bytes
+    /// came first on their own, hyper grew its read buffer to 16 KiB). A drain that
+    /// begins before they came closes the connection, as hyper-util's `auto`
+    /// connection did.
+    struct PlainConnection {
+        stage: Stage,
+        #[pin]
+        drained: WaitForCancellationFutureOwned,
+        draining: bool,
+        _watcher: Watcher,
+        shared: Arc<Shared>,
+        peer: SocketAddr,
+    }
+}
+
+enum Stage {
+    /// Until the first bytes tell HTTP/1.1 from h2c.
+    Sniffing {
+        io: Guarded<TcpStream>,
+        conn: Arc<ConnState>,
+    },
+    Serving(Server<Guarded<TcpStream>>),
+    Done,
+}
+
+impl Future for PlainConnection {
+    type Output = ();
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        let mut this = self.project();
+        if !*this.draining && this.drained.as_mut().poll(cx).is_ready() {
+            *this.draining = true;
+            match this.stage {
+                Stage::Serving(server) => server.graceful_shutdown(),
+                Stage::Sniffing { .. } | Stage::Done => return Poll::Ready(()),
+            }
+        }
+        if let Stage::Sniffing { io, .. } = this.stage {
+            let mut first = [0u8; H2_PREFACE.len()];
+            let protocol = match ready!(io.poll_peek(cx, &mut first, &Protocol::sniff)) {
+                Ok(protocol) => protocol,
+                Err(e) => {
+                    tracing::debug!(peer = %this.peer, "client connection ended before its first request: {e}");
+                    return Poll::Ready(());
+                }
+            };
+            if let Stage::Sniffing { io, conn } = std::mem::replace(this.stage, Stage::Done) {
+                *this.stage = Stage::Serving(Server::new(this.shared, io, protocol, *this.peer, conn));
+            }
+        }
+        if let Stage::Serving(server) = this.stage {
+            let result = ready!(Pin::new(server).poll(cx));
+            report(result, this.shared, *this.peer);
+        }
+        Poll::Ready(())
+    }
+}
+
+/// Runs a TLS connection's server to its end; once the drain begins, it finishes its
 /// in-flight requests and closes. The server is polled in place (`&mut`): every
 /// move of it into another future would be one more copy in the task.
 async fn drive<IO>(mut server: Server<IO>, drain: Drain, shared: Arc<Shared>, peer: SocketAddr)
@@ -183,6 +237,11 @@ where
             (&mut server).await
         }
     };
+    report(result, &shared, peer);
+}
+
+/// Counts and logs how hyper ended a connection.
+fn report(result: Result<(), hyper::Error>, shared: &Shared, peer: SocketAddr) {
     if let Err(e) = result {
         // hyper has answered 400/431 where it could; the input came from outside, so
         // count it. Deadlines are counted by the watchdog.

@@ -19,7 +19,7 @@
 //! connection's slot under `limits.max_connections`, so an upgraded connection
 //! counts against the limit until its relay ends.
 
-use std::future::{poll_fn, Future};
+use std::future::Future;
 use std::io;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
@@ -261,11 +261,7 @@ impl Guarded<TcpStream> {
     /// Looks at the bytes waiting in the socket without taking them (hyper reads
     /// them next), under the read deadline, until `decide` can tell from them what
     /// it needs; `decide` sees an empty slice once the client has closed.
-    pub async fn peek<T>(&mut self, buf: &mut [u8], decide: impl Fn(&[u8]) -> Option<T>) -> io::Result<T> {
-        poll_fn(|cx| self.poll_peek(cx, buf, &decide)).await
-    }
-
-    fn poll_peek<T>(
+    pub fn poll_peek<T>(
         &mut self,
         cx: &mut Context<'_>,
         buf: &mut [u8],
