@@ -88,6 +88,11 @@ impl HttpServer {
             // connections after `header_read` and count them as bad requests.
             .header_read_timeout(None)
             .max_buf_size(limits.max_request_head)
+            // The head limit proper: max_buf_size alone is not one, since hyper reads into
+            // all of the buffer's spare capacity, which can pass it (a 100 KB head read in
+            // large reads was parsed whole; with hyper-util's sniffing first read of 24
+            // bytes the buffer happened to stop at the limit).
+            .max_header_size(limits.max_request_head)
             .max_headers(limits.max_request_headers)
             .keep_alive(true);
         let streams = u32::try_from(limits.h2_max_concurrent_streams).unwrap_or(u32::MAX);
