@@ -365,3 +365,21 @@ impl<B: Body + Unpin> Body for Tracked<B> {
         self.body.size_hint()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_first_bytes_tell_h2c_from_http1_and_a_partial_preface_waits() {
+        assert_eq!(Protocol::sniff(b"GET / HTTP/1.1\r\n"), Some(Protocol::Http1));
+        // POST, PUT and PATCH part from the preface at their second byte.
+        assert_eq!(Protocol::sniff(b"PO"), Some(Protocol::Http1));
+        assert_eq!(Protocol::sniff(b"P"), None);
+        assert_eq!(Protocol::sniff(b"PRI * HTTP/2.0\r\n"), None);
+        assert_eq!(Protocol::sniff(H2_PREFACE), Some(Protocol::Http2));
+        assert_eq!(Protocol::sniff(b"PRI * HTTP/2.0\r\n\r\nXX\r\n\r\n"), Some(Protocol::Http1));
+        // Closed before a byte: HTTP/1.1, which ends the connection quietly.
+        assert_eq!(Protocol::sniff(b""), Some(Protocol::Http1));
+    }
+}

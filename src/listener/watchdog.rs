@@ -425,6 +425,44 @@ mod tests {
         drop(client);
     }
 
+    /// A connected pair of real sockets: peeking needs a `TcpStream`.
+    async fn tcp_pair() -> (tokio::net::TcpStream, TcpStream) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let client = tokio::net::TcpStream::connect(listener.local_addr().unwrap()).await.unwrap();
+        let (server, _) = listener.accept().await.unwrap();
+        (client, server)
+    }
+
+    #[tokio::test]
+    async fn peeking_waits_for_enough_bytes_and_leaves_them_for_the_reader() {
+        let (mut client, server) = tcp_pair().await;
+        let mut g = Guarded::new(server, slot(), ConnState::new(deadlines()));
+        client.write_all(b"PRI").await.unwrap();
+        let writer = tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            client.write_all(b" * HTTP").await.unwrap();
+            client
+        });
+        let mut buf = [0u8; 8];
+        let n = std::future::poll_fn(|cx| g.poll_peek(cx, &mut buf, &|b: &[u8]| (b.len() >= 8).then_some(b.len())))
+            .await
+            .unwrap();
+        assert_eq!(&buf[..n], b"PRI * HT");
+        let _client = writer.await.unwrap();
+        let mut read = [0u8; 16];
+        assert_eq!(g.read(&mut read).await.unwrap(), 10, "the peeked bytes are still there");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_silent_connection_is_cut_at_header_read_while_peeking() {
+        let (_client, server) = tcp_pair().await;
+        let mut g = Guarded::new(server, slot(), ConnState::new(deadlines()));
+        let start = Instant::now();
+        let mut buf = [0u8; 8];
+        let e = std::future::poll_fn(|cx| g.poll_peek(cx, &mut buf, &|b: &[u8]| Some(b.len()))).await.unwrap_err();
+        assert_eq!((start.elapsed(), e.kind()), (Duration::from_secs(10), io::ErrorKind::TimedOut));
+    }
+
     #[tokio::test(start_paused = true)]
     async fn keep_alive_idle_is_client_idle_then_a_new_head_gets_header_read() {
         let (mut client, server) = tokio::io::duplex(1024);
