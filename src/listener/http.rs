@@ -181,6 +181,8 @@ pin_project_lite::pin_project! {
     }
 }
 
+// The large variant is the one a connection spends its life in.
+#[allow(clippy::large_enum_variant)]
 enum Stage {
     /// Until the first bytes tell HTTP/1.1 from h2c.
     Sniffing {
@@ -260,6 +262,7 @@ fn report(result: Result<(), hyper::Error>, shared: &Shared, peer: SocketAddr) {
 /// hyper's server for one client connection: HTTP/1.1 inline, HTTP/2 boxed, as
 /// its state is several times an HTTP/1.1 one's and the task is sized for the
 /// larger of the two.
+#[allow(clippy::large_enum_variant)] // on purpose: see above
 enum Server<IO> {
     Http1(http1::UpgradeableConnection<TokioIo<IO>, ClientService>),
     Http2(Pin<Box<http2::Connection<TokioIo<IO>, ClientService, TokioExecutor>>>),

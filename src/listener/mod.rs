@@ -56,6 +56,8 @@ pub(crate) struct Lifetime {
 }
 
 /// A listener with everything made: serving it cannot fail.
+// One per listener: the sizes of its variants do not matter.
+#[allow(clippy::large_enum_variant)]
 pub(crate) enum Built {
     Http(http::HttpServer),
     Https(Box<https::HttpsListener>),
