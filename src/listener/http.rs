@@ -19,9 +19,9 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::graceful::Watcher;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
-use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
+use tokio::sync::futures::OwnedNotified;
 
-use super::accept::{accept_loop, ListenerContext};
+use super::accept::{accept_loop, DrainSignal, ListenerContext};
 use super::watchdog::{ConnState, Deadlines, Exchange, Guarded};
 use crate::config::Config;
 use crate::http::headers::client_value;
@@ -124,7 +124,7 @@ impl HttpServer {
     fn spawn_plain(&self, io: Guarded<TcpStream>, peer: SocketAddr, drain: Drain, conn: Arc<ConnState>) {
         let task = PlainConnection {
             stage: Stage::Sniffing { io, conn },
-            drained: drain.token.cancelled_owned(),
+            drain: DrainWatch::new(drain.signal),
             draining: false,
             _watcher: drain.watcher,
             shared: self.shared.clone(),
@@ -151,12 +151,39 @@ pub(crate) struct Drain {
     /// only watches its own `auto` connection and hyper's HTTP/1.1 connection
     /// without upgrades.
     watcher: Watcher,
-    token: CancellationToken,
+    signal: Arc<DrainSignal>,
 }
 
 impl Drain {
     pub fn new(ctx: &ListenerContext<'_>) -> Drain {
-        Drain { watcher: ctx.graceful.watcher(), token: ctx.drain.clone() }
+        Drain { watcher: ctx.graceful.watcher(), signal: ctx.drain.clone() }
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// Whether the drain has started, for a connection polled many times: the first
+    /// poll registers the task for the drain's wake-up, later ones read a flag.
+    struct DrainWatch {
+        signal: Arc<DrainSignal>,
+        #[pin]
+        wake_up: OwnedNotified,
+        registered: bool,
+    }
+}
+
+impl DrainWatch {
+    fn new(signal: Arc<DrainSignal>) -> DrainWatch {
+        DrainWatch { wake_up: signal.wake_up(), signal, registered: false }
+    }
+
+    fn poll_started(self: Pin<&mut Self>, cx: &mut Context<'_>) -> bool {
+        let this = self.project();
+        if !*this.registered {
+            *this.registered = true;
+            // Pending (registered with this task's waker) unless the drain already woke it.
+            let _ = this.wake_up.poll(cx);
+        }
+        this.signal.started()
     }
 }
 
@@ -173,7 +200,7 @@ pin_project_lite::pin_project! {
     struct PlainConnection {
         stage: Stage,
         #[pin]
-        drained: WaitForCancellationFutureOwned,
+        drain: DrainWatch,
         draining: bool,
         _watcher: Watcher,
         shared: Arc<Shared>,
@@ -198,7 +225,7 @@ impl Future for PlainConnection {
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
         let mut this = self.project();
-        if !*this.draining && this.drained.as_mut().poll(cx).is_ready() {
+        if !*this.draining && this.drain.as_mut().poll_started(cx) {
             *this.draining = true;
             match this.stage {
                 Stage::Serving(server) => server.graceful_shutdown(),
@@ -233,17 +260,18 @@ async fn drive<IO>(mut server: Server<IO>, drain: Drain, shared: Arc<Shared>, pe
 where
     IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    let ended = tokio::select! {
-        r = &mut server => Some(r),
-        () = drain.token.cancelled() => None,
-    };
-    let result = match ended {
-        Some(r) => r,
-        None => {
+    let Drain { watcher, signal } = drain;
+    let mut watch = std::pin::pin!(DrainWatch::new(signal));
+    let mut draining = false;
+    let result = std::future::poll_fn(|cx| {
+        if !draining && watch.as_mut().poll_started(cx) {
+            draining = true;
             server.graceful_shutdown();
-            (&mut server).await
         }
-    };
+        Pin::new(&mut server).poll(cx)
+    })
+    .await;
+    drop(watcher);
     report(result, &shared, peer);
 }
 

@@ -25,7 +25,7 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-pub(crate) use accept::ListenerContext;
+pub(crate) use accept::{DrainSignal, ListenerContext};
 
 use crate::config::{Config, ConfigError, Listener, ListenerKind, Route};
 use crate::http::access_log::AccessLog;

@@ -15,7 +15,7 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::Listener;
-use crate::listener::{Built, Lifetime, ListenerContext, ProxySlot};
+use crate::listener::{Built, DrainSignal, Lifetime, ListenerContext, ProxySlot};
 
 /// One listener that is accepting.
 pub(super) struct Running {
@@ -125,7 +125,7 @@ async fn serve(
     grace_ms: Arc<AtomicU64>,
 ) {
     let graceful = GracefulShutdown::new();
-    let drain = CancellationToken::new();
+    let drain = Arc::new(DrainSignal::default());
     let ctx = ListenerContext {
         limit,
         graceful: &graceful,
@@ -141,7 +141,7 @@ async fn serve(
     lifetime.tracker.close();
     let drained = async {
         tokio::time::sleep(SETTLE.min(grace / 2)).await;
-        drain.cancel();
+        drain.start();
         tokio::join!(graceful.shutdown(), lifetime.tracker.wait())
     };
     if tokio::time::timeout(grace, drained).await.is_err() {
