@@ -4,12 +4,14 @@
 
 use std::future::Future;
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::sync::futures::OwnedNotified;
+use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -25,6 +27,9 @@ pub(crate) struct ListenerContext<'a> {
     pub tracker: TaskTracker,
     /// Cancelled when the listeners stop accepting.
     pub shutdown: CancellationToken,
+    /// Started when the graceful shutdown of the hyper connections begins: a
+    /// connection that has not shown its protocol yet is closed then.
+    pub drain: Arc<DrainSignal>,
     /// Cancelled when the grace period is over: tracked tasks must end now.
     pub hard_stop: CancellationToken,
 }
@@ -39,6 +44,34 @@ impl ListenerContext<'_> {
                 _ = task => {}
             }
         });
+    }
+}
+
+/// The start of a listener's graceful drain, as its hyper connections see it.
+///
+/// Not a `CancellationToken` or a watch channel: a connection would poll it at every
+/// wake-up, and each poll of those takes a lock that all of the listener's
+/// connections share. A connection registers for the wake-up once and afterwards
+/// reads the flag.
+#[derive(Default)]
+pub(crate) struct DrainSignal {
+    started: AtomicBool,
+    notify: Arc<Notify>,
+}
+
+impl DrainSignal {
+    pub fn start(&self) {
+        self.started.store(true, Ordering::Release);
+        self.notify.notify_waiters();
+    }
+
+    pub fn started(&self) -> bool {
+        self.started.load(Ordering::Acquire)
+    }
+
+    /// What wakes a connection when the drain starts.
+    pub fn wake_up(&self) -> OwnedNotified {
+        self.notify.clone().notified_owned()
     }
 }
 

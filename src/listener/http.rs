@@ -6,103 +6,131 @@
 //! and an HTTP/2 client by `limits.h2_max_concurrent_streams`.
 
 use std::convert::Infallible;
+use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{Context, Poll};
+use std::task::{ready, Context, Poll};
 
-use http::header;
-use hyper::body::{Body, Frame, SizeHint};
+use http::{header, HeaderValue, Request, Response};
+use hyper::body::{Body, Frame, Incoming, SizeHint};
+use hyper::server::conn::{http1, http2};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::Watcher;
 use tokio::io::{AsyncRead, AsyncWrite};
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::futures::OwnedNotified;
 
-use super::accept::{accept_loop, ListenerContext};
+use super::accept::{accept_loop, DrainSignal, ListenerContext};
 use super::watchdog::{ConnState, Deadlines, Exchange, Guarded};
 use crate::config::Config;
 use crate::http::headers::client_value;
+use crate::http::respond::ProxyBody;
 use crate::http::upgrade::{RelayHook, Relayed};
 use crate::metrics as m;
+
+/// Which HTTP a client speaks: known from ALPN after a TLS handshake, from the
+/// first bytes on a plain connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Protocol {
+    Http1,
+    Http2,
+}
+
+/// What an HTTP/2 client with prior knowledge (h2c) sends first.
+const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
+impl Protocol {
+    /// The protocol a connection's first bytes show, `None` while they are a
+    /// strict beginning of the HTTP/2 preface; an empty slice (the client closed
+    /// without a byte) is HTTP/1.1, which ends such a connection quietly.
+    fn sniff(first: &[u8]) -> Option<Protocol> {
+        let n = first.len().min(H2_PREFACE.len());
+        if first[..n] != H2_PREFACE[..n] || first.is_empty() {
+            Some(Protocol::Http1)
+        } else if n == H2_PREFACE.len() {
+            Some(Protocol::Http2)
+        } else {
+            None
+        }
+    }
+}
 
 /// What serves HTTP on accepted (or TLS-terminated) connections of one listener.
 pub(crate) struct HttpServer {
     /// Read once per request: a config reload swaps it under open connections.
     pub proxy: super::ProxySlot,
-    builder: auto::Builder<TokioExecutor>,
-    errors: Arc<ConnectionErrors>,
+    shared: Arc<Shared>,
     pub deadlines: Arc<Deadlines>,
 }
 
-/// Client connections that hyper ended with an error, by reason.
-struct ConnectionErrors {
-    /// Something that is not HTTP, or too large a head.
+/// What every connection of a listener is served with.
+///
+/// hyper's HTTP/1.1 and HTTP/2 servers are used directly rather than through
+/// hyper-util's `auto` connection: that one is an enum as large as its HTTP/2
+/// state, which every HTTP/1.1 connection's task then carried (bench/cost.sh `mem`).
+struct Shared {
+    proxy: super::ProxySlot,
+    http1: http1::Builder,
+    http2: http2::Builder<TokioExecutor>,
+    /// Connections hyper ended because of something that is not HTTP, or too large a head.
     malformed: metrics::Counter,
 }
 
 impl HttpServer {
     pub fn new(listener: &str, proxy: super::ProxySlot, config: &Config) -> HttpServer {
         let limits = &config.limits;
-        let mut builder = auto::Builder::new(TokioExecutor::new());
-        builder
-            .http1()
+        let mut http1 = http1::Builder::new();
+        http1
             .timer(TokioTimer::new())
             // The head deadline is the watchdog's: it starts at accept (before protocol
             // detection and the TLS handshake), and hyper's would also cut kept-alive
             // connections after `header_read` and count them as bad requests.
             .header_read_timeout(None)
             .max_buf_size(limits.max_request_head)
+            // The head limit proper: max_buf_size alone is not one, since hyper reads into
+            // all of the buffer's spare capacity, which can pass it (a 100 KB head read in
+            // large reads was parsed whole; with hyper-util's sniffing first read of 24
+            // bytes the buffer happened to stop at the limit).
+            .max_header_size(limits.max_request_head)
             .max_headers(limits.max_request_headers)
             .keep_alive(true);
         let streams = u32::try_from(limits.h2_max_concurrent_streams).unwrap_or(u32::MAX);
         let header_list = u32::try_from(limits.max_request_head).unwrap_or(u32::MAX);
-        builder.http2().timer(TokioTimer::new()).max_concurrent_streams(streams).max_header_list_size(header_list);
-        let errors = ConnectionErrors {
-            malformed: metrics::counter!(m::BAD_REQUESTS, "listener" => listener.to_string(), "reason" => "malformed_request"),
-        };
-        HttpServer { proxy, builder, errors: Arc::new(errors), deadlines: Arc::new(Deadlines::new(listener, config)) }
+        let mut http2 = http2::Builder::new(TokioExecutor::new());
+        http2.timer(TokioTimer::new()).max_concurrent_streams(streams).max_header_list_size(header_list);
+        let malformed =
+            metrics::counter!(m::BAD_REQUESTS, "listener" => listener.to_string(), "reason" => "malformed_request");
+        HttpServer {
+            proxy: proxy.clone(),
+            shared: Arc::new(Shared { proxy, http1, http2, malformed }),
+            deadlines: Arc::new(Deadlines::new(listener, config)),
+        }
     }
 
-    /// Serves one client connection until it closes or the graceful shutdown ends it.
-    /// `conn` is the state the connection's [`Guarded`] socket enforces deadlines on.
-    pub fn spawn_connection<IO>(&self, io: IO, peer: SocketAddr, watcher: Watcher, conn: Arc<ConnState>)
+    /// Serves one client connection whose protocol is known (after a TLS handshake)
+    /// until it closes or the graceful shutdown ends it. `conn` is the state the
+    /// connection's [`Guarded`] socket enforces deadlines on.
+    pub fn spawn_connection<IO>(&self, io: IO, protocol: Protocol, peer: SocketAddr, drain: Drain, conn: Arc<ConnState>)
     where
         IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
-        let client_ip = client_value(peer.ip());
-        let proxy = self.proxy.clone();
-        let service = hyper::service::service_fn(move |mut req: http::Request<hyper::body::Incoming>| {
-            let proxy = proxy.load_full();
-            let client_ip = client_ip.clone();
-            let exchange = conn.start_request(req.version() == http::Version::HTTP_2);
-            if req.headers().contains_key(header::UPGRADE) {
-                // Only then: an extension costs an allocation per request.
-                req.extensions_mut().insert(RelayHook(conn.clone() as Arc<dyn Relayed>));
-            }
-            // Boxed: hyper keeps an h1 connection's in-flight slot (sized for this future)
-            // allocated while the connection idles, and moves each h2 stream's future into
-            // a task of its own; a pointer keeps both small (bench/cost.sh `mem`, `ir`).
-            Box::pin(async move {
-                let res = proxy.handle(req, peer, &client_ip).await;
-                Ok::<_, Infallible>(res.map(|body| Tracked { body, _exchange: exchange }))
-            })
-        });
-        let conn = self.builder.serve_connection_with_upgrades(TokioIo::new(io), service).into_owned();
-        let conn = watcher.watch(conn);
-        let errors = self.errors.clone();
-        tokio::spawn(async move {
-            if let Err(e) = conn.await {
-                // hyper has answered 400/431 where it could; the input came from outside, so
-                // count it. Deadlines are counted by the watchdog.
-                if let Some(he) = e.downcast_ref::<hyper::Error>() {
-                    if he.is_parse() || he.is_parse_too_large() {
-                        errors.malformed.increment(1);
-                    }
-                }
-                tracing::debug!(%peer, "client connection ended with error: {e}");
-            }
-        });
+        let server = Server::new(&self.shared, io, protocol, peer, conn);
+        tokio::spawn(drive(server, drain, self.shared.clone(), peer));
+    }
+
+    /// Serves a plain `http` connection: HTTP/1.1, or h2c when it opens with the
+    /// HTTP/2 preface (see [`PlainConnection`]).
+    fn spawn_plain(&self, io: Guarded<TcpStream>, peer: SocketAddr, drain: Drain, conn: Arc<ConnState>) {
+        let task = PlainConnection {
+            stage: Stage::Sniffing { io, conn },
+            drain: DrainWatch::new(drain.signal),
+            draining: false,
+            _watcher: drain.watcher,
+            shared: self.shared.clone(),
+            peer,
+        };
+        tokio::spawn(task);
     }
 
     /// Serves a plain `http` listener.
@@ -110,9 +138,232 @@ impl HttpServer {
         accept_loop(name, socket, ctx, |a| {
             let conn = ConnState::new(self.deadlines.clone());
             let io = Guarded::new(a.stream, a.slot, conn.clone());
-            self.spawn_connection(io, a.peer, ctx.graceful.watcher(), conn);
+            self.spawn_plain(io, a.peer, Drain::new(ctx), conn);
         })
         .await
+    }
+}
+
+/// How a connection learns that the graceful shutdown began, and holds the
+/// shutdown up until it has finished its in-flight requests.
+pub(crate) struct Drain {
+    /// Made at accept, before the shutdown can begin; held, not watched: hyper-util
+    /// only watches its own `auto` connection and hyper's HTTP/1.1 connection
+    /// without upgrades.
+    watcher: Watcher,
+    signal: Arc<DrainSignal>,
+}
+
+impl Drain {
+    pub fn new(ctx: &ListenerContext<'_>) -> Drain {
+        Drain { watcher: ctx.graceful.watcher(), signal: ctx.drain.clone() }
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// Whether the drain has started, for a connection polled many times: the first
+    /// poll registers the task for the drain's wake-up, later ones read a flag.
+    struct DrainWatch {
+        signal: Arc<DrainSignal>,
+        #[pin]
+        wake_up: OwnedNotified,
+        registered: bool,
+    }
+}
+
+impl DrainWatch {
+    fn new(signal: Arc<DrainSignal>) -> DrainWatch {
+        DrainWatch { wake_up: signal.wake_up(), signal, registered: false }
+    }
+
+    fn poll_started(self: Pin<&mut Self>, cx: &mut Context<'_>) -> bool {
+        let this = self.project();
+        if !*this.registered {
+            *this.registered = true;
+            // Pending (registered with this task's waker) unless the drain already woke it.
+            let _ = this.wake_up.poll(cx);
+        }
+        this.signal.started()
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// One plain `http` connection's task, written out rather than an `async`
+    /// block, which kept the socket, the server and each step's futures in slots
+    /// of their own: 2040 bytes, for 792 of hyper's HTTP/1.1 connection.
+    ///
+    /// It first peeks at the client's first bytes, without taking them, so hyper
+    /// reads the first request from the socket in one go (when the sniffed bytes
+    /// came first on their own, hyper grew its read buffer to 16 KiB). A drain that
+    /// begins before they came closes the connection, as hyper-util's `auto`
+    /// connection did.
+    struct PlainConnection {
+        stage: Stage,
+        #[pin]
+        drain: DrainWatch,
+        draining: bool,
+        _watcher: Watcher,
+        shared: Arc<Shared>,
+        peer: SocketAddr,
+    }
+}
+
+// The large variant is the one a connection spends its life in.
+#[allow(clippy::large_enum_variant)]
+enum Stage {
+    /// Until the first bytes tell HTTP/1.1 from h2c.
+    Sniffing {
+        io: Guarded<TcpStream>,
+        conn: Arc<ConnState>,
+    },
+    Serving(Server<Guarded<TcpStream>>),
+    Done,
+}
+
+impl Future for PlainConnection {
+    type Output = ();
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        let mut this = self.project();
+        if !*this.draining && this.drain.as_mut().poll_started(cx) {
+            *this.draining = true;
+            match this.stage {
+                Stage::Serving(server) => server.graceful_shutdown(),
+                Stage::Sniffing { .. } | Stage::Done => return Poll::Ready(()),
+            }
+        }
+        if let Stage::Sniffing { io, .. } = this.stage {
+            let mut first = [0u8; H2_PREFACE.len()];
+            let protocol = match ready!(io.poll_peek(cx, &mut first, &Protocol::sniff)) {
+                Ok(protocol) => protocol,
+                Err(e) => {
+                    tracing::debug!(peer = %this.peer, "client connection ended before its first request: {e}");
+                    return Poll::Ready(());
+                }
+            };
+            if let Stage::Sniffing { io, conn } = std::mem::replace(this.stage, Stage::Done) {
+                *this.stage = Stage::Serving(Server::new(this.shared, io, protocol, *this.peer, conn));
+            }
+        }
+        if let Stage::Serving(server) = this.stage {
+            let result = ready!(Pin::new(server).poll(cx));
+            report(result, this.shared, *this.peer);
+        }
+        Poll::Ready(())
+    }
+}
+
+/// Runs a TLS connection's server to its end; once the drain begins, it finishes its
+/// in-flight requests and closes. The server is polled in place (`&mut`): every
+/// move of it into another future would be one more copy in the task.
+async fn drive<IO>(mut server: Server<IO>, drain: Drain, shared: Arc<Shared>, peer: SocketAddr)
+where
+    IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let Drain { watcher, signal } = drain;
+    let mut watch = std::pin::pin!(DrainWatch::new(signal));
+    let mut draining = false;
+    let result = std::future::poll_fn(|cx| {
+        if !draining && watch.as_mut().poll_started(cx) {
+            draining = true;
+            server.graceful_shutdown();
+        }
+        Pin::new(&mut server).poll(cx)
+    })
+    .await;
+    drop(watcher);
+    report(result, &shared, peer);
+}
+
+/// Counts and logs how hyper ended a connection.
+fn report(result: Result<(), hyper::Error>, shared: &Shared, peer: SocketAddr) {
+    if let Err(e) = result {
+        // hyper has answered 400/431 where it could; the input came from outside, so
+        // count it. Deadlines are counted by the watchdog.
+        if e.is_parse() || e.is_parse_too_large() {
+            shared.malformed.increment(1);
+        }
+        tracing::debug!(%peer, "client connection ended with error: {e}");
+    }
+}
+
+/// hyper's server for one client connection: HTTP/1.1 inline, HTTP/2 boxed, as
+/// its state is several times an HTTP/1.1 one's and the task is sized for the
+/// larger of the two.
+#[allow(clippy::large_enum_variant)] // on purpose: see above
+enum Server<IO> {
+    Http1(http1::UpgradeableConnection<TokioIo<IO>, ClientService>),
+    Http2(Pin<Box<http2::Connection<TokioIo<IO>, ClientService, TokioExecutor>>>),
+}
+
+impl<IO> Server<IO>
+where
+    IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    fn new(shared: &Shared, io: IO, protocol: Protocol, peer: SocketAddr, conn: Arc<ConnState>) -> Server<IO> {
+        let service = ClientService { proxy: shared.proxy.clone(), client_ip: client_value(peer.ip()), peer, conn };
+        let io = TokioIo::new(io);
+        match protocol {
+            Protocol::Http1 => Server::Http1(shared.http1.serve_connection(io, service).with_upgrades()),
+            Protocol::Http2 => Server::Http2(Box::pin(shared.http2.serve_connection(io, service))),
+        }
+    }
+
+    /// Finishes the in-flight requests, then closes (HTTP/1.1: no keep-alive; HTTP/2: GOAWAY).
+    fn graceful_shutdown(&mut self) {
+        match self {
+            Server::Http1(conn) => Pin::new(conn).graceful_shutdown(),
+            Server::Http2(conn) => conn.as_mut().graceful_shutdown(),
+        }
+    }
+}
+
+impl<IO> Future for Server<IO>
+where
+    IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    type Output = Result<(), hyper::Error>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        match self.get_mut() {
+            Server::Http1(conn) => Pin::new(conn).poll(cx),
+            Server::Http2(conn) => conn.as_mut().poll(cx),
+        }
+    }
+}
+
+/// What hyper calls for each request of one client connection.
+struct ClientService {
+    /// Read once per request: a config reload swaps it under open connections.
+    proxy: super::ProxySlot,
+    client_ip: HeaderValue,
+    peer: SocketAddr,
+    conn: Arc<ConnState>,
+}
+
+type Responding = Pin<Box<dyn Future<Output = Result<Response<Tracked<ProxyBody>>, Infallible>> + Send>>;
+
+impl hyper::service::Service<Request<Incoming>> for ClientService {
+    type Response = Response<Tracked<ProxyBody>>;
+    type Error = Infallible;
+    type Future = Responding;
+
+    fn call(&self, mut req: Request<Incoming>) -> Responding {
+        let proxy = self.proxy.load_full();
+        let client_ip = self.client_ip.clone();
+        let peer = self.peer;
+        let exchange = self.conn.start_request(req.version() == http::Version::HTTP_2);
+        if req.headers().contains_key(header::UPGRADE) {
+            // Only then: an extension costs an allocation per request.
+            req.extensions_mut().insert(RelayHook(self.conn.clone() as Arc<dyn Relayed>));
+        }
+        // Boxed: hyper keeps an h1 connection's in-flight slot (sized for this future)
+        // allocated while the connection idles, and moves each h2 stream's future into
+        // a task of its own; a pointer keeps both small (bench/cost.sh `mem`, `ir`).
+        Box::pin(async move {
+            let res = proxy.handle(req, peer, &client_ip).await;
+            Ok(res.map(|body| Tracked { body, _exchange: exchange }))
+        })
     }
 }
 
@@ -143,5 +394,23 @@ impl<B: Body + Unpin> Body for Tracked<B> {
 
     fn size_hint(&self) -> SizeHint {
         self.body.size_hint()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_first_bytes_tell_h2c_from_http1_and_a_partial_preface_waits() {
+        assert_eq!(Protocol::sniff(b"GET / HTTP/1.1\r\n"), Some(Protocol::Http1));
+        // POST, PUT and PATCH part from the preface at their second byte.
+        assert_eq!(Protocol::sniff(b"PO"), Some(Protocol::Http1));
+        assert_eq!(Protocol::sniff(b"P"), None);
+        assert_eq!(Protocol::sniff(b"PRI * HTTP/2.0\r\n"), None);
+        assert_eq!(Protocol::sniff(H2_PREFACE), Some(Protocol::Http2));
+        assert_eq!(Protocol::sniff(b"PRI * HTTP/2.0\r\n\r\nXX\r\n\r\n"), Some(Protocol::Http1));
+        // Closed before a byte: HTTP/1.1, which ends the connection quietly.
+        assert_eq!(Protocol::sniff(b""), Some(Protocol::Http1));
     }
 }

@@ -16,7 +16,7 @@ use tokio_rustls::TlsAcceptor;
 
 use super::accept::{accept_loop, ListenerContext};
 use super::certs::{reload_loop, server_config, CertSet, SniResolver, TlsError};
-use super::http::HttpServer;
+use super::http::{Drain, HttpServer, Protocol};
 use super::watchdog::{ConnState, Guarded};
 use crate::config::{Config, ServerCert};
 use crate::metrics as m;
@@ -151,7 +151,7 @@ impl HttpsListener {
             let (acceptor, server, errors) = (acceptor.clone(), server.clone(), errors.clone());
             // Made now, before the shutdown can begin: a connection whose handshake
             // finishes during the drain is still drained, not cut.
-            let watcher = ctx.graceful.watcher();
+            let drain = Drain::new(ctx);
             let shutdown = ctx.shutdown.clone();
             // The deadlines start now: the handshake is part of the first request head.
             let conn = ConnState::new(server.deadlines.clone());
@@ -162,7 +162,14 @@ impl HttpsListener {
                     _ = shutdown.cancelled() => return,
                 };
                 match result {
-                    Ok(Ok(tls)) => server.spawn_connection(tls, a.peer, watcher, conn),
+                    Ok(Ok(tls)) => {
+                        // No ALPN (or `http/1.1`) is HTTP/1.1: HTTP/2 over TLS is negotiated (RFC 9113 3.2).
+                        let protocol = match tls.get_ref().1.alpn_protocol() {
+                            Some(b"h2") => Protocol::Http2,
+                            _ => Protocol::Http1,
+                        };
+                        server.spawn_connection(tls, protocol, a.peer, drain, conn)
+                    }
                     Ok(Err(e)) => errors.record(HandshakeFailure::of(&e), a.peer, &e),
                     Err(_) => errors.record(HandshakeFailure::Timeout, a.peer, &"timed out"),
                 }

@@ -25,7 +25,7 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-pub(crate) use accept::ListenerContext;
+pub(crate) use accept::{DrainSignal, ListenerContext};
 
 use crate::config::{Config, ConfigError, Listener, ListenerKind, Route};
 use crate::http::access_log::AccessLog;
@@ -56,6 +56,8 @@ pub(crate) struct Lifetime {
 }
 
 /// A listener with everything made: serving it cannot fail.
+// One per listener: the sizes of its variants do not matter.
+#[allow(clippy::large_enum_variant)]
 pub(crate) enum Built {
     Http(http::HttpServer),
     Https(Box<https::HttpsListener>),

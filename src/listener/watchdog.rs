@@ -27,7 +27,8 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::io::{AsyncRead, AsyncWrite, Interest, ReadBuf};
+use tokio::net::TcpStream;
 use tokio::time::{sleep_until, Instant, Sleep};
 
 use super::accept::ConnectionSlot;
@@ -256,6 +257,51 @@ impl<IO: AsyncRead + Unpin> Guarded<IO> {
     }
 }
 
+impl Guarded<TcpStream> {
+    /// Looks at the bytes waiting in the socket without taking them (hyper reads
+    /// them next), under the read deadline, until `decide` can tell from them what
+    /// it needs; `decide` sees an empty slice once the client has closed.
+    pub fn poll_peek<T>(
+        &mut self,
+        cx: &mut Context<'_>,
+        buf: &mut [u8],
+        decide: &impl Fn(&[u8]) -> Option<T>,
+    ) -> Poll<io::Result<T>> {
+        if let Some(e) = self.state.expired() {
+            return Poll::Ready(Err(e));
+        }
+        loop {
+            match self.io.poll_read_ready(cx) {
+                Poll::Ready(Ok(())) => {}
+                Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+                Poll::Pending => {
+                    return match self.poll_read_deadline(cx) {
+                        Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
+                        _ => Poll::Pending,
+                    }
+                }
+            }
+            // Peeked inside `try_io`: when `decide` needs more bytes, the readiness seen
+            // before this peek is cleared, so the next pass waits for new bytes instead
+            // of peeking the same ones again (bytes that came meanwhile keep it set).
+            let io = &self.io;
+            let peeked = io.try_io(Interest::READABLE, || {
+                let mut peek = ReadBuf::new(buf);
+                match io.poll_peek(cx, &mut peek) {
+                    Poll::Ready(Ok(_)) => decide(peek.filled()).ok_or_else(|| io::ErrorKind::WouldBlock.into()),
+                    Poll::Ready(Err(e)) => Err(e),
+                    Poll::Pending => Err(io::ErrorKind::WouldBlock.into()),
+                }
+            });
+            match peeked {
+                Ok(t) => return Poll::Ready(Ok(t)),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+                Err(e) => return Poll::Ready(Err(e)),
+            }
+        }
+    }
+}
+
 impl<IO: AsyncRead + Unpin> AsyncRead for Guarded<IO> {
     fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
         let this = self.get_mut();
@@ -377,6 +423,44 @@ mod tests {
         assert_eq!(kind, io::ErrorKind::TimedOut);
         assert_eq!(took, Duration::from_secs(10));
         drop(client);
+    }
+
+    /// A connected pair of real sockets: peeking needs a `TcpStream`.
+    async fn tcp_pair() -> (tokio::net::TcpStream, TcpStream) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let client = tokio::net::TcpStream::connect(listener.local_addr().unwrap()).await.unwrap();
+        let (server, _) = listener.accept().await.unwrap();
+        (client, server)
+    }
+
+    #[tokio::test]
+    async fn peeking_waits_for_enough_bytes_and_leaves_them_for_the_reader() {
+        let (mut client, server) = tcp_pair().await;
+        let mut g = Guarded::new(server, slot(), ConnState::new(deadlines()));
+        client.write_all(b"PRI").await.unwrap();
+        let writer = tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            client.write_all(b" * HTTP").await.unwrap();
+            client
+        });
+        let mut buf = [0u8; 8];
+        let n = std::future::poll_fn(|cx| g.poll_peek(cx, &mut buf, &|b: &[u8]| (b.len() >= 8).then_some(b.len())))
+            .await
+            .unwrap();
+        assert_eq!(&buf[..n], b"PRI * HT");
+        let _client = writer.await.unwrap();
+        let mut read = [0u8; 16];
+        assert_eq!(g.read(&mut read).await.unwrap(), 10, "the peeked bytes are still there");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_silent_connection_is_cut_at_header_read_while_peeking() {
+        let (_client, server) = tcp_pair().await;
+        let mut g = Guarded::new(server, slot(), ConnState::new(deadlines()));
+        let start = Instant::now();
+        let mut buf = [0u8; 8];
+        let e = std::future::poll_fn(|cx| g.poll_peek(cx, &mut buf, &|b: &[u8]| Some(b.len()))).await.unwrap_err();
+        assert_eq!((start.elapsed(), e.kind()), (Duration::from_secs(10), io::ErrorKind::TimedOut));
     }
 
     #[tokio::test(start_paused = true)]

@@ -15,7 +15,7 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::Listener;
-use crate::listener::{Built, Lifetime, ListenerContext, ProxySlot};
+use crate::listener::{Built, DrainSignal, Lifetime, ListenerContext, ProxySlot};
 
 /// One listener that is accepting.
 pub(super) struct Running {
@@ -102,9 +102,9 @@ impl Listeners {
 }
 
 /// Connections accepted just before the stop get this long to send their first
-/// request before the graceful shutdown begins: hyper-util closes a connection
-/// whose protocol (HTTP/1.1 or h2) it has not read yet at once, which a client
-/// that connected in time would see as a reset.
+/// request before the graceful shutdown begins: a connection whose protocol
+/// (HTTP/1.1 or h2) has not been seen yet is closed at once then (`drain`), which a
+/// client that connected in time would see as a reset.
 const SETTLE: Duration = Duration::from_millis(250);
 
 fn millis(d: Duration) -> u64 {
@@ -125,11 +125,13 @@ async fn serve(
     grace_ms: Arc<AtomicU64>,
 ) {
     let graceful = GracefulShutdown::new();
+    let drain = Arc::new(DrainSignal::default());
     let ctx = ListenerContext {
         limit,
         graceful: &graceful,
         tracker: lifetime.tracker.clone(),
         shutdown: stop,
+        drain: drain.clone(),
         hard_stop: lifetime.hard_stop.clone(),
     };
     built.serve(&name, socket, &ctx).await;
@@ -139,6 +141,7 @@ async fn serve(
     lifetime.tracker.close();
     let drained = async {
         tokio::time::sleep(SETTLE.min(grace / 2)).await;
+        drain.start();
         tokio::join!(graceful.shutdown(), lifetime.tracker.wait())
     };
     if tokio::time::timeout(grace, drained).await.is_err() {
