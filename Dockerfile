@@ -35,6 +35,10 @@ RUN useradd --system --uid 10001 --home-dir /var/lib/switchyard --shell /usr/sbi
 COPY --from=build /src/target/release/switchyard /usr/local/bin/switchyard
 COPY deploy/switchyard.toml /etc/switchyard/switchyard.toml
 USER switchyard
+# No transparent huge pages for the allocator's arena, also on hosts with THP
+# `enabled=always` (docs/operations.md "Memory"): an idle connection then keeps only
+# the pages it wrote.
+ENV MIMALLOC_ALLOW_THP=0
 WORKDIR /var/lib/switchyard
 VOLUME ["/var/lib/switchyard"]
 EXPOSE 8080 9901
