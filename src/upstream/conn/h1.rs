@@ -15,7 +15,7 @@ mod body;
 mod parse;
 mod upload;
 
-use super::pool::Slot;
+use super::slot::Slot;
 use std::future::poll_fn;
 use std::io;
 use std::pin::Pin;

@@ -6,6 +6,7 @@ pub(crate) mod client;
 pub mod h1;
 pub(crate) mod pool;
 pub(crate) mod request;
+mod slot;
 pub(crate) mod tls;
 
 pub(crate) use client::Upstreams;

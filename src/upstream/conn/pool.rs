@@ -24,6 +24,7 @@ use tokio::net::TcpStream;
 use tokio::sync::Notify;
 
 use super::h1::{H1Body, H1Error, H1Limits, H1Pool, H1Settings, RequestHead};
+use super::slot::Slot;
 use super::UpstreamBody;
 
 #[derive(Debug, thiserror::Error)]
@@ -360,21 +361,5 @@ impl InstancePool {
             }
         });
         Ok(sender)
-    }
-}
-
-/// One open connection counted in a pool's `open` (hyper's or the in-task
-/// exchange's, `h1`); frees its place and wakes a request waiting for one on drop.
-/// It holds the two counters only, not the pool, which holds idle connections.
-#[derive(Debug)]
-pub(super) struct Slot {
-    pub(super) open: Arc<AtomicUsize>,
-    pub(super) freed: Arc<Notify>,
-}
-
-impl Drop for Slot {
-    fn drop(&mut self) {
-        self.open.fetch_sub(1, Ordering::Relaxed);
-        self.freed.notify_waiters();
     }
 }
