@@ -15,13 +15,14 @@
 //! others as `code="other"`) × 8 method classes × 3 protocols per service.
 
 use std::collections::HashMap;
-use std::hash::{BuildHasherDefault, Hasher};
+use std::hash::BuildHasherDefault;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, LazyLock, Mutex, RwLock};
 
 use arc_swap::ArcSwapOption;
 use http::{Method, StatusCode, Version};
 
+use super::balance::Fnv1a;
 use super::conn::UpstreamError;
 use super::outlier::EjectReason;
 use crate::metrics as m;
@@ -75,7 +76,7 @@ struct RequestKey {
 /// together, every counter at zero, at the first event of any kind.
 #[derive(Debug, Default)]
 struct Traffic {
-    requests: RwLock<HashMap<RequestKey, AtomicU64, BuildHasherDefault<LabelHasher>>>,
+    requests: RwLock<HashMap<RequestKey, AtomicU64, BuildHasherDefault<Fnv1a>>>,
     total: Histogram,
     upstream: Histogram,
     errors: [AtomicU64; UpstreamError::ALL.len()],
@@ -90,44 +91,6 @@ struct Traffic {
     checks: [AtomicU64; 2],
     /// healthy, unhealthy.
     health_changes: [AtomicU64; 2],
-}
-
-/// A multiply-rotate hash (FxHash's) for [`RequestKey`]: its labels come from
-/// configuration and bounded sets, never from a client, so it needs no
-/// SipHash keyed against flooding, and hashing it costs ~40 instructions, not ~400.
-#[derive(Debug, Default)]
-struct LabelHasher(u64);
-
-impl Hasher for LabelHasher {
-    fn write(&mut self, bytes: &[u8]) {
-        for chunk in bytes.chunks(8) {
-            let mut word = [0u8; 8];
-            word[..chunk.len()].copy_from_slice(chunk);
-            self.add(u64::from_le_bytes(word));
-        }
-    }
-
-    fn write_u8(&mut self, n: u8) {
-        self.add(u64::from(n));
-    }
-
-    fn write_u16(&mut self, n: u16) {
-        self.add(u64::from(n));
-    }
-
-    fn write_usize(&mut self, n: usize) {
-        self.add(n as u64);
-    }
-
-    fn finish(&self) -> u64 {
-        self.0
-    }
-}
-
-impl LabelHasher {
-    fn add(&mut self, word: u64) {
-        self.0 = (self.0.rotate_left(5) ^ word).wrapping_mul(0x51_7c_c1_b7_27_22_0a_95);
-    }
 }
 
 /// One-label counter families: (family, label name, label values, which counters).
@@ -208,13 +171,11 @@ impl ServiceStats {
         if let Some(t) = &*self.traffic.load() {
             return f(t);
         }
-        f(&self.traffic())
+        f(&self.create_traffic())
     }
 
-    fn traffic(&self) -> Arc<Traffic> {
-        if let Some(t) = self.traffic.load_full() {
-            return t;
-        }
+    /// The traffic series, made by the first of concurrent callers.
+    fn create_traffic(&self) -> Arc<Traffic> {
         let _creating = self.create.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(t) = self.traffic.load_full() {
             return t;
