@@ -175,7 +175,7 @@ where
     B: http_body::Body<Data = Bytes> + Replay + Unpin + Send + 'static,
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
-    let head = RequestHead { method: &method, target: path, headers, extra: &[], skip: &[] };
+    let head = RequestHead { method: &method, target: path, headers, extra: &[], skip: &[], raw_response: false };
     let res = tokio::time::timeout(LIMIT, pool.send(head, body, SETTINGS))
         .await
         .expect("send timed out")
@@ -341,7 +341,8 @@ async fn upgrade_hands_over_the_raw_connection() {
     headers.insert("connection", "upgrade".parse().unwrap());
     headers.insert("upgrade", "echo".parse().unwrap());
     let method = Method::GET;
-    let head = RequestHead { method: &method, target: "/ws", headers: &headers, extra: &[], skip: &[] };
+    let head =
+        RequestHead { method: &method, target: "/ws", headers: &headers, extra: &[], skip: &[], raw_response: false };
     let res = pool.send(head, Empty::<Bytes>::new(), SETTINGS).await.map_err(|e| e.error).unwrap();
     assert_eq!(res.status(), 101);
     assert_eq!(res.headers()["upgrade"], "echo");
@@ -382,7 +383,8 @@ async fn upstream_closing_early() {
     let gone = TcpListener::bind("127.0.0.1:0").await.unwrap().local_addr().unwrap();
     let pool = H1Pool::new(&gone.to_string());
     let (method, headers) = (Method::POST, HeaderMap::new());
-    let head = RequestHead { method: &method, target: "/", headers: &headers, extra: &[], skip: &[] };
+    let head =
+        RequestHead { method: &method, target: "/", headers: &headers, extra: &[], skip: &[], raw_response: false };
     let err = pool.send(head, Full::new(Bytes::from_static(b"keep me")), SETTINGS).await.unwrap_err();
     assert!(err.error.is_connect(), "{}", err.error);
     assert!(err.unsent.is_some(), "the unsent body comes back");
@@ -456,7 +458,14 @@ async fn extra_lines_are_written_into_the_head() {
     let extra: [(&str, &[u8]); 2] = [("x-forwarded-for", b"10.1.2.3"), ("x-forwarded-proto", b"http")];
     let method = Method::GET;
     let skip = [http::header::HeaderName::from_static("x-forwarded-for")];
-    let head = RequestHead { method: &method, target: "/x", headers: &headers, extra: &extra, skip: &skip };
+    let head = RequestHead {
+        method: &method,
+        target: "/x",
+        headers: &headers,
+        extra: &extra,
+        skip: &skip,
+        raw_response: false,
+    };
     pool.send(head, Empty::<Bytes>::new(), SETTINGS).await.map_err(|e| e.error).unwrap();
     assert_eq!(
         be.requests()[0].1,
@@ -660,7 +669,8 @@ async fn a_large_upload_is_echoed_while_it_is_sent() {
     });
     let method = Method::POST;
     let headers = host();
-    let head = RequestHead { method: &method, target: "/echo", headers: &headers, extra: &[], skip: &[] };
+    let head =
+        RequestHead { method: &method, target: "/echo", headers: &headers, extra: &[], skip: &[], raw_response: false };
     let echoed = tokio::time::timeout(Duration::from_secs(60), async {
         let res = pool.send(head, body, SETTINGS).await.map_err(|e| e.error).unwrap();
         assert_eq!(res.status(), 200);
@@ -754,7 +764,8 @@ async fn a_client_body_cut_short_is_the_clients_fault_and_closes_the_connection(
     let (tx, body) = feed(Some(1000));
     let method = Method::POST;
     let headers = host();
-    let head = RequestHead { method: &method, target: "/", headers: &headers, extra: &[], skip: &[] };
+    let head =
+        RequestHead { method: &method, target: "/", headers: &headers, extra: &[], skip: &[], raw_response: false };
     let res = tokio::time::timeout(LIMIT, pool.send(head, body, SETTINGS)).await.unwrap().map_err(|e| e.error).unwrap();
     assert_eq!(res.status(), 200);
     let mut res_body = res.into_body();

@@ -21,4 +21,4 @@ pub(crate) mod route;
 pub(crate) mod send;
 pub(crate) mod upgrade;
 
-pub(crate) use proxy::HttpProxy;
+pub(crate) use proxy::{Client, HttpProxy};

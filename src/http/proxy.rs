@@ -10,11 +10,12 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use bytes::Bytes;
 use http::header::{self, HeaderValue};
 use http::uri::PathAndQuery;
 use http::{Request, Response, StatusCode, Version};
-use http_body_util::{BodyExt, Either};
-use hyper::body::{Body as _, Incoming};
+use http_body_util::{BodyExt, Either, Empty};
+use hyper::body::Incoming;
 
 use super::access_log::{AccessLog, Entry};
 use super::admit::Admission;
@@ -29,6 +30,7 @@ use super::send::{self, AnsweredBy, Body, Failed, Outgoing};
 use super::upgrade::{self, Upgrades};
 use crate::config::{Config, Route};
 use crate::metrics as m;
+use crate::upstream::conn::h1::RawHeaders;
 use crate::upstream::conn::{OutgoingHead, UpstreamError, Upstreams};
 use crate::upstream::stats::{RequestLabels, ServiceStats};
 use crate::upstream::SharedTable;
@@ -52,6 +54,38 @@ pub struct HttpProxy {
     access_log: Option<AccessLog>,
 }
 
+/// A client request's body, as the request path takes it: hyper's, or none at
+/// all (the gateway's own HTTP/1.1 server takes only requests without one).
+pub trait RequestBody: hyper::body::Body<Data = Bytes> + Send + Unpin + 'static {
+    /// The body to send upstream.
+    fn into_outgoing(self) -> Body;
+}
+
+impl RequestBody for Incoming {
+    fn into_outgoing(self) -> Body {
+        Body::Stream(Some(self))
+    }
+}
+
+impl RequestBody for Empty<Bytes> {
+    fn into_outgoing(self) -> Body {
+        // Nothing to stream: as resendable as a body read into memory.
+        Body::Buffered(Bytes::new())
+    }
+}
+
+/// Who sent a request, and what writes its response.
+#[derive(Clone, Copy)]
+pub struct Client<'a> {
+    pub addr: SocketAddr,
+    /// [`client_value`](super::headers::client_value) of `addr`'s IP, made once per connection.
+    pub ip: &'a HeaderValue,
+    /// The response is written by the gateway's own HTTP/1.1 server, which also
+    /// writes the header lines an HTTP/1.1 instance's response carries as bytes
+    /// ([`RawHeaders`] in its extensions); hyper's servers write only the map.
+    pub raw_response: bool,
+}
+
 /// What the access log needs of a request, taken before it is rewritten and sent.
 struct Requested {
     method: http::Method,
@@ -63,7 +97,7 @@ struct Requested {
 }
 
 impl Requested {
-    fn of(req: &Request<Incoming>) -> Requested {
+    fn of<B>(req: &Request<B>) -> Requested {
         Requested {
             method: req.method().clone(),
             uri: req.uri().clone(),
@@ -114,28 +148,27 @@ impl HttpProxy {
 
     /// Serves one request: its `x-request-id` (made when absent) goes upstream
     /// and back to the client, and the access log, when on, gets its line.
-    pub async fn handle(
-        &self,
-        mut req: Request<Incoming>,
-        client: SocketAddr,
-        client_ip: &HeaderValue,
-    ) -> Response<ProxyBody> {
+    pub async fn handle<B: RequestBody>(&self, mut req: Request<B>, client: Client<'_>) -> Response<ProxyBody> {
         let start = Instant::now();
         let present = Present::of(req.headers());
         let id = request_id::ensure(req.headers_mut(), present.has(Present::REQUEST_ID));
         let requested = self.access_log.as_ref().map(|_| Requested::of(&req));
         let mut service = None;
-        let mut res = self.forward(req, start, present, client, client_ip, &mut service).await;
+        let mut res = self.forward(req, start, present, client, &mut service).await;
         if let (Some(log), Some(r)) = (&self.access_log, requested) {
             let upstream = res.extensions().get::<AnsweredBy>().map(|a| a.0.clone());
             log.record(&Entry {
-                client,
+                client: client.addr,
                 method: r.method.as_str(),
                 host: &r.host,
                 target: r.uri.path_and_query().map_or("/", |p| p.as_str()),
                 version: r.version,
                 status: res.status().as_u16(),
-                bytes: res.headers().get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse().ok()),
+                bytes: res
+                    .headers()
+                    .get(header::CONTENT_LENGTH)
+                    .and_then(|v| v.to_str().ok()?.parse().ok())
+                    .or_else(|| res.extensions().get::<RawHeaders>()?.content_length),
                 duration: start.elapsed(),
                 service: service.as_deref().unwrap_or(""),
                 upstream: upstream.as_deref().unwrap_or(""),
@@ -149,15 +182,13 @@ impl HttpProxy {
     }
 
     /// `start` is when the request head arrived; `present`, which headers it may
-    /// carry; `client_ip` is [`client_value`] of `client`, made once per
-    /// connection; `routed` gets the service the request was routed to.
-    async fn forward(
+    /// carry; `routed` gets the service the request was routed to.
+    async fn forward<B: RequestBody>(
         &self,
-        mut req: Request<Incoming>,
+        mut req: Request<B>,
         start: Instant,
         present: Present,
-        client: SocketAddr,
-        client_ip: &HeaderValue,
+        client: Client<'_>,
         routed: &mut Option<Arc<str>>,
     ) -> Response<ProxyBody> {
         let is_grpc = present.has(Present::CONTENT_TYPE) && grpc::is_grpc(req.headers());
@@ -174,7 +205,7 @@ impl HttpProxy {
             path: req.uri().path(),
             query: req.uri().query(),
             headers: req.headers(),
-            client_ip: client.ip(),
+            client_ip: client.addr.ip(),
         };
         let target = self.router.route(&view);
         if let Some(refused) = self.admit.connect(req.method(), target.as_ref(), is_grpc) {
@@ -257,7 +288,7 @@ impl HttpProxy {
             .cloned()
             .or(original_host)
             .unwrap_or_else(|| HeaderValue::from_static("localhost"));
-        let forwarded_for = forwarded_for(&headers, present.has(Present::FORWARDED_FOR), client_ip);
+        let forwarded_for = forwarded_for(&headers, present.has(Present::FORWARDED_FOR), client.ip);
         let body = if plan.buffer_body {
             match tokio::time::timeout(plan.deadline, body.collect()).await {
                 Ok(Ok(collected)) => Body::Buffered(collected.to_bytes()),
@@ -271,7 +302,7 @@ impl HttpProxy {
                 }
             }
         } else {
-            Body::Stream(Some(body))
+            body.into_outgoing()
         };
         let out = Outgoing {
             head: OutgoingHead {
@@ -283,6 +314,8 @@ impl HttpProxy {
                 forwarded_proto: self.proto,
                 via: self.admit.via(client_version),
                 upgrade: upgrade.is_some(),
+                // gRPC's status is read from the response's map (retries, errors).
+                raw_response: client.raw_response && upgrade.is_none() && !is_grpc,
             },
             body,
         };

@@ -22,11 +22,13 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::futures::OwnedNotified;
 
 use super::accept::{accept_loop, DrainSignal, ListenerContext};
+use super::h1::{self, Ended, Rewind};
 use super::watchdog::{ConnState, Deadlines, Exchange, Guarded};
 use crate::config::Config;
 use crate::http::headers::client_value;
 use crate::http::respond::ProxyBody;
 use crate::http::upgrade::{RelayHook, Relayed};
+use crate::http::Client;
 use crate::metrics as m;
 
 /// Which HTTP a client speaks: known from ALPN after a TLS handshake, from the
@@ -75,6 +77,9 @@ struct Shared {
     http2: http2::Builder<TokioExecutor>,
     /// Connections hyper ended because of something that is not HTTP, or too large a head.
     malformed: metrics::Counter,
+    /// `limits.max_request_head` and `limits.max_request_headers`, for the gateway's own HTTP/1.1 server.
+    max_head: usize,
+    max_headers: usize,
 }
 
 impl HttpServer {
@@ -103,7 +108,14 @@ impl HttpServer {
             metrics::counter!(m::BAD_REQUESTS, "listener" => listener.to_string(), "reason" => "malformed_request");
         HttpServer {
             proxy: proxy.clone(),
-            shared: Arc::new(Shared { proxy, http1, http2, malformed }),
+            shared: Arc::new(Shared {
+                proxy,
+                http1,
+                http2,
+                malformed,
+                max_head: limits.max_request_head,
+                max_headers: limits.max_request_headers,
+            }),
             deadlines: Arc::new(Deadlines::new(listener, config)),
         }
     }
@@ -115,7 +127,7 @@ impl HttpServer {
     where
         IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
-        let server = Server::new(&self.shared, io, protocol, peer, conn);
+        let server = Server::new(&self.shared, io, protocol, peer, conn, &drain.signal);
         tokio::spawn(drive(server, drain, self.shared.clone(), peer));
     }
 
@@ -242,11 +254,12 @@ impl Future for PlainConnection {
                 }
             };
             if let Stage::Sniffing { io, conn } = std::mem::replace(this.stage, Stage::Done) {
-                *this.stage = Stage::Serving(Server::new(this.shared, io, protocol, *this.peer, conn));
+                let signal = &this.drain.signal;
+                *this.stage = Stage::Serving(Server::new(this.shared, io, protocol, *this.peer, conn, signal));
             }
         }
         if let Stage::Serving(server) = this.stage {
-            let result = ready!(Pin::new(server).poll(cx));
+            let result = ready!(server.poll_serve(cx, this.shared));
             report(result, this.shared, *this.peer);
         }
         Poll::Ready(())
@@ -268,66 +281,116 @@ where
             draining = true;
             server.graceful_shutdown();
         }
-        Pin::new(&mut server).poll(cx)
+        server.poll_serve(cx, &shared)
     })
     .await;
     drop(watcher);
     report(result, &shared, peer);
 }
 
-/// Counts and logs how hyper ended a connection.
-fn report(result: Result<(), hyper::Error>, shared: &Shared, peer: SocketAddr) {
-    if let Err(e) = result {
-        // hyper has answered 400/431 where it could; the input came from outside, so
-        // count it. Deadlines are counted by the watchdog.
-        if e.is_parse() || e.is_parse_too_large() {
-            shared.malformed.increment(1);
+/// Counts and logs how a connection's server ended.
+fn report(result: Result<(), ConnError>, shared: &Shared, peer: SocketAddr) {
+    match result {
+        Ok(()) => {}
+        Err(ConnError::Hyper(e)) => {
+            // hyper has answered 400/431 where it could; the input came from outside, so
+            // count it. Deadlines are counted by the watchdog.
+            if e.is_parse() || e.is_parse_too_large() {
+                shared.malformed.increment(1);
+            }
+            tracing::debug!(%peer, "client connection ended with error: {e}");
         }
-        tracing::debug!(%peer, "client connection ended with error: {e}");
+        Err(ConnError::Io(e)) => tracing::debug!(%peer, "client connection ended with error: {e}"),
     }
 }
 
-/// hyper's server for one client connection: HTTP/1.1 inline, HTTP/2 boxed, as
-/// its state is several times an HTTP/1.1 one's and the task is sized for the
-/// larger of the two.
-#[allow(clippy::large_enum_variant)] // on purpose: see above
+/// The server of one client connection: HTTP/1.1 the gateway's own ([`h1`])
+/// until a request needs hyper's, which then serves the connection on; HTTP/2
+/// hyper's. Each boxed: the connection's task is sized for the largest variant.
 enum Server<IO> {
-    Http1(http1::UpgradeableConnection<TokioIo<IO>, ClientService>),
+    Own(OwnHttp1<IO>),
+    Http1(Pin<Box<http1::UpgradeableConnection<TokioIo<Rewind<IO>>, ClientService>>>),
     Http2(Pin<Box<http2::Connection<TokioIo<IO>, ClientService, TokioExecutor>>>),
+}
+
+/// The gateway's own HTTP/1.1 server at work, and what hyper's would be made with.
+struct OwnHttp1<IO> {
+    serving: Pin<Box<dyn Future<Output = Ended<IO>> + Send>>,
+    conn: Arc<ConnState>,
+    peer: SocketAddr,
+    drain: Arc<DrainSignal>,
+}
+
+/// How a connection's server ended, when not cleanly.
+enum ConnError {
+    Hyper(hyper::Error),
+    Io(std::io::Error),
 }
 
 impl<IO> Server<IO>
 where
     IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    fn new(shared: &Shared, io: IO, protocol: Protocol, peer: SocketAddr, conn: Arc<ConnState>) -> Server<IO> {
-        let service = ClientService { proxy: shared.proxy.clone(), client_ip: client_value(peer.ip()), peer, conn };
-        let io = TokioIo::new(io);
+    fn new(
+        shared: &Shared,
+        io: IO,
+        protocol: Protocol,
+        peer: SocketAddr,
+        conn: Arc<ConnState>,
+        drain: &Arc<DrainSignal>,
+    ) -> Server<IO> {
         match protocol {
-            Protocol::Http1 => Server::Http1(shared.http1.serve_connection(io, service).with_upgrades()),
-            Protocol::Http2 => Server::Http2(Box::pin(shared.http2.serve_connection(io, service))),
+            Protocol::Http1 => {
+                let own = h1::Connection {
+                    proxy: shared.proxy.clone(),
+                    peer,
+                    client_ip: client_value(peer.ip()),
+                    conn: conn.clone(),
+                    drain: drain.clone(),
+                    max_head: shared.max_head,
+                    max_headers: shared.max_headers,
+                };
+                Server::Own(OwnHttp1 { serving: Box::pin(own.serve(io)), conn, peer, drain: drain.clone() })
+            }
+            Protocol::Http2 => {
+                let service = ClientService::new(shared, peer, conn);
+                Server::Http2(Box::pin(shared.http2.serve_connection(TokioIo::new(io), service)))
+            }
         }
     }
 
-    /// Finishes the in-flight requests, then closes (HTTP/1.1: no keep-alive; HTTP/2: GOAWAY).
+    /// Finishes the in-flight requests, then closes (HTTP/1.1: no keep-alive; HTTP/2:
+    /// GOAWAY). The gateway's own server reads the drain flag itself.
     fn graceful_shutdown(&mut self) {
         match self {
-            Server::Http1(conn) => Pin::new(conn).graceful_shutdown(),
+            Server::Own(_) => {}
+            Server::Http1(conn) => conn.as_mut().graceful_shutdown(),
             Server::Http2(conn) => conn.as_mut().graceful_shutdown(),
         }
     }
-}
 
-impl<IO> Future for Server<IO>
-where
-    IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
-{
-    type Output = Result<(), hyper::Error>;
-
-    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        match self.get_mut() {
-            Server::Http1(conn) => Pin::new(conn).poll(cx),
-            Server::Http2(conn) => conn.as_mut().poll(cx),
+    fn poll_serve(&mut self, cx: &mut Context<'_>, shared: &Shared) -> Poll<Result<(), ConnError>> {
+        match self {
+            Server::Own(own) => match ready!(own.serving.as_mut().poll(cx)) {
+                Ended::Closed => Poll::Ready(Ok(())),
+                Ended::Failed(e) => Poll::Ready(Err(ConnError::Io(e))),
+                Ended::Handoff(io, read) => {
+                    let service = ClientService::new(shared, own.peer, own.conn.clone());
+                    let draining = own.drain.started();
+                    let io = TokioIo::new(Rewind::new(read, io));
+                    let mut hyper = Box::pin(shared.http1.serve_connection(io, service).with_upgrades());
+                    // Its first poll takes the request already read; a drain under way
+                    // then lets that one finish (an idle connection would just close).
+                    let first = hyper.as_mut().poll(cx);
+                    if draining {
+                        hyper.as_mut().graceful_shutdown();
+                    }
+                    *self = Server::Http1(hyper);
+                    first.map_err(ConnError::Hyper)
+                }
+            },
+            Server::Http1(conn) => conn.as_mut().poll(cx).map_err(ConnError::Hyper),
+            Server::Http2(conn) => conn.as_mut().poll(cx).map_err(ConnError::Hyper),
         }
     }
 }
@@ -342,6 +405,12 @@ struct ClientService {
 }
 
 type Responding = Pin<Box<dyn Future<Output = Result<Response<Tracked<ProxyBody>>, Infallible>> + Send>>;
+
+impl ClientService {
+    fn new(shared: &Shared, peer: SocketAddr, conn: Arc<ConnState>) -> ClientService {
+        ClientService { proxy: shared.proxy.clone(), client_ip: client_value(peer.ip()), peer, conn }
+    }
+}
 
 impl hyper::service::Service<Request<Incoming>> for ClientService {
     type Response = Response<Tracked<ProxyBody>>;
@@ -361,7 +430,8 @@ impl hyper::service::Service<Request<Incoming>> for ClientService {
         // allocated while the connection idles, and moves each h2 stream's future into
         // a task of its own; a pointer keeps both small (bench/cost.sh `mem`, `ir`).
         Box::pin(async move {
-            let res = proxy.handle(req, peer, &client_ip).await;
+            let client = Client { addr: peer, ip: &client_ip, raw_response: false };
+            let res = proxy.handle(req, client).await;
             Ok(res.map(|body| Tracked { body, _exchange: exchange }))
         })
     }

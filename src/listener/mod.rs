@@ -11,6 +11,7 @@
 
 mod accept;
 mod certs;
+mod h1;
 mod http;
 mod https;
 mod sni;

@@ -205,9 +205,11 @@ impl Gateway {
 
         let config = &prepared.config;
         let mut listeners = Listeners::new(config.limits.max_connections, config.timeouts.shutdown_grace);
-        let (mut config, _) = reload::commit(prepared, &mut listeners);
+        // Stamped before the listeners serve: a client answered at once could read
+        // the metrics before a stamp made after them (seen under load in tests/reload_config.rs).
         reloads_at_zero();
         config_live();
+        let (mut config, _) = reload::commit(prepared, &mut listeners);
         tracing::info!("switchyard serving");
         loop {
             tokio::select! {

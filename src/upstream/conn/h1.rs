@@ -34,7 +34,7 @@ use tokio::net::TcpStream;
 use tokio::sync::Notify;
 
 pub use body::{H1Body, H1Upgraded};
-pub use parse::{MAX_CHUNK_LINE, MAX_HEAD, MAX_HEADERS};
+pub use parse::{length, tokens, RawHeaders, MAX_CHUNK_LINE, MAX_HEAD, MAX_HEADERS};
 use upload::{Pump, Stop, Upload};
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -156,6 +156,9 @@ pub struct RequestHead<'a> {
     pub headers: &'a HeaderMap,
     pub extra: &'a [(&'static str, &'a [u8])],
     pub skip: &'a [HeaderName],
+    /// The response's forwarded header lines may stay bytes ([`parse::RawHeaders`],
+    /// in the response's extensions): its client is the gateway's own HTTP/1.1 server.
+    pub raw_response: bool,
 }
 
 /// One pooled connection and the bytes read from it but not yet consumed.
@@ -297,6 +300,7 @@ impl H1Pool {
         let kind = parse::RequestKind {
             head: head.method == Method::HEAD,
             upgrade: head.headers.contains_key(header::UPGRADE),
+            raw: head.raw_response,
         };
         let encoded = encode_head(&head, framing);
         let mut body = Some(body);
@@ -326,6 +330,9 @@ impl H1Pool {
                     *res.status_mut() = head.status;
                     *res.version_mut() = head.version;
                     *res.headers_mut() = head.headers;
+                    if let Some(raw) = head.raw {
+                        res.extensions_mut().insert(raw);
+                    }
                     return Ok(res);
                 }
                 Err(Failed { error, stale }) if stale && reused && (body.is_some() || spare.is_some()) => {
@@ -674,7 +681,7 @@ mod tests {
         extra: &'a [(&'static str, &'a [u8])],
         skip: &'a [HeaderName],
     ) -> RequestHead<'a> {
-        RequestHead { method, target: "/a?b=1", headers, extra, skip }
+        RequestHead { method, target: "/a?b=1", headers, extra, skip, raw_response: false }
     }
 
     #[test]

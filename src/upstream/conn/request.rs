@@ -37,6 +37,9 @@ pub struct OutgoingHead {
     /// An `Upgrade` request (its `Upgrade` header restored): HTTP/1.1 to every
     /// instance, over a connection that can hand both sides to the relay.
     pub upgrade: bool,
+    /// An HTTP/1.1 instance's response header lines may stay bytes (see
+    /// [`RequestHead::raw_response`]); hyper's transports always make a map.
+    pub raw_response: bool,
 }
 
 /// The URI form and version a hyper transport needs.
@@ -72,6 +75,7 @@ impl OutgoingHead {
             headers: &self.headers,
             extra: &lines[..n],
             skip: &REPLACED,
+            raw_response: self.raw_response,
         }
     }
 
@@ -129,6 +133,7 @@ mod tests {
             forwarded_proto: "https",
             via: HeaderValue::from_static("1.1 gw"),
             upgrade: false,
+            raw_response: false,
         }
     }
 

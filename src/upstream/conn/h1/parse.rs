@@ -44,6 +44,22 @@ pub struct Head {
     pub framing: Framing,
     /// The connection may carry another request once this body has been read.
     pub keep_alive: bool,
+    /// When the request asked for it ([`RequestKind::raw`]): the forwarded lines
+    /// as bytes, `headers` holding only those the gateway replaces.
+    pub raw: Option<RawHeaders>,
+}
+
+/// A response's forwarded header lines as bytes, for the gateway's own HTTP/1.1
+/// server to write as they are: no `HeaderName` or map entry is made for them.
+#[derive(Debug, Clone)]
+pub struct RawHeaders {
+    /// `name: value\r\n` lines, names as the upstream wrote them (field names are
+    /// case-insensitive, RFC 9110 §5.1; nginx and HAProxy forward them so too).
+    pub lines: Bytes,
+    /// The `Content-Length` among them.
+    pub content_length: Option<u64>,
+    /// Whether a `Date` is among them.
+    pub date: bool,
 }
 
 /// What the request was, as far as the response framing cares.
@@ -51,6 +67,25 @@ pub struct Head {
 pub struct RequestKind {
     pub head: bool,
     pub upgrade: bool,
+    /// The response goes to a client of the gateway's own HTTP/1.1 server: its
+    /// lines may be kept as bytes ([`Head::raw`]), unless a `Connection` header
+    /// names some (the proxy removes those by name) or it is a 101.
+    pub raw: bool,
+}
+
+/// Response headers the request path replaces or removes by name: in a map
+/// even when the rest is kept as bytes ([`RawHeaders`]). The other hop-by-hop
+/// names are dropped here already.
+fn kept_in_map(name: &[u8]) -> bool {
+    name.eq_ignore_ascii_case(b"x-request-id") || name.eq_ignore_ascii_case(b"te")
+}
+
+/// Hop-by-hop names the proxy removes from responses (`http::headers`), dropped
+/// here when the lines are kept as bytes.
+fn dropped_when_raw(name: &[u8]) -> bool {
+    name.eq_ignore_ascii_case(b"proxy-authenticate")
+        || name.eq_ignore_ascii_case(b"proxy-authorization")
+        || name.eq_ignore_ascii_case(b"upgrade")
 }
 
 /// Parses a response head at the start of `buf`. `Ok(None)`: incomplete, read
@@ -79,11 +114,12 @@ fn is(name: &str, lower: &str) -> bool {
 }
 
 fn one_head(buf: &mut BytesMut, req: RequestKind) -> Result<Option<Head>, H1Error> {
-    let mut slots = [httparse::EMPTY_HEADER; MAX_HEADERS];
-    let mut res = httparse::Response::new(&mut slots);
+    // Uninitialised: a hundred empty headers written before every parse cost more than the parse.
+    let mut slots = [const { std::mem::MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_HEADERS];
+    let mut res = httparse::Response::new(&mut []);
     // httparse's defaults are the strict ones: obs-fold, spaces before the colon
     // and a missing reason phrase's garbage are errors.
-    let len = match res.parse(buf) {
+    let len = match httparse::ParserConfig::default().parse_response_with_uninit_headers(&mut res, buf, &mut slots) {
         Ok(httparse::Status::Complete(n)) => n,
         Ok(httparse::Status::Partial) if buf.len() > MAX_HEAD => return Err(H1Error::HeadTooLarge),
         Ok(httparse::Status::Partial) => return Ok(None),
@@ -106,8 +142,7 @@ fn one_head(buf: &mut BytesMut, req: RequestKind) -> Result<Option<Head>, H1Erro
     let mut close = false;
     let mut keep_alive_token = false;
     let mut connection_names_other = false;
-    let mut lines = [Line::default(); MAX_HEADERS];
-    let mut count = 0;
+    let mut lines = Vec::with_capacity(res.headers.len());
     for h in res.headers.iter() {
         let value = h.value;
         // The framing and hop-by-hop names are compared as bytes here; only
@@ -150,8 +185,7 @@ fn one_head(buf: &mut BytesMut, req: RequestKind) -> Result<Option<Head>, H1Erro
                 let start = (s.as_ptr() as usize - base) as u32;
                 (start, start + s.len() as u32)
             };
-            lines[count] = Line { name: at(h.name.as_bytes()), value: at(value) };
-            count += 1;
+            lines.push(Line { name: at(h.name.as_bytes()), value: at(value) });
         }
     }
     if te_seen && content_length.is_some() {
@@ -167,9 +201,19 @@ fn one_head(buf: &mut BytesMut, req: RequestKind) -> Result<Option<Head>, H1Erro
     }
 
     let bytes: Bytes = buf.split_to(len).freeze();
+    let raw_lines = req.raw && !connection_names_other && status != StatusCode::SWITCHING_PROTOCOLS;
+    let mut raw = None;
+    let mut lines = &lines[..];
+    let in_map;
+    if raw_lines {
+        let (kept, mapped, date) = raw_block(&bytes, lines);
+        raw = Some(RawHeaders { lines: kept, content_length, date });
+        in_map = mapped;
+        lines = &in_map;
+    }
     // Room for the two the gateway adds (`Via`, `x-request-id`): no rehash per response.
-    let mut headers = HeaderMap::with_capacity(count + 2);
-    for line in &lines[..count] {
+    let mut headers = HeaderMap::with_capacity(lines.len() + 2);
+    for line in lines {
         let name = HeaderName::from_bytes(&bytes[line.name.0 as usize..line.name.1 as usize])
             .map_err(|_| H1Error::Invalid("header name"))?;
         // httparse accepted the value (HTAB, SP, VCHAR, obs-text): the bytes are shared, not copied.
@@ -202,23 +246,52 @@ fn one_head(buf: &mut BytesMut, req: RequestKind) -> Result<Option<Head>, H1Erro
         && framing != Framing::Close
         && framing != Framing::Upgrade
         && (version == Version::HTTP_11 || keep_alive_token);
-    Ok(Some(Head { status, version, headers, framing, keep_alive }))
+    Ok(Some(Head { status, version, headers, framing, keep_alive, raw }))
+}
+
+/// The lines of `bytes` (a response head) as `name: value\r\n` bytes, except hop-by-hop ones and those the map must hold, which
+/// are returned apart (no allocation when there are none), with whether a
+/// `Date` is among the bytes.
+fn raw_block(bytes: &Bytes, lines: &[Line]) -> (Bytes, Vec<Line>, bool) {
+    let text = |(a, b): (u32, u32)| &bytes[a as usize..b as usize];
+    let size: usize = lines.iter().map(|l| (l.name.1 - l.name.0 + l.value.1 - l.value.0) as usize + 4).sum();
+    let mut out = Vec::with_capacity(size);
+    let (mut mapped, mut date) = (Vec::new(), false);
+    for line in lines {
+        let name = text(line.name);
+        if kept_in_map(name) {
+            mapped.push(*line);
+            continue;
+        }
+        if dropped_when_raw(name) {
+            continue;
+        }
+        date |= name.eq_ignore_ascii_case(b"date");
+        out.extend_from_slice(name);
+        out.extend_from_slice(b": ");
+        out.extend_from_slice(text(line.value));
+        out.extend_from_slice(b"\r\n");
+    }
+    (Bytes::from(out), mapped, date)
 }
 
 /// Comma-separated list elements, trimmed, empty ones skipped (RFC 9110 §5.6.1).
-fn tokens(value: &[u8]) -> impl Iterator<Item = &[u8]> {
+pub fn tokens(value: &[u8]) -> impl Iterator<Item = &[u8]> {
     value.split(|&b| b == b',').map(<[u8]>::trim_ascii).filter(|t| !t.is_empty())
 }
 
-/// `1*DIGIT`, nothing else (no sign, no spaces inside, no list), at most u64.
-fn content_length_value(value: &[u8]) -> Result<u64, H1Error> {
+/// A `Content-Length` value: `1*DIGIT` (around spaces trimmed), nothing else —
+/// no sign, no spaces inside, no list — and at most `u64::MAX`.
+pub fn length(value: &[u8]) -> Option<u64> {
     let v = value.trim_ascii();
-    if v.is_empty() || v.len() > 19 || !v.iter().all(u8::is_ascii_digit) {
-        return Err(H1Error::Invalid("malformed content-length"));
+    if v.is_empty() || v.len() > 20 || !v.iter().all(u8::is_ascii_digit) {
+        return None;
     }
-    v.iter()
-        .try_fold(0u64, |n, d| n.checked_mul(10)?.checked_add(u64::from(d - b'0')))
-        .ok_or(H1Error::Invalid("content-length too large"))
+    v.iter().try_fold(0u64, |n, d| n.checked_mul(10)?.checked_add(u64::from(d - b'0')))
+}
+
+fn content_length_value(value: &[u8]) -> Result<u64, H1Error> {
+    length(value).ok_or(H1Error::Invalid("malformed content-length"))
 }
 
 /// A chunk-size line at the start of `buf`: `Ok(None)` when incomplete,
@@ -314,7 +387,10 @@ mod tests {
         assert_eq!((close.framing, close.keep_alive), (Framing::Close, false));
         assert_eq!(ok("HTTP/1.1 204 No Content\r\n\r\n").framing, Framing::Empty);
         assert_eq!(ok("HTTP/1.1 304 Not Modified\r\ncontent-length: 10\r\n\r\n").framing, Framing::Empty);
-        let head = parse("HTTP/1.1 200 OK\r\ncontent-length: 10\r\n\r\n", RequestKind { head: true, upgrade: false });
+        let head = parse(
+            "HTTP/1.1 200 OK\r\ncontent-length: 10\r\n\r\n",
+            RequestKind { head: true, ..RequestKind::default() },
+        );
         assert_eq!(head.unwrap().unwrap().framing, Framing::Empty);
         // identical duplicates are one value (hyper does the same)
         assert_eq!(ok("HTTP/1.1 200 OK\r\ncontent-length: 3\r\ncontent-length: 3\r\n\r\n").framing, Framing::Length(3));
@@ -338,6 +414,43 @@ mod tests {
         assert_eq!(h.headers["connection"], "x-secret");
     }
 
+    const RAW: RequestKind = RequestKind { head: false, upgrade: false, raw: true };
+
+    #[test]
+    fn raw_lines_keep_the_forwarded_headers_as_bytes() {
+        let h = parse(
+            "HTTP/1.1 200 OK\r\nServer: nginx\r\nDate: Tue, 01 Dec 2026 19:00:00 GMT\r\nContent-Length: 2\r\n\
+             Connection: keep-alive\r\nX-Request-Id: up-1\r\nUpgrade: h2c\r\nProxy-Authenticate: Basic\r\nVia: 1.1 a\r\n\r\nok",
+            RAW,
+        )
+        .unwrap()
+        .unwrap();
+        let raw = h.raw.expect("raw lines");
+        assert_eq!(
+            std::str::from_utf8(&raw.lines).unwrap(),
+            "Server: nginx\r\nDate: Tue, 01 Dec 2026 19:00:00 GMT\r\nContent-Length: 2\r\nVia: 1.1 a\r\n"
+        );
+        assert_eq!((raw.content_length, raw.date), (Some(2), true));
+        // The one the gateway replaces stays in the map, alone.
+        assert_eq!(h.headers.len(), 1, "{:?}", h.headers);
+        assert_eq!(h.headers["x-request-id"], "up-1");
+        assert_eq!(h.framing, Framing::Length(2));
+    }
+
+    #[test]
+    fn raw_lines_only_when_nothing_is_removed_by_name() {
+        // A Connection naming a header: the proxy removes it from the map.
+        let named = "HTTP/1.1 200 OK\r\nConnection: x-secret\r\nX-Secret: 1\r\ncontent-length: 0\r\n\r\n";
+        let h = parse(named, RAW).unwrap().unwrap();
+        assert!(h.raw.is_none());
+        assert_eq!(h.headers["x-secret"], "1");
+        let switching = "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: upgrade\r\n\r\n";
+        let h = parse(switching, RequestKind { upgrade: true, ..RAW }).unwrap().unwrap();
+        assert!(h.raw.is_none() && h.headers.contains_key("upgrade"));
+        // Not asked for: the map, as always.
+        assert!(ok("HTTP/1.1 204 No Content\r\nX-A: 1\r\n\r\n").raw.is_none());
+    }
+
     #[test]
     fn informational_skipped() {
         let mut buf = BytesMut::from(&b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 103 Early Hints\r\nLink: </a>\r\n\r\nHTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nhi"[..]);
@@ -351,7 +464,7 @@ mod tests {
     fn upgrade_only_when_asked() {
         let raw = "HTTP/1.1 101 Switching Protocols\r\nConnection: upgrade\r\nUpgrade: websocket\r\n\r\n";
         assert!(invalid(raw).contains("101"));
-        let h = parse(raw, RequestKind { head: false, upgrade: true }).unwrap().unwrap();
+        let h = parse(raw, RequestKind { upgrade: true, ..RequestKind::default() }).unwrap().unwrap();
         assert_eq!(h.framing, Framing::Upgrade);
         assert_eq!(h.headers["upgrade"], "websocket");
     }
