@@ -30,7 +30,6 @@ use super::send::{self, AnsweredBy, Body, Failed, Outgoing};
 use super::upgrade::{self, Upgrades};
 use crate::config::{Config, Route};
 use crate::metrics as m;
-use crate::upstream::conn::h1::RawHeaders;
 use crate::upstream::conn::{OutgoingHead, UpstreamError, Upstreams};
 use crate::upstream::stats::{RequestLabels, ServiceStats};
 use crate::upstream::SharedTable;
@@ -82,7 +81,7 @@ pub struct Client<'a> {
     pub ip: &'a HeaderValue,
     /// The response is written by the gateway's own HTTP/1.1 server, which also
     /// writes the header lines an HTTP/1.1 instance's response carries as bytes
-    /// ([`RawHeaders`] in its extensions); hyper's servers write only the map.
+    /// ([`respond::raw_headers`]); hyper's servers write only the map.
     pub raw_response: bool,
 }
 
@@ -168,7 +167,7 @@ impl HttpProxy {
                     .headers()
                     .get(header::CONTENT_LENGTH)
                     .and_then(|v| v.to_str().ok()?.parse().ok())
-                    .or_else(|| res.extensions().get::<RawHeaders>()?.content_length),
+                    .or_else(|| respond::raw_headers(res.body())?.content_length),
                 duration: start.elapsed(),
                 service: service.as_deref().unwrap_or(""),
                 upstream: upstream.as_deref().unwrap_or(""),
@@ -318,6 +317,7 @@ impl HttpProxy {
                 raw_response: client.raw_response && upgrade.is_none() && !is_grpc,
             },
             body,
+            answered_by: self.access_log.is_some(),
         };
 
         // Send, with the one retry loop; then finish.

@@ -10,10 +10,20 @@ use http::{header, HeaderValue, Response, StatusCode};
 use http_body_util::{Either, Full};
 
 use super::grpc::{self, Code};
+use crate::upstream::conn::h1::RawHeaders;
 use crate::upstream::conn::{ResponseBody, UpstreamError};
 
 /// An upstream's body (hyper's, or the in-task HTTP/1.1 exchange's) or the gateway's own text.
 pub type ProxyBody = Either<ResponseBody, Full<Bytes>>;
+
+/// The header lines an HTTP/1.1 instance's response carries as bytes, when the
+/// request asked for them (see [`crate::http::Client::raw_response`]).
+pub fn raw_headers(body: &ProxyBody) -> Option<&RawHeaders> {
+    match body {
+        Either::Left(Either::Right(h1)) => h1.raw_headers(),
+        _ => None,
+    }
+}
 
 /// A local answer with a plain-text body.
 pub fn text(status: StatusCode, reason: impl Into<Bytes>) -> Response<ProxyBody> {

@@ -31,6 +31,9 @@ pub struct Outgoing {
     /// Rewritten already: hop-by-hop headers gone, the gateway's own set.
     pub head: OutgoingHead,
     pub body: Body,
+    /// Mark the response with the instance that answered ([`AnsweredBy`]): only
+    /// the access log reads it, and an extension costs two allocations.
+    pub answered_by: bool,
 }
 
 pub enum Body {
@@ -149,13 +152,17 @@ pub async fn send(
             Ok(Ok(mut res)) => match plan::classify(res.status(), res.headers(), plan.grpc) {
                 None => {
                     service.observe(endpoint, Outcome::Success);
-                    res.extensions_mut().insert(AnsweredBy(endpoint.addr.clone()));
+                    if out.answered_by {
+                        res.extensions_mut().insert(AnsweredBy(endpoint.addr.clone()));
+                    }
                     return Ok(res);
                 }
                 Some(end) => {
                     let code = if let TryEnd::Status(code) = end { code } else { 502 };
                     service.observe(endpoint, Outcome::Status(code));
-                    res.extensions_mut().insert(AnsweredBy(endpoint.addr.clone()));
+                    if out.answered_by {
+                        res.extensions_mut().insert(AnsweredBy(endpoint.addr.clone()));
+                    }
                     last = Last::Response(res);
                     end
                 }

@@ -143,8 +143,7 @@ pub enum Framing {
 }
 
 /// Writes the response head into `dst` and says how its body follows: the
-/// upstream's header lines kept as bytes ([`RawHeaders`], in the extensions)
-/// first, then the map's. `date` is the current `Date` value, added when the
+/// upstream's header lines kept as bytes (`raw`) first, then the map's. `date` is the current `Date` value, added when the
 /// response has none; `keep` is what the client asked for and `closing` says
 /// the server will close after this response (drain): the head then says
 /// `Connection: close`. Returns the framing and whether the connection may
@@ -152,6 +151,7 @@ pub enum Framing {
 pub fn response<B>(
     dst: &mut Vec<u8>,
     res: &Response<B>,
+    raw: Option<&RawHeaders>,
     hint: &SizeHint,
     keep: Keep,
     closing: bool,
@@ -160,7 +160,6 @@ pub fn response<B>(
     let status = res.status();
     let headers = res.headers();
     let no_body = status.is_informational() || status == StatusCode::NO_CONTENT || status == StatusCode::NOT_MODIFIED;
-    let raw = res.extensions().get::<RawHeaders>();
     let map_length = headers.get(header::CONTENT_LENGTH).and_then(|v| length(v.as_bytes()));
     let declared = map_length.or(raw.and_then(|r| r.content_length));
     let mut add_length = None;
@@ -195,7 +194,7 @@ pub fn response<B>(
     dst.extend_from_slice(b"\r\n");
     let mut has_date = raw.is_some_and(|r| r.date);
     if let Some(raw) = raw {
-        dst.extend_from_slice(&raw.lines);
+        raw.write(dst);
     }
     for (name, value) in headers {
         // The framing is this server's: a length that does not parse is replaced,
@@ -326,8 +325,18 @@ mod tests {
     }
 
     fn encode(res: &Response<()>, hint: SizeHint, keep: Keep, closing: bool) -> (String, Framing, bool) {
+        encode_raw(res, None, hint, keep, closing)
+    }
+
+    fn encode_raw(
+        res: &Response<()>,
+        raw: Option<&RawHeaders>,
+        hint: SizeHint,
+        keep: Keep,
+        closing: bool,
+    ) -> (String, Framing, bool) {
         let mut dst = Vec::new();
-        let (framing, alive) = response(&mut dst, res, &hint, keep, closing, b"Tue, 01 Dec 2026 19:00:00 GMT");
+        let (framing, alive) = response(&mut dst, res, raw, &hint, keep, closing, b"Tue, 01 Dec 2026 19:00:00 GMT");
         (String::from_utf8(dst).unwrap(), framing, alive)
     }
 
@@ -386,22 +395,19 @@ mod tests {
 
     #[test]
     fn raw_upstream_lines_come_first_and_their_length_and_date_count() {
-        let mut res = with(200, &[("via", "1.1 gw"), ("x-request-id", "r1")]);
-        let lines = Bytes::from_static(b"server: up\r\ncontent-length: 5\r\ndate: then\r\n");
-        res.extensions_mut().insert(RawHeaders { lines, content_length: Some(5), date: true });
+        let res = with(200, &[("via", "1.1 gw"), ("x-request-id", "r1")]);
+        let raw = RawHeaders::of_text("server: up\r\ncontent-length: 5\r\ndate: then\r\n", Some(5), true);
         // The body's hint would say 5 too: the length is not written twice.
-        let (head, framing, _) = encode(&res, SizeHint::with_exact(5), KEEP11, false);
+        let (head, framing, _) = encode_raw(&res, Some(&raw), SizeHint::with_exact(5), KEEP11, false);
         assert_eq!(
             head,
             "HTTP/1.1 200 OK\r\nserver: up\r\ncontent-length: 5\r\ndate: then\r\nvia: 1.1 gw\r\nx-request-id: r1\r\n\r\n"
         );
         assert_eq!(framing, Framing::Length(5));
         // A HEAD's upstream length is the GET's: kept, no body.
-        let mut res = with(200, &[]);
-        let lines = Bytes::from_static(b"content-length: 99\r\n");
-        res.extensions_mut().insert(RawHeaders { lines, content_length: Some(99), date: false });
+        let raw = RawHeaders::of_text("content-length: 99\r\n", Some(99), false);
         let head_req = Keep { head_request: true, ..KEEP11 };
-        let (head, framing, _) = encode(&res, SizeHint::with_exact(0), head_req, false);
+        let (head, framing, _) = encode_raw(&with(200, &[]), Some(&raw), SizeHint::with_exact(0), head_req, false);
         assert!(head.contains("content-length: 99\r\n") && head.matches("content-length").count() == 1, "{head}");
         assert!(head.contains("date: Tue"), "{head}");
         assert_eq!(framing, Framing::Empty);

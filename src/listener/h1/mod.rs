@@ -33,7 +33,7 @@ pub(crate) use rewind::Rewind;
 use self::head::{Framing, Keep, Parsed};
 use super::accept::DrainSignal;
 use super::watchdog::ConnState;
-use crate::http::respond::ProxyBody;
+use crate::http::respond::{raw_headers, ProxyBody};
 use crate::http::Client;
 
 /// What a read asks the socket for once a head is under way (hyper's first read is as large).
@@ -157,8 +157,17 @@ where
     IO: AsyncWrite + Unpin,
 {
     let mut out = Vec::with_capacity(512);
-    let (framing, alive) =
-        date::with_now(|now| head::response(&mut out, &response, &response.body().size_hint(), keep, closing, now));
+    let (framing, alive) = date::with_now(|now| {
+        head::response(
+            &mut out,
+            &response,
+            raw_headers(response.body()),
+            &response.body().size_hint(),
+            keep,
+            closing,
+            now,
+        )
+    });
     let mut body = response.into_body();
     let mut sent: u64 = 0;
     let mut trailers = None;

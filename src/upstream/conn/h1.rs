@@ -325,14 +325,11 @@ impl H1Pool {
                         max: settings.max_idle,
                         idle_timeout: settings.idle_timeout,
                     });
-                    let body = H1Body::new(conn, head.framing, head.keep_alive, back, upload);
+                    let body = H1Body::new(conn, head.framing, head.keep_alive, back, upload).with_raw(head.raw);
                     let mut res = Response::new(body);
                     *res.status_mut() = head.status;
                     *res.version_mut() = head.version;
                     *res.headers_mut() = head.headers;
-                    if let Some(raw) = head.raw {
-                        res.extensions_mut().insert(raw);
-                    }
                     return Ok(res);
                 }
                 Err(Failed { error, stale }) if stale && reused && (body.is_some() || spare.is_some()) => {

@@ -15,7 +15,7 @@ use bytes::{Buf, Bytes};
 use http_body::{Body, Frame, SizeHint};
 use tokio::net::TcpStream;
 
-use super::parse::{self, Framing};
+use super::parse::{self, Framing, RawHeaders};
 use super::upload::{Pump, Stop};
 use super::{Conn, H1Error, Return};
 
@@ -28,6 +28,9 @@ pub struct H1Body {
     /// Boxed: a response is moved through several layers on its way to the
     /// client, and this keeps it a pointer wide instead of ~150 bytes.
     reading: Option<Box<Reading>>,
+    /// The response's header lines kept as bytes, when asked for: here rather
+    /// than in the response's extensions, which would cost two allocations.
+    raw: Option<RawHeaders>,
 }
 
 #[derive(Debug)]
@@ -74,7 +77,7 @@ impl H1Body {
         let state = match framing {
             Framing::Empty => {
                 let reading = Reading { conn, state: State::Length(0), keep_alive, back, upload };
-                let mut body = H1Body { reading: Some(Box::new(reading)) };
+                let mut body = H1Body { reading: Some(Box::new(reading)), raw: None };
                 body.finish();
                 return body;
             }
@@ -83,7 +86,18 @@ impl H1Body {
             Framing::Close => State::Close,
             Framing::Upgrade => State::Upgrade,
         };
-        H1Body { reading: Some(Box::new(Reading { conn, state, keep_alive, back, upload })) }
+        H1Body { reading: Some(Box::new(Reading { conn, state, keep_alive, back, upload })), raw: None }
+    }
+
+    /// The body of a response whose header lines were kept as bytes.
+    pub(super) fn with_raw(mut self, raw: Option<RawHeaders>) -> H1Body {
+        self.raw = raw;
+        self
+    }
+
+    /// The response's header lines kept as bytes ([`RawHeaders`]), if any.
+    pub fn raw_headers(&self) -> Option<&RawHeaders> {
+        self.raw.as_ref()
     }
 
     /// The upstream connection of a 101 response; `None` for any other.

@@ -50,16 +50,75 @@ pub struct Head {
 }
 
 /// A response's forwarded header lines as bytes, for the gateway's own HTTP/1.1
-/// server to write as they are: no `HeaderName` or map entry is made for them.
+/// server to write as they are: no `HeaderName` or map entry is made for them,
+/// and nothing is copied until they are written. Names keep the upstream's case
+/// (field names are case-insensitive, RFC 9110 §5.1; nginx and HAProxy forward
+/// them so too).
 #[derive(Debug, Clone)]
 pub struct RawHeaders {
-    /// `name: value\r\n` lines, names as the upstream wrote them (field names are
-    /// case-insensitive, RFC 9110 §5.1; nginx and HAProxy forward them so too).
-    pub lines: Bytes,
+    /// The response head's bytes, shared.
+    head: Bytes,
+    /// Runs of forwarded lines in `head`, each from a name's first byte to the end
+    /// of its last line's value; the lines inside a run are separated by CRLF.
+    spans: [(u16, u16); RAW_SPANS],
+    count: u8,
     /// The `Content-Length` among them.
     pub content_length: Option<u64>,
     /// Whether a `Date` is among them.
     pub date: bool,
+}
+
+/// Runs of lines a [`RawHeaders`] holds at most: a head that would need more
+/// (many dropped lines in between) is put in a map instead.
+const RAW_SPANS: usize = 6;
+
+impl RawHeaders {
+    /// Appends the lines, each ending in CRLF.
+    pub fn write(&self, dst: &mut Vec<u8>) {
+        for &(start, end) in &self.spans[..usize::from(self.count)] {
+            dst.extend_from_slice(&self.head[usize::from(start)..usize::from(end)]);
+            dst.extend_from_slice(b"\r\n");
+        }
+    }
+
+    /// The lines as [`RawHeaders::write`] writes them, for tests.
+    #[cfg(test)]
+    pub fn of_text(text: &'static str, content_length: Option<u64>, date: bool) -> RawHeaders {
+        let lines = text.strip_suffix("\r\n").unwrap_or(text);
+        let end = u16::try_from(lines.len()).unwrap_or(0);
+        let mut spans = [(0, 0); RAW_SPANS];
+        spans[0] = (0, end);
+        RawHeaders { head: Bytes::from_static(text.as_bytes()), spans, count: 1, content_length, date }
+    }
+}
+
+/// The kept lines of a head: inline up to 16, so that a usual head needs no allocation.
+struct Lines {
+    inline: [Line; 16],
+    n: usize,
+    more: Vec<Line>,
+}
+
+impl Lines {
+    fn new() -> Lines {
+        Lines { inline: [Line::default(); 16], n: 0, more: Vec::new() }
+    }
+
+    fn push(&mut self, line: Line) {
+        match self.inline.get_mut(self.n) {
+            Some(slot) => *slot = line,
+            None => self.more.push(line),
+        }
+        self.n += 1;
+    }
+
+    fn len(&self) -> usize {
+        self.n
+    }
+
+    fn iter(&self) -> impl Iterator<Item = &Line> {
+        self.inline[..self.n.min(16)].iter().chain(self.more.iter())
+    }
 }
 
 /// What the request was, as far as the response framing cares.
@@ -133,7 +192,7 @@ fn one_head(buf: &mut BytesMut, req: RequestKind) -> Result<Option<Head>, H1Erro
         Some(1) => Version::HTTP_11,
         _ => Version::HTTP_10,
     };
-    let status = res.code.and_then(|c| StatusCode::from_u16(c).ok()).ok_or(H1Error::Invalid("status code"))?;
+    let status = res.code.and_then(|c| StatusCode::from_u16(c).ok()).ok_or_else(|| H1Error::Invalid("status code"))?;
     let base = buf.as_ptr() as usize;
 
     let mut content_length: Option<u64> = None;
@@ -142,7 +201,7 @@ fn one_head(buf: &mut BytesMut, req: RequestKind) -> Result<Option<Head>, H1Erro
     let mut close = false;
     let mut keep_alive_token = false;
     let mut connection_names_other = false;
-    let mut lines = Vec::with_capacity(res.headers.len());
+    let mut lines = Lines::new();
     for h in res.headers.iter() {
         let value = h.value;
         // The framing and hop-by-hop names are compared as bytes here; only
@@ -201,19 +260,16 @@ fn one_head(buf: &mut BytesMut, req: RequestKind) -> Result<Option<Head>, H1Erro
     }
 
     let bytes: Bytes = buf.split_to(len).freeze();
-    let raw_lines = req.raw && !connection_names_other && status != StatusCode::SWITCHING_PROTOCOLS;
     let mut raw = None;
-    let mut lines = &lines[..];
-    let in_map;
-    if raw_lines {
-        let (kept, mapped, date) = raw_block(&bytes, lines);
-        raw = Some(RawHeaders { lines: kept, content_length, date });
-        in_map = mapped;
-        lines = &in_map;
+    if req.raw && !connection_names_other && status != StatusCode::SWITCHING_PROTOCOLS {
+        if let Some((kept, in_map)) = raw_block(&bytes, &lines, content_length) {
+            raw = Some(kept);
+            lines = in_map;
+        }
     }
     // Room for the two the gateway adds (`Via`, `x-request-id`): no rehash per response.
     let mut headers = HeaderMap::with_capacity(lines.len() + 2);
-    for line in lines {
+    for line in lines.iter() {
         let name = HeaderName::from_bytes(&bytes[line.name.0 as usize..line.name.1 as usize])
             .map_err(|_| H1Error::Invalid("header name"))?;
         // httparse accepted the value (HTAB, SP, VCHAR, obs-text): the bytes are shared, not copied.
@@ -249,30 +305,37 @@ fn one_head(buf: &mut BytesMut, req: RequestKind) -> Result<Option<Head>, H1Erro
     Ok(Some(Head { status, version, headers, framing, keep_alive, raw }))
 }
 
-/// The lines of `bytes` (a response head) as `name: value\r\n` bytes, except hop-by-hop ones and those the map must hold, which
-/// are returned apart (no allocation when there are none), with whether a
-/// `Date` is among the bytes.
-fn raw_block(bytes: &Bytes, lines: &[Line]) -> (Bytes, Vec<Line>, bool) {
-    let text = |(a, b): (u32, u32)| &bytes[a as usize..b as usize];
-    let size: usize = lines.iter().map(|l| (l.name.1 - l.name.0 + l.value.1 - l.value.0) as usize + 4).sum();
-    let mut out = Vec::with_capacity(size);
-    let (mut mapped, mut date) = (Vec::new(), false);
-    for line in lines {
-        let name = text(line.name);
+/// The lines of `bytes` (a response head) as a [`RawHeaders`], except
+/// hop-by-hop ones and those the map must hold, which are returned apart.
+/// `None` when they do not fit in [`RAW_SPANS`] runs.
+fn raw_block(bytes: &Bytes, lines: &Lines, content_length: Option<u64>) -> Option<(RawHeaders, Lines)> {
+    // Offsets are u16: within MAX_HEAD, but checked.
+    u16::try_from(bytes.len()).ok()?;
+    let mut raw = RawHeaders { head: bytes.clone(), spans: [(0, 0); RAW_SPANS], count: 0, content_length, date: false };
+    let mut in_map = Lines::new();
+    for line in lines.iter() {
+        let name = &bytes[line.name.0 as usize..line.name.1 as usize];
         if kept_in_map(name) {
-            mapped.push(*line);
+            in_map.push(*line);
             continue;
         }
         if dropped_when_raw(name) {
             continue;
         }
-        date |= name.eq_ignore_ascii_case(b"date");
-        out.extend_from_slice(name);
-        out.extend_from_slice(b": ");
-        out.extend_from_slice(text(line.value));
-        out.extend_from_slice(b"\r\n");
+        raw.date |= name.eq_ignore_ascii_case(b"date");
+        // Both within the head, whose length fits in a u16.
+        let (start, end) = (line.name.0 as u16, line.value.1 as u16);
+        let count = usize::from(raw.count);
+        match raw.spans[..count].last_mut() {
+            Some(run) if bytes.get(usize::from(run.1)..usize::from(start)) == Some(b"\r\n") => run.1 = end,
+            _ if count == RAW_SPANS => return None,
+            _ => {
+                raw.spans[count] = (start, end);
+                raw.count += 1;
+            }
+        }
     }
-    (Bytes::from(out), mapped, date)
+    Some((raw, in_map))
 }
 
 /// Comma-separated list elements, trimmed, empty ones skipped (RFC 9110 §5.6.1).
@@ -427,14 +490,32 @@ mod tests {
         .unwrap();
         let raw = h.raw.expect("raw lines");
         assert_eq!(
-            std::str::from_utf8(&raw.lines).unwrap(),
+            written(&raw),
             "Server: nginx\r\nDate: Tue, 01 Dec 2026 19:00:00 GMT\r\nContent-Length: 2\r\nVia: 1.1 a\r\n"
         );
-        assert_eq!((raw.content_length, raw.date), (Some(2), true));
+        assert_eq!((raw.content_length, raw.date, raw.count), (Some(2), true, 2), "two runs: Via is apart");
         // The one the gateway replaces stays in the map, alone.
         assert_eq!(h.headers.len(), 1, "{:?}", h.headers);
         assert_eq!(h.headers["x-request-id"], "up-1");
         assert_eq!(h.framing, Framing::Length(2));
+    }
+
+    fn written(raw: &RawHeaders) -> String {
+        let mut out = Vec::new();
+        raw.write(&mut out);
+        String::from_utf8(out).unwrap()
+    }
+
+    #[test]
+    fn raw_runs_end_in_crlf_whatever_the_upstream_ended_its_lines_with() {
+        // Bare LF line ends (httparse accepts them) are never passed on.
+        let h = parse("HTTP/1.1 200 OK\nA: 1\nB:  2\r\nC: 3\ncontent-length: 0\n\n", RAW).unwrap().unwrap();
+        assert_eq!(written(&h.raw.unwrap()), "A: 1\r\nB:  2\r\nC: 3\r\ncontent-length: 0\r\n");
+        // More runs than a RawHeaders holds: the map, as without.
+        let split: String = (0..8).map(|i| format!("X-{i}: v\r\nKeep-Alive: t\r\n")).collect();
+        let h = parse(&format!("HTTP/1.1 200 OK\r\n{split}content-length: 0\r\n\r\n"), RAW).unwrap().unwrap();
+        assert!(h.raw.is_none());
+        assert_eq!((h.headers.len(), h.headers["x-7"].as_bytes()), (9, &b"v"[..]));
     }
 
     #[test]
