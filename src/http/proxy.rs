@@ -16,6 +16,7 @@ use http::uri::PathAndQuery;
 use http::{Request, Response, StatusCode, Version};
 use http_body_util::{BodyExt, Either, Empty};
 use hyper::body::Incoming;
+use hyper::upgrade::OnUpgrade;
 
 use super::access_log::{AccessLog, Entry};
 use super::admit::Admission;
@@ -30,9 +31,9 @@ use super::send::{self, AnsweredBy, Body, Failed, Outgoing};
 use super::upgrade::{self, Upgrades};
 use crate::config::{Config, Route};
 use crate::metrics as m;
-use crate::upstream::conn::{OutgoingHead, UpstreamError, Upstreams};
+use crate::upstream::conn::{OutgoingHead, ResponseBody, UpstreamError, Upstreams};
 use crate::upstream::stats::{RequestLabels, ServiceStats};
-use crate::upstream::SharedTable;
+use crate::upstream::{Pick, Service, SharedTable};
 
 pub struct HttpProxy {
     router: Router,
@@ -151,7 +152,8 @@ impl HttpProxy {
         let start = Instant::now();
         let present = Present::of(req.headers());
         let id = request_id::ensure(req.headers_mut(), present.has(Present::REQUEST_ID));
-        let requested = self.access_log.as_ref().map(|_| Requested::of(&req));
+        // Boxed: held across the request, it would size every request's future.
+        let requested = self.access_log.as_ref().map(|_| Box::new(Requested::of(&req)));
         let mut service = None;
         let mut res = self.forward(req, start, present, client, &mut service).await;
         if let (Some(log), Some(r)) = (&self.access_log, requested) {
@@ -182,18 +184,54 @@ impl HttpProxy {
 
     /// `start` is when the request head arrived; `present`, which headers it may
     /// carry; `routed` gets the service the request was routed to.
+    ///
+    /// Written as prepare (routing, planning, rewriting), send, finish: the
+    /// first and last do not await, so what they hold is not kept in this
+    /// future's state, which is moved into a box for every request.
     async fn forward<B: RequestBody>(
+        &self,
+        req: Request<B>,
+        start: Instant,
+        present: Present,
+        client: Client<'_>,
+        routed: &mut Option<Arc<str>>,
+    ) -> Response<ProxyBody> {
+        let (sending, head, body) = match self.prepare(req, start, present, client, routed) {
+            Ok(prepared) => prepared,
+            Err(answer) => return answer,
+        };
+        let body = if sending.plan.buffer_body {
+            // Boxed: a rare path, kept out of the state of every request's future.
+            match Box::pin(self.buffer(body, &sending, start)).await {
+                Ok(body) => body,
+                Err(answer) => return answer,
+            }
+        } else {
+            body.into_outgoing()
+        };
+        let out = Outgoing { head, body, answered_by: self.access_log.is_some() };
+        // Send, with the one retry loop; then finish.
+        let sent_at = Instant::now();
+        let sent = send::send(&self.upstreams, &sending.service, sending.how, &sending.plan, out, start.into()).await;
+        self.finish(sending, sent, start, sent_at)
+    }
+
+    /// Routing, planning and the rewritten head, or the gateway's own answer.
+    // Both sides are large and made once per request: boxing the answer would
+    // only add an allocation to the refusals.
+    #[allow(clippy::result_large_err)]
+    fn prepare<B: RequestBody>(
         &self,
         mut req: Request<B>,
         start: Instant,
         present: Present,
         client: Client<'_>,
         routed: &mut Option<Arc<str>>,
-    ) -> Response<ProxyBody> {
+    ) -> Result<(Sending, OutgoingHead, B), Response<ProxyBody>> {
         let is_grpc = present.has(Present::CONTENT_TYPE) && grpc::is_grpc(req.headers());
         let labels = RequestLabels::new(&self.listener, req.method(), req.version(), is_grpc);
         if let Some(refused) = self.admit.check(&mut req, present, is_grpc) {
-            return answered(&self.unrouted, &labels, start, refused);
+            return Err(answered(&self.unrouted, &labels, start, refused));
         }
         let client_version = req.version();
         let on_relay = req.extensions_mut().remove::<upgrade::RelayHook>();
@@ -208,21 +246,23 @@ impl HttpProxy {
         };
         let target = self.router.route(&view);
         if let Some(refused) = self.admit.connect(req.method(), target.as_ref(), is_grpc) {
-            return answered(&self.unrouted, &labels, start, refused);
+            return Err(answered(&self.unrouted, &labels, start, refused));
         }
         let Some(target) = target else {
-            return answered(&self.unrouted, &labels, start, respond::no_route(is_grpc));
+            return Err(answered(&self.unrouted, &labels, start, respond::no_route(is_grpc)));
         };
         let table = self.table.load();
         let service = match (table.service(target.service()), &target) {
             (Some(s), _) => s,
-            (None, Target::Host(_)) => return answered(&self.unrouted, &labels, start, respond::no_route(is_grpc)),
+            (None, Target::Host(_)) => {
+                return Err(answered(&self.unrouted, &labels, start, respond::no_route(is_grpc)))
+            }
             (None, Target::Route(_)) => {
                 // A routed service that never had an instance: counted under its name.
                 let stats = ServiceStats::of(target.service());
                 stats.error(UpstreamError::NoInstance);
                 let res = respond::upstream_error(UpstreamError::NoInstance, target.service(), is_grpc);
-                return answered(&stats, &labels, start, res);
+                return Err(answered(&stats, &labels, start, res));
             }
         };
         // Absolute-form names the host to reach; only hosts this listener serves are accepted,
@@ -234,7 +274,7 @@ impl HttpProxy {
                 "absolute-form request for a host this gateway does not serve\n",
                 is_grpc,
             );
-            return answered(&service.state.stats, &labels, start, res);
+            return Err(answered(&service.state.stats, &labels, start, res));
         }
         // Plan: deadline, retry policy, whether the body is kept for a retry.
         let route = match &target {
@@ -288,46 +328,56 @@ impl HttpProxy {
             .or(original_host)
             .unwrap_or_else(|| HeaderValue::from_static("localhost"));
         let forwarded_for = forwarded_for(&headers, present.has(Present::FORWARDED_FOR), client.ip);
-        let body = if plan.buffer_body {
-            match tokio::time::timeout(plan.deadline, body.collect()).await {
-                Ok(Ok(collected)) => Body::Buffered(collected.to_bytes()),
-                Ok(Err(_)) => {
-                    return answered(&service.state.stats, &labels, start, self.admit.malformed_body(is_grpc))
-                }
-                Err(_) => {
-                    let res =
-                        respond::refused(StatusCode::REQUEST_TIMEOUT, "request body not received in time\n", is_grpc);
-                    return answered(&service.state.stats, &labels, start, res);
-                }
-            }
-        } else {
-            body.into_outgoing()
+        let head = OutgoingHead {
+            method: parts.method,
+            path_and_query: path_and_query.unwrap_or_else(|| PathAndQuery::from_static("/")),
+            headers,
+            host,
+            forwarded_for,
+            forwarded_proto: self.proto,
+            via: self.admit.via(client_version),
+            upgrade: upgrade.is_some(),
+            // gRPC's status is read from the response's map (retries, errors).
+            raw_response: client.raw_response && upgrade.is_none() && !is_grpc,
         };
-        let out = Outgoing {
-            head: OutgoingHead {
-                method: parts.method,
-                path_and_query: path_and_query.unwrap_or_else(|| PathAndQuery::from_static("/")),
-                headers,
-                host,
-                forwarded_for,
-                forwarded_proto: self.proto,
-                via: self.admit.via(client_version),
-                upgrade: upgrade.is_some(),
-                // gRPC's status is read from the response's map (retries, errors).
-                raw_response: client.raw_response && upgrade.is_none() && !is_grpc,
-            },
-            body,
-            answered_by: self.access_log.is_some(),
+        let sending = Sending {
+            plan,
+            how,
+            service,
+            labels,
+            is_grpc,
+            client_version,
+            upgrade: on_client_upgrade.map(|on_client| (on_client, on_relay)),
         };
+        Ok((sending, head, body))
+    }
 
-        // Send, with the one retry loop; then finish.
-        let sent_at = Instant::now();
-        let sent = send::send(&self.upstreams, &service, how, &plan, out, start.into()).await;
-        let state = &service.state;
+    /// The request body read into memory (for a retry), within the request's deadline.
+    async fn buffer<B: RequestBody>(&self, body: B, s: &Sending, start: Instant) -> Result<Body, Response<ProxyBody>> {
+        match tokio::time::timeout(s.plan.deadline, body.collect()).await {
+            Ok(Ok(collected)) => Ok(Body::Buffered(collected.to_bytes())),
+            Ok(Err(_)) => Err(answered(&s.service.state.stats, &s.labels, start, self.admit.malformed_body(s.is_grpc))),
+            Err(_) => {
+                let res =
+                    respond::refused(StatusCode::REQUEST_TIMEOUT, "request body not received in time\n", s.is_grpc);
+                Err(answered(&s.service.state.stats, &s.labels, start, res))
+            }
+        }
+    }
+
+    /// The response passed on (an upgrade relayed), or the gateway's own answer; counted.
+    fn finish(
+        &self,
+        s: Sending,
+        sent: Result<Response<ResponseBody>, Failed>,
+        start: Instant,
+        sent_at: Instant,
+    ) -> Response<ProxyBody> {
+        let state = &s.service.state;
         match sent {
             Ok(mut res) => {
-                let upgraded = match on_client_upgrade {
-                    Some(on_client) if res.status() == StatusCode::SWITCHING_PROTOCOLS => {
+                let upgraded = match s.upgrade {
+                    Some((on_client, on_relay)) if res.status() == StatusCode::SWITCHING_PROTOCOLS => {
                         let protocol = res.headers().get(header::UPGRADE).cloned();
                         self.upgrades.relay(on_client, hyper::upgrade::on(&mut res), on_relay);
                         protocol
@@ -338,23 +388,35 @@ impl HttpProxy {
                 if let Some(protocol) = upgraded {
                     upgrade::restore(res.headers_mut(), protocol);
                 }
-                self.own_response(&mut res, client_version);
+                self.own_response(&mut res, s.client_version);
                 // From the first send to the response head, retries included.
                 let now = Instant::now();
                 state.stats.upstream_time((now - sent_at).as_secs_f64());
-                state.stats.response(&labels, res.status(), (now - start).as_secs_f64());
+                state.stats.response(&s.labels, res.status(), (now - start).as_secs_f64());
                 res.map(Either::Left)
             }
-            Err(Failed::ClientBody) => answered(&state.stats, &labels, start, self.admit.malformed_body(is_grpc)),
+            Err(Failed::ClientBody) => answered(&state.stats, &s.labels, start, self.admit.malformed_body(s.is_grpc)),
             Err(Failed::Upstream(failure)) => {
                 if matches!(failure, UpstreamError::NoInstance | UpstreamError::Overloaded) {
                     state.stats.error(failure);
                 }
-                let res = respond::upstream_error(failure, &service.name, is_grpc);
-                answered(&state.stats, &labels, start, res)
+                let res = respond::upstream_error(failure, &s.service.name, s.is_grpc);
+                answered(&state.stats, &s.labels, start, res)
             }
         }
     }
+}
+
+/// What sending a prepared request and finishing it need.
+struct Sending {
+    plan: plan::Plan,
+    how: Pick,
+    service: Arc<Service>,
+    labels: RequestLabels,
+    is_grpc: bool,
+    client_version: Version,
+    /// An upgrade request: the client side's upgrade and the relay's hook.
+    upgrade: Option<(OnUpgrade, Option<upgrade::RelayHook>)>,
 }
 
 impl HttpProxy {

@@ -99,7 +99,8 @@ pub(crate) struct AnsweredBy(pub Arc<str>);
 enum Last {
     Error(UpstreamError),
     /// A 502/503/504 (or gRPC UNAVAILABLE) that was not retried: passed on as is.
-    Response(Response<ResponseBody>),
+    /// Boxed: held across the next try, it would size every request's future.
+    Response(Box<Response<ResponseBody>>),
 }
 
 /// Sends `out` to `service` as `plan` says. Returns the response to pass on (which
@@ -163,7 +164,7 @@ pub async fn send(
                     if out.answered_by {
                         res.extensions_mut().insert(AnsweredBy(endpoint.addr.clone()));
                     }
-                    last = Last::Response(res);
+                    last = Last::Response(Box::new(res));
                     end
                 }
             },
@@ -223,7 +224,7 @@ pub async fn send(
         return Err(Failed::Upstream(UpstreamError::Overloaded));
     }
     match last {
-        Last::Response(res) => Ok(res),
+        Last::Response(res) => Ok(*res),
         Last::Error(kind) => Err(Failed::Upstream(kind)),
     }
 }
