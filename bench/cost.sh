@@ -32,7 +32,14 @@
 #         interleaved, medians (this one does swing with the machine's load).
 #   scale switchyard only: SCALE_SERVICES (10,000) × SCALE_INSTANCES (10) in the instances
 #         file; time to /readyz, RSS, one /metrics scrape (time, size) and the latency of
-#         SCALE_PROBES proxied requests sent while scrapes run, vs without a scrape.
+#         SCALE_PROBES proxied requests sent while scrapes run back to back, vs as many
+#         without a scrape: SCALE_BLOCKS blocks of each, alternating (alone, during, alone,
+#         ...), so that other load on the machine falls on both alike; p50 / p99 / max.
+#         A probe is one GET on a new connection, timed in one Python process (connect to
+#         the last body byte; no process start-up inside the figure), pinned to the load
+#         CPU; the scraper (curl) runs there too, under SCHED_IDLE, so that what is
+#         measured is what the gateway adds, not the scraper's own CPU competing with the
+#         probe client and the backends on the load core.
 #
 # Usage (root, or a user allowed to use perf):
 #   bench/cost.sh                                  # h1: ir sys cpu (~6 min)
@@ -68,7 +75,8 @@ NGINX_KEEPALIVE=${NGINX_KEEPALIVE:-1024}
 WORKERS_LIST=${WORKERS_LIST:-1 2}
 SCALE_SERVICES=${SCALE_SERVICES:-10000}
 SCALE_INSTANCES=${SCALE_INSTANCES:-10}
-SCALE_PROBES=${SCALE_PROBES:-20}
+SCALE_PROBES=${SCALE_PROBES:-200}
+SCALE_BLOCKS=${SCALE_BLOCKS:-5}
 WORKERS=1
 
 # PORT_OFFSET moves every port (two runs side by side: PORT_OFFSET=1000).
@@ -359,6 +367,44 @@ measure_rps() {
 
 # ---- scale -------------------------------------------------------------------------------
 SCALE_LINE=""
+# pctl P "ms ms ..." — the P-th percentile (nearest rank; 100 = max), two decimals.
+pctl() {
+  tr -s ' ' '\n' <<<"$2" | sed '/^$/d' | sort -g | awk -v p="$1" '{ v[NR] = $1 } END {
+    if (NR == 0) { print "nan"; exit }
+    i = int((p * NR + 99) / 100); if (i < 1) i = 1; printf "%.2f", v[i] }'
+}
+# scale_probe PORT N — N GETs for Host echo, each on a new connection, 20 ms apart, from
+# one Python process on the load CPU; prints each one's ms (connect to last body byte).
+scale_probe() {
+  "${PIN_LOAD[@]}" python3 - "$1" "$2" <<'PY'
+import socket, sys, time
+port, n = int(sys.argv[1]), int(sys.argv[2])
+req = b"GET / HTTP/1.1\r\nHost: echo\r\nUser-Agent: scale-probe\r\n\r\n"
+out = []
+for _ in range(n):
+    t0 = time.perf_counter()
+    s = socket.create_connection(("127.0.0.1", port))
+    s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    s.sendall(req)
+    buf, want = b"", None
+    while want is None or len(buf) < want:
+        chunk = s.recv(65536)
+        if not chunk:
+            break
+        buf += chunk
+        if want is None and b"\r\n\r\n" in buf:
+            head = buf.split(b"\r\n\r\n", 1)[0].lower()
+            length = [l for l in head.split(b"\r\n") if l.startswith(b"content-length:")]
+            want = len(head) + 4 + (int(length[0].split(b":")[1]) if length else 0)
+    t1 = time.perf_counter()
+    s.close()
+    if not buf.startswith(b"HTTP/1.1 200") or b"ok from" not in buf:
+        sys.exit(f"scale probe: bad answer {buf[:80]!r}")
+    out.append((t1 - t0) * 1000)
+    time.sleep(0.02)
+print(" ".join(f"{x:.3f}" for x in out))
+PY
+}
 measure_scale() {
   local f=$BENCH_TMP/switchyard/scale-instances.toml cfg=$BENCH_TMP/switchyard/scale.toml t0 t1 pid i
   python3 - "$f" "$SCALE_SERVICES" "$SCALE_INSTANCES" "${BE_PORTS[*]}" <<'PY'
@@ -386,32 +432,44 @@ PY
     sleep 0.01
   done
   t1=$(now)
-  local url="http://127.0.0.1:${H1_PORT[switchyard]}/" alone=() during=() s scrape_t series size
+  local url="http://127.0.0.1:${H1_PORT[switchyard]}/" alone="" during="" s scrape_t series size b per
   curl -fs -m 5 -H 'Host: echo' "$url" | grep -q 'ok from' || die "scale: proxied request failed"
-  # A first scrape registers nothing new but warms the renderer; then SCALE_PROBES requests alone...
+  # A first scrape registers nothing new but warms the renderer.
   curl -s -o /dev/null -m 120 "http://127.0.0.1:$SW_ADMIN/metrics"
-  for ((i = 0; i < SCALE_PROBES; i++)); do
-    alone+=("$(curl -s -o /dev/null -m 10 -w '%{time_total}' -H 'Host: echo' "$url")")
+  per=$(((SCALE_PROBES + SCALE_BLOCKS - 1) / SCALE_BLOCKS))
+  : >"$BENCH_TMP/scrapes.txt"
+  for ((b = 0; b < SCALE_BLOCKS; b++)); do
+    # per requests alone, then per while scrapes run back to back.
+    alone+=" $(scale_probe "${H1_PORT[switchyard]}" "$per")"
+    rm -f "$BENCH_TMP/scrapes.stop"
+    # The scraper loop itself (its forks too, not only curl) on the load CPU, under SCHED_IDLE.
+    (
+      [[ ${#PIN_LOAD[@]} -eq 0 ]] || taskset -pc "$LOAD_CPUS" "$BASHPID" >/dev/null
+      chrt --idle -p 0 "$BASHPID"
+      while [[ ! -f "$BENCH_TMP/scrapes.stop" ]]; do
+        curl -s -o /dev/null -m 120 -w '%{time_total}\n' "http://127.0.0.1:$SW_ADMIN/metrics"
+      done
+    ) >>"$BENCH_TMP/scrapes.txt" &
+    s=$!
+    sleep 0.2
+    during+=" $(scale_probe "${H1_PORT[switchyard]}" "$per")"
+    touch "$BENCH_TMP/scrapes.stop"
+    wait "$s" 2>/dev/null || true # the scrape in progress completes
   done
-  # ...and SCALE_PROBES while scrapes run back to back.
-  rm -f "$BENCH_TMP/scrapes.stop"
-  (while [[ ! -f "$BENCH_TMP/scrapes.stop" ]]; do curl -s -o "$BENCH_TMP/metrics.txt" -m 120 -w '%{time_total}\n' "http://127.0.0.1:$SW_ADMIN/metrics"; done) >"$BENCH_TMP/scrapes.txt" &
-  s=$!
-  sleep 0.2
-  for ((i = 0; i < SCALE_PROBES; i++)); do
-    during+=("$(curl -s -o /dev/null -m 10 -w '%{time_total}' -H 'Host: echo' "$url")")
-    sleep 0.02
-  done
-  touch "$BENCH_TMP/scrapes.stop"
-  wait "$s" 2>/dev/null || true # the scrape in progress completes
   scrape_t=$(median "$(tr '\n' ' ' <"$BENCH_TMP/scrapes.txt")")
+  # The scrapes above write to /dev/null: writing 644 KiB to a file on disk each time
+  # (ext4 writeback, kworkers on both CPUs) added ~2.5 ms to the median probe by itself.
+  curl -s -o "$BENCH_TMP/metrics.txt" -m 120 "http://127.0.0.1:$SW_ADMIN/metrics"
   series=$(grep -vc '^#' "$BENCH_TMP/metrics.txt" || true)
   size=$(($(stat -c %s "$BENCH_TMP/metrics.txt") / 1024))
+  mkdir -p "$RESULTS_DIR"
+  printf 'alone ms:%s\nduring ms:%s\nscrape s: %s\n' "$alone" "$during" "$(tr '\n' ' ' <"$BENCH_TMP/scrapes.txt")" \
+    >"$RESULTS_DIR/cost-scale-$BENCH_STAMP.probes.txt"
   SCALE_LINE=$(awk -v a="$t0" -v b="$t1" -v r="$(rss_kb "$pid")" -v st="$scrape_t" -v se="$series" -v sz="$size" \
-    -v al="$(median "${alone[*]}")" -v alm="$(tr ' ' '\n' <<<"${alone[*]}" | sort -g | tail -1)" \
-    -v du="$(median "${during[*]}")" -v dum="$(tr ' ' '\n' <<<"${during[*]}" | sort -g | tail -1)" 'BEGIN {
-      printf "| %s × %s | %.2f s | %.0f MB | %.3f s, %d series, %d KiB | %.2f / %.2f ms | %.2f / %.2f ms |",
-        ENVIRON["SCALE_SERVICES"], ENVIRON["SCALE_INSTANCES"], b - a, r / 1024, st, se, sz, al * 1000, alm * 1000, du * 1000, dum * 1000 }')
+    -v al="$(pctl 50 "$alone") / $(pctl 99 "$alone") / $(pctl 100 "$alone")" \
+    -v du="$(pctl 50 "$during") / $(pctl 99 "$during") / $(pctl 100 "$during")" 'BEGIN {
+      printf "| %s × %s | %.2f s | %.0f MB | %.3f s, %d series, %d KiB | %s ms | %s ms |",
+        ENVIRON["SCALE_SERVICES"], ENVIRON["SCALE_INSTANCES"], b - a, r / 1024, st, se, sz, al, du }')
   log "scale: $SCALE_LINE"
   stop_bg "$pid"
 }
@@ -479,7 +537,7 @@ main() {
       done
     fi
     if [[ -n "$SCALE_LINE" ]]; then
-      printf '\n| services × instances | to /readyz | RSS | /metrics scrape (median) | request alone p50 / max | during scrapes p50 / max |\n|---|---:|---:|---:|---:|---:|\n%s\n' "$SCALE_LINE"
+      printf '\n| services × instances | to /readyz | RSS | /metrics scrape (median) | request alone p50 / p99 / max | during scrapes p50 / p99 / max |\n|---|---:|---:|---:|---:|---:|\n%s\n' "$SCALE_LINE"
     fi
   )"
   printf '\n%s\n' "$report"

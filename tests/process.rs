@@ -1,5 +1,6 @@
 //! The real binary: `check` on good and bad configs, streaming 100 MB each way
-//! within a bounded RSS, and SIGTERM letting an in-flight request finish.
+//! within a bounded RSS, SIGTERM letting an in-flight request finish, and the
+//! admin thread under SCHED_IDLE.
 
 mod support;
 
@@ -188,4 +189,37 @@ async fn sigterm_lets_a_slow_request_finish() {
     .unwrap();
     assert!(status.success(), "exit status {status:?}");
     assert!(sent.elapsed() < Duration::from_secs(9), "exit waited for the grace period");
+}
+
+/// The scheduling policy (the 41st field of /proc/PID/task/TID/stat) of each of
+/// the process's threads, by thread name.
+fn thread_policies(pid: i32) -> Vec<(String, u32)> {
+    let mut out = Vec::new();
+    for task in std::fs::read_dir(format!("/proc/{pid}/task")).unwrap() {
+        let Ok(stat) = std::fs::read_to_string(task.unwrap().path().join("stat")) else { continue };
+        let (open, close) = (stat.find('(').unwrap(), stat.rfind(')').unwrap());
+        // Field 3 (state) is the first after the name; policy is field 41.
+        let policy = stat[close + 2..].split(' ').nth(41 - 3).unwrap().parse().unwrap();
+        out.push((stat[open + 1..close].to_string(), policy));
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_admin_thread_runs_under_sched_idle_and_the_workers_do_not() {
+    const SCHED_OTHER: u32 = 0;
+    const SCHED_IDLE: u32 = 5;
+    let b = Backend::start("b").await;
+    let (gw, port, _dir) = gateway_process(&b).await;
+    assert_eq!(support::get_owned(format!("http://127.0.0.1:{port}/")).await.0, 200);
+    let threads = thread_policies(gw.pid());
+    // The kernel keeps 15 bytes of a thread's name: "switchyard-admi".
+    let admin: Vec<_> = threads.iter().filter(|(name, _)| name.starts_with("switchyard-adm")).collect();
+    assert_eq!(admin.len(), 1, "one admin thread: {threads:?}");
+    assert_eq!(admin[0].1, SCHED_IDLE, "{threads:?}");
+    // The policy is the admin thread's alone: the main thread and the two workers
+    // (`workers = 2`) keep the normal one.
+    assert_eq!(threads.iter().filter(|(name, _)| name == "switchyard").map(|t| t.1).collect::<Vec<_>>(), [SCHED_OTHER]);
+    let workers = threads.iter().filter(|(name, policy)| name.starts_with("tokio-") && *policy == SCHED_OTHER);
+    assert!(workers.count() >= 2, "{threads:?}");
 }

@@ -73,22 +73,47 @@ pub const MAX_CONNECTION_LIFE: Duration = Duration::from_secs(60);
 /// accepting fails for want of one.
 const FD_RESERVE: usize = 4;
 
-/// Nice 10 for the calling thread (Linux: a thread's own attribute): where the
-/// admin thread and a proxy worker share a core, a scrape's rendering gives way
-/// to proxied requests at once instead of running out its time slice (bench/cost.sh
-/// `scale` pins the gateway to one core); on an idle core it runs at full speed.
-/// Under a saturated core it still gets ~10% of it (CFS weights 110 vs 1024).
-fn lower_priority() {
-    if let Err(e) = rustix::process::setpriority_process(Some(rustix::thread::gettid()), 10) {
-        tracing::debug!("admin thread priority unchanged: {e}");
+/// The calling thread's scheduling policy becomes `SCHED_IDLE` (Linux: a thread's
+/// own attribute), so that where the admin thread shares a core with a proxy
+/// worker, a scrape's rendering gives way to proxied requests at once: CFS/EEVDF
+/// preempts a running `SCHED_IDLE` task as soon as a normal task wakes on its
+/// core (kernel/sched/fair.c, `check_preempt_wakeup_fair`), where a nice-10 thread
+/// could keep the core for the rest of its slice, and nice is relative to the
+/// process's own (under `nice -n 5` a nice-10 thread weighs a third of a worker,
+/// not a tenth). On an idle core it runs at full speed; on a core kept busy by
+/// normal tasks it gets what an idle-class task gets (weight 3 against 1024 for
+/// each busy nice-0 task, ~0.3%): a scrape then waits rather than the requests.
+/// docs/operations.md, "Admin endpoints"; measured with bench/cost.sh `scale`.
+///
+/// Falls back to nice 10 where the policy cannot be set; returns the one in force.
+fn lower_priority() -> &'static str {
+    use thread_priority::{
+        set_thread_priority_and_policy, thread_native_id, thread_schedule_policy, NormalThreadSchedulePolicy,
+        ThreadPriority, ThreadSchedulePolicy,
+    };
+    let idle = ThreadSchedulePolicy::Normal(NormalThreadSchedulePolicy::Idle);
+    // The crate also sets the thread's nice to 0 after the policy, which an
+    // unprivileged process running at a higher nice is refused; the nice value does
+    // not count under SCHED_IDLE, so the policy in force decides.
+    let set = set_thread_priority_and_policy(thread_native_id(), ThreadPriority::Min, idle);
+    if thread_schedule_policy().ok() == Some(idle) {
+        return "SCHED_IDLE";
+    }
+    tracing::debug!("admin thread: SCHED_IDLE refused ({set:?}); nice 10 instead");
+    match rustix::process::setpriority_process(Some(rustix::thread::gettid()), 10) {
+        Ok(()) => "nice 10",
+        Err(e) => {
+            tracing::debug!("admin thread priority unchanged: {e}");
+            "unchanged"
+        }
     }
 }
 
 impl Admin {
-    /// Serves on a thread of its own, with its own current-thread runtime, until
-    /// `shutdown`: rendering a scrape of many services (hundreds of milliseconds
-    /// at 10,000 services) then never holds a proxy worker, so it adds nothing to
-    /// the latency of proxied requests (measured: bench/cost.sh `scale`).
+    /// Serves on a thread of its own, with its own current-thread runtime and the
+    /// `SCHED_IDLE` policy (`lower_priority`), until `shutdown`: rendering a
+    /// scrape of many services (~10 ms of CPU at 10,000 services) then never holds
+    /// a proxy worker, nor keeps a core that one needs (measured: bench/cost.sh `scale`).
     pub async fn serve(self: Arc<Self>, listener: TcpListener, shutdown: CancellationToken) {
         metrics::gauge!(m::BUILD_INFO, "version" => env!("CARGO_PKG_VERSION")).set(1.0);
         // Moved off this runtime's reactor to register with the admin thread's.
@@ -101,7 +126,8 @@ impl Admin {
         };
         let (done, finished) = tokio::sync::oneshot::channel::<()>();
         let thread = std::thread::Builder::new().name("switchyard-admin".into()).spawn(move || {
-            lower_priority();
+            let priority = lower_priority();
+            tracing::debug!("admin thread scheduling: {priority}");
             let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
                 Ok(r) => r,
                 Err(e) => return tracing::error!("admin runtime: {e}"),
@@ -388,6 +414,26 @@ mod tests {
             [("db_password", "hunter2"), ("zone", "a")].iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
         let shown = serde_json::Value::Object(redact(&meta)).to_string();
         assert_eq!(shown, r#"{"db_password":"<redacted>","zone":"a"}"#);
+    }
+
+    /// The `policy` field (41st) of /proc/thread-self/stat: 0 SCHED_OTHER, 5 SCHED_IDLE.
+    fn own_policy() -> u32 {
+        let stat = std::fs::read_to_string("/proc/thread-self/stat").unwrap();
+        let after_comm = &stat[stat.rfind(')').unwrap() + 2..];
+        // Field 3 (state) is the first after the command name; policy is field 41.
+        after_comm.split(' ').nth(41 - 3).unwrap().parse().unwrap()
+    }
+
+    #[test]
+    fn the_admin_thread_runs_under_sched_idle() {
+        let (policy, reported) = std::thread::spawn(|| {
+            assert_eq!(own_policy(), 0, "a new thread starts under SCHED_OTHER");
+            let reported = lower_priority();
+            (own_policy(), reported)
+        })
+        .join()
+        .unwrap();
+        assert_eq!((policy, reported), (5, "SCHED_IDLE"));
     }
 
     #[test]
