@@ -21,6 +21,8 @@ use crate::upstream::conn::h1::{length, tokens, RawHeaders};
 /// Header slots parsed on the stack; a head with more lines than this (or than
 /// the listener allows) goes to hyper, which applies `limits.max_request_headers`.
 const SLOTS: usize = 128;
+/// Header lines whose places are kept without an allocation.
+const INLINE: usize = 16;
 
 /// What the bytes at the start of the read buffer are.
 // Returned once per request and taken apart at once: never stored, so its size is moved once.
@@ -67,12 +69,16 @@ pub fn request(buf: &mut BytesMut, max_head: usize, max_headers: usize) -> Parse
     let http10 = minor == 0;
     let mut keep = Keep { alive: !http10, trailers: false, head_request: method == Method::HEAD, http10 };
     let base = buf.as_ptr() as usize;
-    let at = |s: &[u8]| (s.as_ptr() as usize - base, s.len());
+    // Offsets fit in u32: a head is at most `limits.max_request_head` (16 MiB).
+    let at = |s: &[u8]| ((s.as_ptr() as usize - base) as u32, s.len() as u32);
     let path = at(path.as_bytes());
     // Where each line's name and value lie, to be taken from the head's bytes once
-    // they are split off (a zeroed array of SLOTS entries costs more than this allocation).
-    let mut lines = Vec::with_capacity(req.headers.len());
-    for h in req.headers.iter() {
+    // they are split off: inline for a usual head (an allocation, or a zeroed array
+    // of SLOTS entries, would cost more), on the heap past INLINE lines.
+    let mut inline = [(0u32, 0u32, 0u32, 0u32); INLINE];
+    let mut more = Vec::new();
+    let count = req.headers.len();
+    for (i, h) in req.headers.iter().enumerate() {
         let name = h.name.as_bytes();
         if is(name, b"content-length") {
             if h.value.trim_ascii() != b"0" {
@@ -93,17 +99,21 @@ pub fn request(buf: &mut BytesMut, max_head: usize, max_headers: usize) -> Parse
         }
         let (n, nl) = at(name);
         let (v, vl) = at(h.value);
-        lines.push((n, nl, v, vl));
+        match inline.get_mut(i) {
+            Some(slot) => *slot = (n, nl, v, vl),
+            None => more.push((n, nl, v, vl)),
+        }
     }
     let head: Bytes = buf.split_to(len).freeze();
-    let Ok(uri) = Uri::from_maybe_shared(head.slice(path.0..path.0 + path.1)) else {
+    let span = |(at, len): (u32, u32)| at as usize..(at + len) as usize;
+    let Ok(uri) = Uri::from_maybe_shared(head.slice(span(path))) else {
         // hyper answers 400 for it; nothing has been taken from the buffer for good.
         return handed_back(buf, head);
     };
-    let mut headers = HeaderMap::with_capacity(lines.len());
-    for &(n, nl, v, vl) in &lines {
-        let Ok(name) = HeaderName::from_bytes(&head[n..n + nl]) else { return handed_back(buf, head) };
-        let Ok(value) = HeaderValue::from_maybe_shared(head.slice(v..v + vl)) else {
+    let mut headers = HeaderMap::with_capacity(count);
+    for &(n, nl, v, vl) in inline[..count.min(INLINE)].iter().chain(&more) {
+        let Ok(name) = HeaderName::from_bytes(&head[span((n, nl))]) else { return handed_back(buf, head) };
+        let Ok(value) = HeaderValue::from_maybe_shared(head.slice(span((v, vl)))) else {
             return handed_back(buf, head);
         };
         headers.append(name, value);
@@ -143,8 +153,8 @@ pub enum Framing {
 }
 
 /// Writes the response head into `dst` and says how its body follows: the
-/// upstream's header lines kept as bytes (`raw`) first, then the map's. `date` is the current `Date` value, added when the
-/// response has none; `keep` is what the client asked for and `closing` says
+/// upstream's header lines kept as bytes (`raw`) first, then the map's. `date`
+/// is the current `Date` value, added when the response has none; `keep` is what the client asked for and `closing` says
 /// the server will close after this response (drain): the head then says
 /// `Connection: close`. Returns the framing and whether the connection may
 /// stay open after the body.
@@ -287,6 +297,17 @@ mod tests {
         assert_eq!(r.headers().get_all("x-a").iter().count(), 2);
         assert_eq!(k, Keep { alive: true, trailers: false, head_request: false, http10: false });
         assert_eq!(rest, "GET /next");
+    }
+
+    #[test]
+    fn every_line_of_a_long_head_is_kept_in_order() {
+        let lines: String = (0..40).map(|i| format!("X-{i}: v{i}\r\n")).collect();
+        let (r, _, rest) = taken(&format!("GET / HTTP/1.1\r\n{lines}X-0: again\r\n\r\n"));
+        assert_eq!(r.headers().len(), 41);
+        assert_eq!(r.headers()["x-39"], "v39");
+        let zero: Vec<_> = r.headers().get_all("x-0").iter().collect();
+        assert_eq!(zero, ["v0", "again"]);
+        assert!(rest.is_empty());
     }
 
     #[test]

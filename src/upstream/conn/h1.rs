@@ -157,7 +157,8 @@ pub struct RequestHead<'a> {
     pub extra: &'a [(&'static str, &'a [u8])],
     pub skip: &'a [HeaderName],
     /// The response's forwarded header lines may stay bytes ([`parse::RawHeaders`],
-    /// in the response's extensions): its client is the gateway's own HTTP/1.1 server.
+    /// in its body): its client is the gateway's own HTTP/1.1 server. Never set
+    /// for an upgrade.
     pub raw_response: bool,
 }
 
@@ -299,7 +300,9 @@ impl H1Pool {
         let framing = request_framing(&head, &body);
         let kind = parse::RequestKind {
             head: head.method == Method::HEAD,
-            upgrade: head.headers.contains_key(header::UPGRADE),
+            // A request whose response lines may stay bytes is never an upgrade (the
+            // proxy asks for them only without one): no lookup for the usual request.
+            upgrade: !head.raw_response && head.headers.contains_key(header::UPGRADE),
             raw: head.raw_response,
         };
         let encoded = encode_head(&head, framing);
