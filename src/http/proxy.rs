@@ -200,7 +200,10 @@ impl HttpProxy {
             Ok(prepared) => prepared,
             Err(answer) => return answer,
         };
-        let body = if sending.plan.buffer_body {
+        let body = if body.is_end_stream() {
+            // Nothing to read: as resendable as a body read into memory, with no read.
+            Body::Buffered(Bytes::new())
+        } else if sending.plan.buffer_body {
             // Boxed: a rare path, kept out of the state of every request's future.
             match Box::pin(self.buffer(body, &sending, start)).await {
                 Ok(body) => body,
