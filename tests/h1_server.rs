@@ -230,6 +230,36 @@ async fn the_gateways_own_answers_carry_a_date_and_a_length() {
     assert_eq!(a.header("content-length").map(str::parse::<usize>), Some(Ok(a.body.len())));
 }
 
+/// A client that closes while its request is in flight cancels it: the gateway
+/// closes its upstream connection at once rather than wait for the response or
+/// the request timeout (2 s in the test config), as hyper's server did.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_closes_mid_request_cancels_the_upstream_exchange() {
+    // A backend that reads the request, never answers, and reports when its peer closes.
+    let backend = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = backend.local_addr().unwrap();
+    let (got, got_rx) = tokio::sync::oneshot::channel();
+    let (closed_tx, closed_rx) = tokio::sync::oneshot::channel();
+    tokio::spawn(async move {
+        let (mut s, _) = backend.accept().await.unwrap();
+        let mut buf = [0u8; 4096];
+        let _ = s.read(&mut buf).await;
+        let _ = got.send(());
+        let start = std::time::Instant::now();
+        while !matches!(s.read(&mut buf).await, Ok(0) | Err(_)) {}
+        let _ = closed_tx.send(start.elapsed());
+    });
+    let gw = TestGateway::start(&http_config("[[listener.route]]\npath_prefix = \"/\"\nservice = \"held\"\n")).await;
+    write_instances(&gw.instances_path(), &[("held", "h", addr, &[])]);
+    gw.wait_live("held", 1).await;
+    let mut s = TcpStream::connect(gw.addr).await.unwrap();
+    s.write_all(b"GET /held HTTP/1.1\r\nHost: a\r\n\r\n").await.unwrap();
+    tokio::time::timeout(LIMIT, got_rx).await.expect("the request reached the backend").unwrap();
+    drop(s);
+    let after = tokio::time::timeout(LIMIT, closed_rx).await.expect("the upstream connection closed").unwrap();
+    assert!(after < Duration::from_millis(1000), "closed {after:?} after the client left, not at once");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_drain_lets_the_request_in_flight_finish_and_closes_idle_connections() {
     let (gw, _up) = gateway().await;

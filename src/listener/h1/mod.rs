@@ -14,7 +14,7 @@ mod date;
 mod head;
 mod rewind;
 
-use std::future::poll_fn;
+use std::future::{poll_fn, Future};
 use std::io::{self, IoSlice};
 use std::mem::MaybeUninit;
 use std::net::SocketAddr;
@@ -38,7 +38,8 @@ use crate::http::Client;
 
 /// What a read asks the socket for once a head is under way (hyper's first read is as large).
 const READ_SIZE: usize = 8192;
-/// The stack buffer of the read that waits for a request on an idle connection.
+/// The stack buffer of the reads that wait for a request on an idle connection, and
+/// for the client's close while one is in flight.
 const IDLE_READ: usize = 4096;
 
 /// Everything one connection is served with.
@@ -100,8 +101,37 @@ impl Connection {
             // Boxed: the request path's future is large and this one lives as long
             // as the connection; a pointer keeps the idle connection small.
             let client = Client { addr: self.peer, ip: &self.client_ip, raw_response: true };
-            let response = Box::pin(proxy.handle(request.map(|()| Empty::<Bytes>::new()), client)).await;
+            let mut handling = Box::pin(proxy.handle(request.map(|()| Empty::<Bytes>::new()), client));
+            // While it is in flight the socket is read too, as hyper's server does: a
+            // client that closes (or fails) cancels the request, upstream exchange and
+            // all, rather than leave it running to its response or timeout. Bytes that
+            // come meanwhile (a pipelined request) are kept, and the watch ends.
+            let mut watching = buf.is_empty();
+            let response = poll_fn(|cx| {
+                if let Poll::Ready(response) = handling.as_mut().poll(cx) {
+                    return Poll::Ready(Ok(response));
+                }
+                if watching {
+                    match poll_read_into(&mut io, &mut buf, cx) {
+                        Poll::Ready(Ok(0)) => return Poll::Ready(Err(None)),
+                        Poll::Ready(Ok(_)) => watching = false,
+                        Poll::Ready(Err(e)) => return Poll::Ready(Err(Some(e))),
+                        Poll::Pending => {}
+                    }
+                }
+                Poll::Pending
+            })
+            .await;
+            drop(handling);
             drop(proxy);
+            let response = match response {
+                Ok(response) => response,
+                Err(None) => {
+                    tracing::debug!(peer = %self.peer, "client closed its connection before the response");
+                    return Ended::Closed;
+                }
+                Err(Some(e)) => return Ended::Failed(e),
+            };
             let closing = self.drain.started();
             let written = write_response(&mut io, response, keep, closing).await;
             drop(exchange);
@@ -129,12 +159,22 @@ impl Connection {
         if self.drain.started() {
             return Poll::Ready(Ok(0));
         }
-        let mut scratch = [MaybeUninit::<u8>::uninit(); IDLE_READ];
-        let mut read = ReadBuf::uninit(&mut scratch);
-        ready!(Pin::new(io).poll_read(cx, &mut read))?;
-        buf.extend_from_slice(read.filled());
-        Poll::Ready(Ok(read.filled().len()))
+        poll_read_into(io, buf, cx)
     }
+}
+
+/// Reads what the socket has into a stack buffer and appends it to `buf`, which
+/// holds no memory until bytes come.
+fn poll_read_into<IO: AsyncRead + Unpin>(
+    io: &mut IO,
+    buf: &mut BytesMut,
+    cx: &mut Context<'_>,
+) -> Poll<io::Result<usize>> {
+    let mut scratch = [MaybeUninit::<u8>::uninit(); IDLE_READ];
+    let mut read = ReadBuf::uninit(&mut scratch);
+    ready!(Pin::new(io).poll_read(cx, &mut read))?;
+    buf.extend_from_slice(read.filled());
+    Poll::Ready(Ok(read.filled().len()))
 }
 
 /// Closes the connection (FIN, or TLS close_notify), within the send deadline.
