@@ -1,6 +1,8 @@
 //! `http` listeners (HTTP/1.1 and h2c on one port) and the HTTP connection
-//! server that `https` listeners share after their handshake: one hyper
-//! connection per client, driving [`crate::http::HttpProxy`] for each request. Every
+//! server that `https` listeners share after their handshake: per client, the
+//! gateway's own HTTP/1.1 server ([`super::h1`], handing over to hyper's for what
+//! it does not take) or hyper's HTTP/2 one, driving [`crate::http::HttpProxy`]
+//! for each request. Every
 //! connection's socket carries the deadlines of [`super::watchdog`]; heads are
 //! bounded by `limits.max_request_head` (431 above) and `limits.max_request_headers`,
 //! and an HTTP/2 client by `limits.h2_max_concurrent_streams`.
@@ -202,11 +204,11 @@ impl DrainWatch {
 pin_project_lite::pin_project! {
     /// One plain `http` connection's task, written out rather than an `async`
     /// block, which kept the socket, the server and each step's futures in slots
-    /// of their own: 2040 bytes, for 792 of hyper's HTTP/1.1 connection.
+    /// of their own.
     ///
-    /// It first peeks at the client's first bytes, without taking them, so hyper
-    /// reads the first request from the socket in one go (when the sniffed bytes
-    /// came first on their own, hyper grew its read buffer to 16 KiB). A drain that
+    /// It first peeks at the client's first bytes, without taking them, so the
+    /// server reads the first request from the socket in one go (when the sniffed
+    /// bytes came first on their own, hyper grew its read buffer to 16 KiB). A drain that
     /// begins before they came closes the connection, as hyper-util's `auto`
     /// connection did.
     struct PlainConnection {
@@ -220,8 +222,6 @@ pin_project_lite::pin_project! {
     }
 }
 
-// The large variant is the one a connection spends its life in.
-#[allow(clippy::large_enum_variant)]
 enum Stage {
     /// Until the first bytes tell HTTP/1.1 from h2c.
     Sniffing {
