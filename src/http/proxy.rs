@@ -15,7 +15,7 @@ use http::header::{self, HeaderValue};
 use http::uri::PathAndQuery;
 use http::{Request, Response, StatusCode, Version};
 use http_body_util::{BodyExt, Either, Empty};
-use hyper::body::Incoming;
+use hyper::body::{Body as _, Incoming};
 use hyper::upgrade::OnUpgrade;
 
 use super::access_log::{AccessLog, Entry};
@@ -57,19 +57,23 @@ pub struct HttpProxy {
 /// A client request's body, as the request path takes it: hyper's, or none at
 /// all (the gateway's own HTTP/1.1 server takes only requests without one).
 pub trait RequestBody: hyper::body::Body<Data = Bytes> + Send + Unpin + 'static {
-    /// The body to send upstream.
+    /// The body to send upstream, as it is (not read into memory). An empty one
+    /// is sent as an empty buffered body: as resendable, and never read.
     fn into_outgoing(self) -> Body;
 }
 
 impl RequestBody for Incoming {
     fn into_outgoing(self) -> Body {
-        Body::Stream(Some(self))
+        if self.is_end_stream() {
+            Body::Buffered(Bytes::new())
+        } else {
+            Body::Stream(Some(self))
+        }
     }
 }
 
 impl RequestBody for Empty<Bytes> {
     fn into_outgoing(self) -> Body {
-        // Nothing to stream: as resendable as a body read into memory.
         Body::Buffered(Bytes::new())
     }
 }
@@ -200,10 +204,7 @@ impl HttpProxy {
             Ok(prepared) => prepared,
             Err(answer) => return answer,
         };
-        let body = if body.is_end_stream() {
-            // Nothing to read: as resendable as a body read into memory, with no read.
-            Body::Buffered(Bytes::new())
-        } else if sending.plan.buffer_body {
+        let body = if sending.plan.buffer_body && !body.is_end_stream() {
             // Boxed: a rare path, kept out of the state of every request's future.
             match Box::pin(self.buffer(body, &sending, start)).await {
                 Ok(body) => body,

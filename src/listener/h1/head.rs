@@ -16,13 +16,11 @@ use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Method, Request, Response, StatusCode, Uri, Version};
 use hyper::body::SizeHint;
 
-use crate::upstream::conn::h1::{length, tokens, RawHeaders};
+use crate::upstream::conn::h1::{encode_line, length, tokens, Line, Lines, RawHeaders};
 
 /// Header slots parsed on the stack; a head with more lines than this (or than
 /// the listener allows) goes to hyper, which applies `limits.max_request_headers`.
 const SLOTS: usize = 128;
-/// Header lines whose places are kept without an allocation.
-const INLINE: usize = 16;
 
 /// What the bytes at the start of the read buffer are.
 // Returned once per request and taken apart at once: never stored, so its size is moved once.
@@ -69,24 +67,27 @@ pub fn request(buf: &mut BytesMut, max_head: usize, max_headers: usize) -> Parse
     let http10 = minor == 0;
     let mut keep = Keep { alive: !http10, trailers: false, head_request: method == Method::HEAD, http10 };
     let base = buf.as_ptr() as usize;
-    // Offsets fit in u32: a head is at most `limits.max_request_head` (16 MiB).
-    let at = |s: &[u8]| ((s.as_ptr() as usize - base) as u32, s.len() as u32);
+    // (start, end) in the head; they fit in u32: a head is at most
+    // `limits.max_request_head` (16 MiB).
+    let at = |s: &[u8]| {
+        let start = (s.as_ptr() as usize - base) as u32;
+        (start, start + s.len() as u32)
+    };
     let path = at(path.as_bytes());
-    // Where each line's name and value lie, to be taken from the head's bytes once
-    // they are split off: inline for a usual head (an allocation, or a zeroed array
-    // of SLOTS entries, would cost more), on the heap past INLINE lines.
-    let mut inline = [(0u32, 0u32, 0u32, 0u32); INLINE];
-    let mut more = Vec::new();
-    let count = req.headers.len();
-    for (i, h) in req.headers.iter().enumerate() {
+    // Where each line lies, to be taken from the head's bytes once they are split off.
+    let mut lines = Lines::new();
+    for h in req.headers.iter() {
         let name = h.name.as_bytes();
-        if is(name, b"content-length") {
+        if name.eq_ignore_ascii_case(b"content-length") {
             if h.value.trim_ascii() != b"0" {
                 return Parsed::Handoff;
             }
-        } else if is(name, b"transfer-encoding") || is(name, b"upgrade") || is(name, b"expect") {
+        } else if name.eq_ignore_ascii_case(b"transfer-encoding")
+            || name.eq_ignore_ascii_case(b"upgrade")
+            || name.eq_ignore_ascii_case(b"expect")
+        {
             return Parsed::Handoff;
-        } else if is(name, b"connection") {
+        } else if name.eq_ignore_ascii_case(b"connection") {
             for token in tokens(h.value) {
                 if token.eq_ignore_ascii_case(b"close") {
                     keep.alive = false;
@@ -94,26 +95,21 @@ pub fn request(buf: &mut BytesMut, max_head: usize, max_headers: usize) -> Parse
                     keep.alive = true;
                 }
             }
-        } else if is(name, b"te") {
+        } else if name.eq_ignore_ascii_case(b"te") {
             keep.trailers |= tokens(h.value).any(|t| t.eq_ignore_ascii_case(b"trailers"));
         }
-        let (n, nl) = at(name);
-        let (v, vl) = at(h.value);
-        match inline.get_mut(i) {
-            Some(slot) => *slot = (n, nl, v, vl),
-            None => more.push((n, nl, v, vl)),
-        }
+        lines.push(Line { name: at(name), value: at(h.value) });
     }
     let head: Bytes = buf.split_to(len).freeze();
-    let span = |(at, len): (u32, u32)| at as usize..(at + len) as usize;
+    let span = |(start, end): (u32, u32)| start as usize..end as usize;
     let Ok(uri) = Uri::from_maybe_shared(head.slice(span(path))) else {
         // hyper answers 400 for it; nothing has been taken from the buffer for good.
         return handed_back(buf, head);
     };
-    let mut headers = HeaderMap::with_capacity(count);
-    for &(n, nl, v, vl) in inline[..count.min(INLINE)].iter().chain(&more) {
-        let Ok(name) = HeaderName::from_bytes(&head[span((n, nl))]) else { return handed_back(buf, head) };
-        let Ok(value) = HeaderValue::from_maybe_shared(head.slice(span((v, vl)))) else {
+    let mut headers = HeaderMap::with_capacity(lines.len());
+    for line in lines.iter() {
+        let Ok(name) = HeaderName::from_bytes(&head[span(line.name)]) else { return handed_back(buf, head) };
+        let Ok(value) = HeaderValue::from_maybe_shared(head.slice(span(line.value))) else {
             return handed_back(buf, head);
         };
         headers.append(name, value);
@@ -135,10 +131,6 @@ fn handed_back(buf: &mut BytesMut, head: Bytes) -> Parsed {
     Parsed::Handoff
 }
 
-fn is(name: &[u8], lower: &[u8]) -> bool {
-    name.len() == lower.len() && name.eq_ignore_ascii_case(lower)
-}
-
 /// How a response body goes on the wire.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Framing {
@@ -154,9 +146,9 @@ pub enum Framing {
 
 /// Writes the response head into `dst` and says how its body follows: the
 /// upstream's header lines kept as bytes (`raw`) first, then the map's. `date`
-/// is the current `Date` value, added when the response has none; `keep` is what the client asked for and `closing` says
-/// the server will close after this response (drain): the head then says
-/// `Connection: close`. Returns the framing and whether the connection may
+/// is the current `Date` value, added when the response has none; `keep` is
+/// what the client asked for and `closing` says the server will close after
+/// this response (drain): the head then says `Connection: close`. Returns the framing and whether the connection may
 /// stay open after the body.
 pub fn response<B>(
     dst: &mut Vec<u8>,
@@ -172,24 +164,13 @@ pub fn response<B>(
     let no_body = status.is_informational() || status == StatusCode::NO_CONTENT || status == StatusCode::NOT_MODIFIED;
     let map_length = headers.get(header::CONTENT_LENGTH).and_then(|v| length(v.as_bytes()));
     let declared = map_length.or(raw.and_then(|r| r.content_length));
-    let mut add_length = None;
-    let framing = if no_body {
+    // A length the head does not say yet but the body knows is written into it
+    // (for a HEAD too: it is the length a GET would get).
+    let add_length = if declared.is_none() && !no_body { hint.exact() } else { None };
+    let framing = if no_body || keep.head_request {
         Framing::Empty
-    } else if let Some(n) = declared {
-        if keep.head_request {
-            Framing::Empty
-        } else {
-            Framing::Length(n)
-        }
-    } else if let Some(n) = hint.exact() {
-        add_length = Some(n);
-        if keep.head_request {
-            Framing::Empty
-        } else {
-            Framing::Length(n)
-        }
-    } else if keep.head_request {
-        Framing::Empty
+    } else if let Some(n) = declared.or(add_length) {
+        Framing::Length(n)
     } else if keep.http10 {
         Framing::Close
     } else {
@@ -213,57 +194,24 @@ pub fn response<B>(
             continue;
         }
         has_date |= name == header::DATE;
-        line(dst, name.as_str().as_bytes(), value.as_bytes());
+        encode_line(dst, name.as_str().as_bytes(), value.as_bytes());
     }
-    if let Some(n) = add_length.filter(|_| !no_body) {
-        line(dst, b"content-length", itoa::Buffer::new().format(n).as_bytes());
+    if let Some(n) = add_length {
+        encode_line(dst, b"content-length", itoa::Buffer::new().format(n).as_bytes());
     }
     if framing == Framing::Chunked {
-        line(dst, b"transfer-encoding", b"chunked");
+        encode_line(dst, b"transfer-encoding", b"chunked");
     }
     if !alive && !keep.http10 {
-        line(dst, b"connection", b"close");
+        encode_line(dst, b"connection", b"close");
     } else if alive && keep.http10 {
-        line(dst, b"connection", b"keep-alive");
+        encode_line(dst, b"connection", b"keep-alive");
     }
     if !has_date {
-        line(dst, b"date", date);
+        encode_line(dst, b"date", date);
     }
     dst.extend_from_slice(b"\r\n");
     (framing, alive)
-}
-
-fn line(dst: &mut Vec<u8>, name: &[u8], value: &[u8]) {
-    dst.extend_from_slice(name);
-    dst.extend_from_slice(b": ");
-    dst.extend_from_slice(value);
-    dst.extend_from_slice(b"\r\n");
-}
-
-/// The line that starts a chunk of `len` bytes.
-pub fn chunk_start(dst: &mut Vec<u8>, len: usize) {
-    let mut hex = [0u8; 16];
-    let mut at = hex.len();
-    let mut n = len;
-    loop {
-        at -= 1;
-        hex[at] = b"0123456789abcdef"[n & 15];
-        n >>= 4;
-        if n == 0 {
-            break;
-        }
-    }
-    dst.extend_from_slice(&hex[at..]);
-    dst.extend_from_slice(b"\r\n");
-}
-
-/// The last chunk, with the trailer fields when the client accepts them.
-pub fn chunked_end(dst: &mut Vec<u8>, trailers: Option<&HeaderMap>) {
-    dst.extend_from_slice(b"0\r\n");
-    for (name, value) in trailers.into_iter().flatten() {
-        line(dst, name.as_str().as_bytes(), value.as_bytes());
-    }
-    dst.extend_from_slice(b"\r\n");
 }
 
 #[cfg(test)]
@@ -445,17 +393,5 @@ mod tests {
         assert_eq!((framing, alive), (Framing::Length(3), false));
         let (head, _, _) = encode(&with(599, &[]), SizeHint::with_exact(0), KEEP11, false);
         assert!(head.starts_with("HTTP/1.1 599 <none>\r\n"), "{head}");
-    }
-
-    #[test]
-    fn chunks_are_framed_in_lowercase_hex_and_end_with_trailers() {
-        let mut dst = Vec::new();
-        chunk_start(&mut dst, 0x1a2f);
-        chunk_start(&mut dst, 1);
-        let mut trailers = HeaderMap::new();
-        trailers.insert("grpc-status", HeaderValue::from_static("0"));
-        chunked_end(&mut dst, Some(&trailers));
-        chunked_end(&mut dst, None);
-        assert_eq!(dst, b"1a2f\r\n1\r\n0\r\ngrpc-status: 0\r\n\r\n0\r\n\r\n");
     }
 }

@@ -35,6 +35,7 @@ use super::accept::DrainSignal;
 use super::watchdog::ConnState;
 use crate::http::respond::{raw_headers, ProxyBody};
 use crate::http::Client;
+use crate::upstream::conn::h1::{chunk_start, last_chunk};
 
 /// What a read asks the socket for once a head is under way (hyper's first read is as large).
 const READ_SIZE: usize = 8192;
@@ -241,7 +242,7 @@ where
                     }
                 }
                 Framing::Chunked => {
-                    head::chunk_start(&mut out, data.len());
+                    chunk_start(&mut out, data.len());
                     write3(io, &mut out, &data, b"\r\n").await?;
                 }
                 Framing::Close | Framing::Empty => write3(io, &mut out, &data, b"").await?,
@@ -251,7 +252,7 @@ where
     let complete = match framing {
         Framing::Length(n) => sent == n,
         Framing::Chunked => {
-            head::chunked_end(&mut out, trailers.as_ref().filter(|_| keep.trailers));
+            last_chunk(&mut out, trailers.as_ref().filter(|_| keep.trailers));
             true
         }
         Framing::Empty | Framing::Close => true,

@@ -35,6 +35,7 @@ use tokio::sync::Notify;
 
 pub use body::{H1Body, H1Upgraded};
 pub use parse::{length, tokens, RawHeaders, MAX_CHUNK_LINE, MAX_HEAD, MAX_HEADERS};
+pub(crate) use parse::{Line, Lines};
 use upload::{Pump, Stop, Upload};
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -444,11 +445,38 @@ fn request_framing<B: Body>(head: &RequestHead<'_>, body: &B) -> ReqFraming {
     }
 }
 
-/// `name: value\r\n`.
-fn encode_line(dst: &mut Vec<u8>, name: &str, value: &[u8]) {
-    dst.extend_from_slice(name.as_bytes());
+/// `name: value\r\n`: a header line of a head or a trailer section, written by
+/// this exchange and by the gateway's own HTTP/1.1 server alike.
+pub fn encode_line(dst: &mut Vec<u8>, name: &[u8], value: &[u8]) {
+    dst.extend_from_slice(name);
     dst.extend_from_slice(b": ");
     dst.extend_from_slice(value);
+    dst.extend_from_slice(b"\r\n");
+}
+
+/// The line that starts a chunk of `len` bytes (lower-case hex, as hyper writes it).
+pub fn chunk_start(dst: &mut Vec<u8>, len: usize) {
+    let mut hex = [0u8; 16];
+    let mut at = hex.len();
+    let mut n = len;
+    loop {
+        at -= 1;
+        hex[at] = b"0123456789abcdef"[n & 15];
+        n >>= 4;
+        if n == 0 {
+            break;
+        }
+    }
+    dst.extend_from_slice(&hex[at..]);
+    dst.extend_from_slice(b"\r\n");
+}
+
+/// The last chunk, with its trailer fields if any.
+pub fn last_chunk(dst: &mut Vec<u8>, trailers: Option<&HeaderMap>) {
+    dst.extend_from_slice(b"0\r\n");
+    for (name, value) in trailers.into_iter().flatten() {
+        encode_line(dst, name.as_str().as_bytes(), value.as_bytes());
+    }
     dst.extend_from_slice(b"\r\n");
 }
 
@@ -472,10 +500,10 @@ fn encode_head(head: &RequestHead<'_>, framing: ReqFraming) -> Vec<u8> {
         if name == header::CONTENT_LENGTH || name == header::TRANSFER_ENCODING || head.skip.contains(name) {
             continue;
         }
-        encode_line(&mut dst, name.as_str(), value.as_bytes());
+        encode_line(&mut dst, name.as_str().as_bytes(), value.as_bytes());
     }
     for (name, value) in head.extra {
-        encode_line(&mut dst, name, value);
+        encode_line(&mut dst, name.as_bytes(), value);
     }
     match framing {
         ReqFraming::None => {}
@@ -682,6 +710,18 @@ mod tests {
         skip: &'a [HeaderName],
     ) -> RequestHead<'a> {
         RequestHead { method, target: "/a?b=1", headers, extra, skip, raw_response: false }
+    }
+
+    #[test]
+    fn chunks_are_framed_in_lowercase_hex_and_end_with_trailers() {
+        let mut dst = Vec::new();
+        chunk_start(&mut dst, 0x1a2f);
+        chunk_start(&mut dst, 1);
+        let mut trailers = HeaderMap::new();
+        trailers.insert("grpc-status", http::HeaderValue::from_static("0"));
+        last_chunk(&mut dst, Some(&trailers));
+        last_chunk(&mut dst, None);
+        assert_eq!(dst, b"1a2f\r\n1\r\n0\r\ngrpc-status: 0\r\n\r\n0\r\n\r\n");
     }
 
     #[test]

@@ -92,19 +92,23 @@ impl RawHeaders {
     }
 }
 
-/// The kept lines of a head: inline up to 16, so that a usual head needs no allocation.
-struct Lines {
-    inline: [Line; 16],
+/// Where the kept lines of a head lie: inline up to [`Lines::INLINE`], so that a
+/// usual head needs no allocation (nor a zeroed array of a hundred entries); a
+/// response head here, a request head in the gateway's own HTTP/1.1 server.
+pub(crate) struct Lines {
+    inline: [Line; Lines::INLINE],
     n: usize,
     more: Vec<Line>,
 }
 
 impl Lines {
-    fn new() -> Lines {
-        Lines { inline: [Line::default(); 16], n: 0, more: Vec::new() }
+    const INLINE: usize = 16;
+
+    pub(crate) fn new() -> Lines {
+        Lines { inline: [Line::default(); Lines::INLINE], n: 0, more: Vec::new() }
     }
 
-    fn push(&mut self, line: Line) {
+    pub(crate) fn push(&mut self, line: Line) {
         match self.inline.get_mut(self.n) {
             Some(slot) => *slot = line,
             None => self.more.push(line),
@@ -112,12 +116,12 @@ impl Lines {
         self.n += 1;
     }
 
-    fn len(&self) -> usize {
+    pub(crate) fn len(&self) -> usize {
         self.n
     }
 
-    fn iter(&self) -> impl Iterator<Item = &Line> {
-        self.inline[..self.n.min(16)].iter().chain(self.more.iter())
+    pub(crate) fn iter(&self) -> impl Iterator<Item = &Line> {
+        self.inline[..self.n.min(Lines::INLINE)].iter().chain(self.more.iter())
     }
 }
 
@@ -161,11 +165,11 @@ pub fn response_head(buf: &mut BytesMut, req: RequestKind) -> Result<Option<Head
     }
 }
 
-/// Where a kept header line's name and value lie in the head's bytes.
+/// Where a kept header line's name and value lie in the head's bytes (start, end).
 #[derive(Clone, Copy, Default)]
-struct Line {
-    name: (u32, u32),
-    value: (u32, u32),
+pub(crate) struct Line {
+    pub(crate) name: (u32, u32),
+    pub(crate) value: (u32, u32),
 }
 
 fn is(name: &str, lower: &str) -> bool {

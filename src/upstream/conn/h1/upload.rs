@@ -17,7 +17,7 @@ use http_body::Body;
 use tokio::io::AsyncWrite;
 use tokio::net::TcpStream;
 
-use super::{encode_line, BoxError, H1Error, ReqFraming};
+use super::{chunk_start, last_chunk, BoxError, H1Error, ReqFraming};
 
 /// Why an upload stopped before the end of the body.
 #[derive(Debug)]
@@ -103,8 +103,9 @@ where
                     self.taken += data.len() as u64;
                     match self.framing {
                         ReqFraming::Chunked => {
-                            self.out =
-                                [Bytes::from(format!("{:x}\r\n", data.len())), data, Bytes::from_static(b"\r\n")];
+                            let mut start = Vec::with_capacity(18);
+                            chunk_start(&mut start, data.len());
+                            self.out = [Bytes::from(start), data, Bytes::from_static(b"\r\n")];
                         }
                         ReqFraming::Length(n) if self.taken > n => {
                             return Poll::Ready(Err(Stop::Client(H1Error::RequestLength(
@@ -117,11 +118,8 @@ where
                 // Trailers go out after the last chunk; a length-framed body has no place for them.
                 Err(frame) => {
                     if let (ReqFraming::Chunked, Ok(trailers)) = (self.framing, frame.into_trailers()) {
-                        let mut end = b"0\r\n".to_vec();
-                        for (name, value) in &trailers {
-                            encode_line(&mut end, name.as_str(), value.as_bytes());
-                        }
-                        end.extend_from_slice(b"\r\n");
+                        let mut end = Vec::new();
+                        last_chunk(&mut end, Some(&trailers));
                         self.out[0] = Bytes::from(end);
                         self.last = true;
                     }
