@@ -1,7 +1,7 @@
 //! Balancing through real sockets: round-robin, weighted and hash spread requests
 //! over real backends as the pickers promise.
 
-mod support;
+use crate::support;
 
 use std::collections::HashMap;
 

@@ -5,7 +5,7 @@
 //! gateways on one etcd converge on the same revision — how switchyard scales
 //! past one machine.
 
-mod support;
+use crate::support;
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};

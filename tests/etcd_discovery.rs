@@ -1,7 +1,7 @@
 //! The etcd source against a real etcd: value formats and invalid values,
 //! prefix isolation, compaction while cut off, 10,000 instances, discovery lag.
 
-mod support;
+use crate::support;
 
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
@@ -255,7 +255,7 @@ async fn discovery_lag_over_200_registrations() {
 }
 
 /// Load time and RSS for 100,000 instances (run by hand: `cargo test --release
-/// --test etcd_discovery -- --ignored --nocapture`).
+/// --test suite etcd_discovery:: -- --ignored --nocapture`).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore]
 async fn hundred_thousand_instances_load() {

@@ -2,12 +2,17 @@
 //! flag at etcd's defaults (`--grpc-keepalive-min-time` 5 s), and the key
 //! layout of etcd's own `naming/endpoints` package (no leading `/`).
 
-mod support;
+use crate::support;
 
 use std::time::{Duration, Instant};
 
 use support::etcd::{gateway_config, get_service, Etcd};
 use support::{admin_get, client, wait_until, Backend, TestGateway};
+
+/// The metrics recorder is global to the test process: the idle test counts watch
+/// restarts and reads the connected gauge, which the other test's gateway also moves
+/// (its watch breaks when its etcd stops), so the two run one at a time.
+static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 /// Sum of every series of `name` (all label sets), histogram buckets excluded.
 fn metric_sum(text: &str, name: &str) -> f64 {
@@ -23,6 +28,7 @@ fn metric_sum(text: &str, name: &str) -> f64 {
 /// no restart at all, stay connected, and still apply the next change.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn idle_watch_on_a_stock_etcd_never_restarts() {
+    let _serial = SERIAL.lock().await;
     let etcd = Etcd::start_stock().await;
     let mut kv = etcd.client().await;
     let a = Backend::start("a").await;
@@ -61,6 +67,7 @@ async fn idle_watch_on_a_stock_etcd_never_restarts() {
 /// for a registrant that is not `switchyard register`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn naming_endpoints_layout_end_to_end() {
+    let _serial = SERIAL.lock().await;
     let etcd = Etcd::start().await;
     let mut kv = etcd.client().await;
     let a = Backend::start("ep-a").await;

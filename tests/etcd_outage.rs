@@ -2,7 +2,7 @@
 //! it returns are applied, a gateway starts from its snapshot while etcd is
 //! down, and losing the watched member of a 3-member cluster loses no event.
 
-mod support;
+use crate::support;
 
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -70,7 +70,8 @@ async fn etcd_killed_under_load_keeps_serving_and_catches_up() {
     let load = load(gw.addr, "s", 1000, stop.clone());
     wait_until("traffic under way", Duration::from_secs(10), async || b[0].hits() + b[1].hits() >= 100).await;
     etcd.kill();
-    // The tests of this binary run one at a time (SERIAL), so the process-wide gauge is this gateway's.
+    // The tests of this file run one at a time (SERIAL), and each file has a process of
+    // its own (.ci/run), so the process-wide gauge is this gateway's.
     wait_until("the connected gauge drops while etcd is down", Duration::from_secs(10), async || {
         metric(&admin_get(gw.admin, "/metrics").await.1, "switchyard_discovery_connected{source=\"etcd\"}") == 0.0
     })

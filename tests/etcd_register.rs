@@ -3,7 +3,7 @@
 //! graceful stop under 50 concurrent clients fails no request; a lost lease is
 //! replaced by a new registration.
 
-mod support;
+use crate::support;
 
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};

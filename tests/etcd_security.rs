@@ -4,7 +4,7 @@
 //! gateway and a `Registrar` over TLS with a client certificate
 //! (`--client-cert-auth`), and a gateway without a client certificate is refused.
 
-mod support;
+use crate::support;
 
 use std::collections::BTreeSet;
 use std::net::SocketAddr;

@@ -3,7 +3,7 @@
 //! kinds, the gateway's own errors as gRPC statuses (14 with no instance or a
 //! refused connect, 4 when `grpc-timeout` runs out first), and gRPC over TLS.
 
-mod support;
+use crate::support;
 
 use support::FILE_DISCOVERY;
 

@@ -5,7 +5,7 @@
 //! HEAD, bodies of unknown length (chunked for HTTP/1.1, close-delimited for
 //! HTTP/1.0), `Date`, and a drain that lets the request in flight finish.
 
-mod support;
+use crate::support;
 
 use std::time::Duration;
 

@@ -4,7 +4,7 @@
 //! listener), each closing counted by stage; heads and HTTP/2 streams are
 //! bounded; the admin listener is capped; upgraded relays hold their slot.
 
-mod support;
+use crate::support;
 
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};

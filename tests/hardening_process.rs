@@ -3,7 +3,7 @@
 //! listener's reserve keeps `/metrics` answering; and 10,000 idle client
 //! connections stay at a few KiB each.
 
-mod support;
+use crate::support;
 
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};

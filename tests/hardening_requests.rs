@@ -6,7 +6,7 @@
 //! version, `/upstreams` redacts secret-looking metadata, and the request
 //! smuggling shapes that already failed keep failing.
 
-mod support;
+use crate::support;
 
 use std::sync::atomic::Ordering;
 use std::time::Duration;

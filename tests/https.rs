@@ -3,7 +3,7 @@
 //! that keeps established connections, a bad new file keeping the old
 //! certificate, and clients offering only TLS 1.0/1.1 refused and counted.
 
-mod support;
+use crate::support;
 
 use support::FILE_DISCOVERY;
 

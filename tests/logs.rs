@@ -3,7 +3,7 @@
 //! otherwise, sent upstream and returned; `traceparent` passed through; and the
 //! process log without ANSI codes when stderr is not a terminal, or as JSON.
 
-mod support;
+use crate::support;
 
 use std::io::Read;
 use std::net::SocketAddr;

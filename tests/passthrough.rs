@@ -2,7 +2,7 @@
 //! different names (from a CA made in the test), a real rustls client that trusts
 //! only that CA, and the gateway in between, which never terminates TLS.
 
-mod support;
+use crate::support;
 
 use support::FILE_DISCOVERY;
 

@@ -2,7 +2,7 @@
 //! within a bounded RSS, SIGTERM letting an in-flight request finish, and the
 //! admin thread under SCHED_IDLE.
 
-mod support;
+use crate::support;
 
 use std::process::Command;
 use std::time::{Duration, Instant};

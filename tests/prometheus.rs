@@ -9,7 +9,7 @@
 //! evaluate cleanly (and fire for the service without instances), and
 //! `promtool check metrics` must be clean.
 
-mod support;
+use crate::support;
 
 use std::net::SocketAddr;
 use std::process::{Child, Command, Stdio};

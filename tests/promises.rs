@@ -5,7 +5,7 @@
 //! least_request and hash on path, query and client IP, and a file edit
 //! applied within half a second.
 
-mod support;
+use crate::support;
 
 use std::collections::{HashMap, HashSet};
 use std::time::Duration;

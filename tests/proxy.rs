@@ -2,7 +2,7 @@
 //! forwarded headers, prefix strip, host routing, h2c, absolute-form refusal,
 //! and the metrics that traffic moves.
 
-mod support;
+use crate::support;
 
 use std::time::Duration;
 

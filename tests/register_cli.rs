@@ -2,7 +2,7 @@
 //! (`--id`, `--ttl` as the lease's TTL, repeated `--meta`, `--prefix`, the default
 //! id), and bad values are refused before anything is written, naming the flag.
 
-mod support;
+use crate::support;
 
 use std::process::{Child, Command, Output, Stdio};
 use std::time::Duration;

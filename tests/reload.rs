@@ -1,7 +1,7 @@
 //! The instances file as a live source: edits shift traffic under load without a
 //! failed request; a broken edit keeps the previous table and is counted.
 
-mod support;
+use crate::support;
 
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;

@@ -3,7 +3,7 @@
 //! invalid file keeps the running config and the errors come back in the
 //! answer; listeners added, moved and removed leave the others' connections alone.
 
-mod support;
+use crate::support;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;

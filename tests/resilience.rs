@@ -5,7 +5,7 @@
 //! restart through `switchyard register`, active checks, the retry budget, slow
 //! start and the per-instance limits.
 
-mod support;
+use crate::support;
 
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering;

@@ -5,7 +5,7 @@
 //! own fetch of `/upstreams` and `/status.json` (the HTML carries none), and the
 //! page's 2 s timer redraws the same document in place (counted in the DOM).
 
-mod support;
+use crate::support;
 
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};

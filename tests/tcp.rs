@@ -1,7 +1,7 @@
 //! `tcp` listeners end to end: real sockets on 127.0.0.1, echo backends, the
 //! gateway in-process with file discovery.
 
-mod support;
+use crate::support;
 
 use support::FILE_DISCOVERY;
 

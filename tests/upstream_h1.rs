@@ -7,7 +7,7 @@
 //! gateway), answered early (413), cut short by the client, resent on a stale
 //! connection only when buffered; `Expect: 100-continue` through the gateway.
 
-mod support;
+use crate::support;
 
 use std::collections::VecDeque;
 use std::net::SocketAddr;

@@ -3,7 +3,7 @@
 //! name, a client certificate the backend requires, and verification failures
 //! (unknown CA, wrong name, no client certificate) answered as 502.
 
-mod support;
+use crate::support;
 
 use std::path::Path;
 

@@ -3,7 +3,7 @@
 //! gauge up while open and back to 0 after; and an `Upgrade` request the backend
 //! declines is answered as a plain response.
 
-mod support;
+use crate::support;
 
 use support::FILE_DISCOVERY;
 

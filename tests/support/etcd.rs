@@ -220,19 +220,10 @@ impl Etcd {
         }
     }
 
-    pub fn is_running(&self) -> bool {
-        self.child.is_some()
-    }
-
     /// Starts the process again on the same ports and data dir.
     pub async fn restart(&mut self) {
         self.spawn();
         self.wait_healthy(Duration::from_secs(15)).await;
-    }
-
-    /// Starts again without waiting for health (a cluster member needs its peers).
-    pub fn restart_nowait(&mut self) {
-        self.spawn();
     }
 
     pub async fn client(&self) -> etcd_client::Client {
@@ -283,12 +274,6 @@ impl Cluster {
 
     pub fn urls(&self) -> Vec<String> {
         self.members.iter().map(Etcd::url).collect()
-    }
-
-    /// A client of every member that is running.
-    pub async fn client(&self) -> etcd_client::Client {
-        let urls: Vec<String> = self.members.iter().filter(|m| m.is_running()).map(Etcd::url).collect();
-        etcd_client::Client::connect(urls, None).await.expect("etcd client")
     }
 }
 

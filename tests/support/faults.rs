@@ -33,7 +33,7 @@ impl BackendProcess {
     /// Starts one on `port` (0: any), waits until it listens.
     pub fn start(name: &str, port: u16) -> BackendProcess {
         let mut child = Command::new(std::env::current_exe().unwrap())
-            .args(["backend_process", "--exact", "--ignored", "--nocapture", "--test-threads=1"])
+            .args(["resilience::backend_process", "--exact", "--ignored", "--nocapture", "--test-threads=1"])
             .env(BACKEND_ENV, format!("{name}@127.0.0.1:{port}"))
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
@@ -43,7 +43,7 @@ impl BackendProcess {
         let mut lines = BufReader::new(stdout).lines();
         let addr = loop {
             let line = lines.next().expect("backend process output").unwrap();
-            // libtest prints "test backend_process ... " on the same line first.
+            // libtest prints "test resilience::backend_process ... " on the same line first.
             if let Some(at) = line.find("listening ") {
                 break line[at + "listening ".len()..].trim().parse().unwrap();
             }
@@ -214,10 +214,6 @@ impl StatusBackend {
 
     pub fn hits(&self) -> usize {
         self.hits.load(Ordering::Relaxed)
-    }
-
-    pub fn stop(&self) {
-        self.stop.cancel();
     }
 }
 

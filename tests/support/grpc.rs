@@ -76,8 +76,6 @@ impl Msg {
     }
 }
 
-pub const SERVICE: &str = "test.Echo";
-
 type BoxFuture<T> = Pin<Box<dyn Future<Output = Result<T, Status>> + Send>>;
 type BoxStream = Pin<Box<dyn Stream<Item = Result<Msg, Status>> + Send>>;
 

@@ -1,7 +1,6 @@
 //! Test harness: the gateway on port 0 (in-process, or as the real binary), small
 //! HTTP backends that answer with their name, and a pooled HTTP client. Every
 //! socket is on 127.0.0.1; each test owns its ports and temp dirs.
-#![allow(dead_code)]
 
 pub mod backend;
 pub mod etcd;
@@ -26,7 +25,6 @@ use switchyard::config::Config;
 use switchyard::server::Gateway;
 use switchyard::upstream::SharedTable;
 
-#[allow(unused_imports)] // not every test binary uses it
 pub use backend::Backend;
 
 pub type HttpClient = Client<HttpConnector, Full<Bytes>>;
