@@ -216,7 +216,16 @@ impl HttpProxy {
         let out = Outgoing { head, body, answered_by: self.access_log.is_some() };
         // Send, with the one retry loop; then finish.
         let sent_at = Instant::now();
-        let sent = send::send(&self.upstreams, &sending.service, sending.how, &sending.plan, out, start.into()).await;
+        let sent = send::send(
+            &self.upstreams,
+            &sending.service,
+            sending.how,
+            &sending.plan,
+            out,
+            start.into(),
+            sent_at.into(),
+        )
+        .await;
         self.finish(sending, sent, start, sent_at)
     }
 

@@ -21,7 +21,7 @@ use tokio::time::Instant;
 use super::plan::{self, Plan, TryEnd};
 use crate::upstream::conn::pool::SendLimits;
 use crate::upstream::conn::{OutgoingHead, ResponseBody, UpstreamBody, UpstreamError, Upstreams};
-use crate::upstream::instance::now_ms;
+use crate::upstream::instance::ms_at;
 use crate::upstream::outlier::Outcome;
 use crate::upstream::stats::Overflow;
 use crate::upstream::{Endpoint, Pick, Protocol, Service};
@@ -105,6 +105,8 @@ enum Last {
 
 /// Sends `out` to `service` as `plan` says. Returns the response to pass on (which
 /// may be an instance's 5xx when no retry was left) or why there is none.
+/// `started`: when the request arrived (its deadline runs from there); `now`: the
+/// time of the call, read by the caller already.
 pub async fn send(
     upstreams: &Upstreams,
     service: &Arc<Service>,
@@ -112,6 +114,7 @@ pub async fn send(
     plan: &Plan,
     mut out: Outgoing,
     started: Instant,
+    now: Instant,
 ) -> Result<Response<ResponseBody>, Failed> {
     let state = &service.state;
     let _active = Count::new(&state.active);
@@ -122,7 +125,9 @@ pub async fn send(
         max_pending: service.policy.limits.max_pending,
         pending: &state.pending,
     };
-    let mut candidates = service.candidates(how, now_ms());
+    let mut candidates = service.candidates(how, ms_at(now.into_std()));
+    // The first try starts now; later ones read the clock again.
+    let mut first = Some(now);
     let mut unsent = None;
     let mut tries = 0u32;
     let mut raced = false;
@@ -131,7 +136,7 @@ pub async fn send(
         let protocol = protocol_for(endpoint, out.head.upgrade);
         let via = upstreams.client(&service.name, protocol);
         let Some(body) = unsent.take().or_else(|| out.body()) else { break };
-        let now = Instant::now();
+        let now = first.take().unwrap_or_else(Instant::now);
         if now >= deadline {
             last = Last::Error(UpstreamError::Timeout);
             break;
@@ -144,10 +149,10 @@ pub async fn send(
             continue;
         };
         tries += 1;
-        // Boxed before the timeout wraps it: the send's state is not moved again.
-        let sent =
-            tokio::time::timeout_at(try_deadline, Box::pin(upstreams.send(via, endpoint, &out.head, body, limits)))
-                .await;
+        // Pinned where it is made: the timeout holds a pointer to it, so its state is
+        // neither moved again nor boxed (an allocation and a copy per try).
+        let sending = std::pin::pin!(upstreams.send(via, endpoint, &out.head, body, limits));
+        let sent = tokio::time::timeout_at(try_deadline, sending).await;
         drop(inflight);
         let end = match sent {
             Ok(Ok(mut res)) => match plan::classify(res.status(), res.headers(), plan.grpc) {

@@ -14,8 +14,13 @@ use crate::config::ServicePolicy;
 /// Milliseconds since the process's first call, plus one: a cheap monotonic clock
 /// whose 0 can mean "never". One `Instant::now()` per call.
 pub fn now_ms() -> u64 {
+    ms_at(Instant::now())
+}
+
+/// [`now_ms`] at `at`, for a caller that has read the clock already.
+pub fn ms_at(at: Instant) -> u64 {
     static EPOCH: OnceLock<Instant> = OnceLock::new();
-    EPOCH.get_or_init(Instant::now).elapsed().as_millis() as u64 + 1
+    at.saturating_duration_since(*EPOCH.get_or_init(|| at)).as_millis() as u64 + 1
 }
 
 /// Why an instance does not take a new request now.
