@@ -276,3 +276,40 @@ async fn a_drain_lets_the_request_in_flight_finish_and_closes_idle_connections()
     assert!(closed(&mut busy).await);
     stopping.await.unwrap();
 }
+
+/// The requests of one connection share its timer for their upstream deadlines
+/// (reset per request): a deadline earlier than the last one still fires on time,
+/// a later one after a timer that fired neither fires early nor late, and the
+/// connection serves requests after each 504.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_connections_requests_each_keep_their_own_deadline() {
+    let up = Backend::start("up").await;
+    let routes = "[[listener.route]]\npath_prefix = \"/short\"\nstrip_prefix = true\ntimeout = \"300ms\"\nservice = \"up\"\n\
+                  [[listener.route]]\npath_prefix = \"/mid\"\nstrip_prefix = true\ntimeout = \"900ms\"\nservice = \"up\"\n\
+                  [[listener.route]]\npath_prefix = \"/\"\nservice = \"up\"\n";
+    let gw = TestGateway::start(&http_config(routes)).await;
+    write_instances(&gw.instances_path(), &[("up", "u", up.addr, &[])]);
+    gw.wait_live("up", 1).await;
+    let mut s = TcpStream::connect(gw.addr).await.unwrap();
+    let mut buf = Vec::new();
+    let mut ask = async |path: &str| {
+        let start = std::time::Instant::now();
+        s.write_all(format!("GET {path} HTTP/1.1\r\nHost: a\r\n\r\n").as_bytes()).await.unwrap();
+        let a = read_answer(&mut s, &mut buf, false).await;
+        (a.status, start.elapsed())
+    };
+    // Request timeout 2 s: the timer is filed at about now + 2 s.
+    assert_eq!(ask("/slow/0").await.0, 200);
+    let (status, took) = ask("/short/slow/5000").await;
+    assert_eq!(status, 504);
+    assert!(took >= Duration::from_millis(300) && took < Duration::from_millis(1500), "300 ms deadline: {took:?}");
+    assert_eq!(ask("/slow/0").await.0, 200, "served after the 504");
+    let (status, took) = ask("/mid/slow/5000").await;
+    assert_eq!(status, 504);
+    assert!(took >= Duration::from_millis(900) && took < Duration::from_millis(1900), "900 ms deadline: {took:?}");
+    let (status, took) = ask("/slow/150").await;
+    assert!(
+        status == 200 && took >= Duration::from_millis(150),
+        "a slower answer within its deadline: {status} {took:?}"
+    );
+}

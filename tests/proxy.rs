@@ -119,6 +119,25 @@ async fn forwarded_headers_and_hop_by_hop() {
     assert!(!body.contains("x-drop-me") && !body.contains("proxy-authorization"), "{body}");
 }
 
+/// `strip_prefix` takes the prefix off whether or not it ends in `/` (until this test,
+/// "/plain" of "/plain/x" left "/x" unseen and sent "/plain/x"), keeping the query.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn strip_prefix_with_or_without_a_trailing_slash() {
+    let b = Backend::start("h").await;
+    let routes = "[[listener.route]]\npath_prefix = \"/plain\"\nstrip_prefix = true\nservice = \"h\"\n\
+                  [[listener.route]]\npath_prefix = \"/slashed/\"\nstrip_prefix = true\nservice = \"h\"\n";
+    let gw = TestGateway::start(&http_config(routes)).await;
+    write_instances(&gw.instances_path(), &[("h", "1", b.addr, &[])]);
+    gw.wait_live("h", 1).await;
+    let c = client();
+    for path in ["/plain/headers", "/slashed/headers", "/plain/headers?x=1"] {
+        let (status, body) = get(&c, &gw.url(path)).await;
+        assert!(status == 200 && body.starts_with("version: "), "{path}: the backend saw /headers: {status} {body}");
+    }
+    assert_eq!(get(&c, &gw.url("/plain/bytes/3?n=1")).await, (200, "xxx".to_string()));
+    assert_eq!(get(&c, &gw.url("/plain")).await, (200, "h".to_string()), "\"/plain\" goes upstream as \"/\"");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn host_header_names_the_service_without_routes() {
     let a = Backend::start("alpha").await;

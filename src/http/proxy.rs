@@ -7,6 +7,7 @@
 //! and honour `grpc-timeout`; `Upgrade` requests are relayed after the 101.
 
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -17,6 +18,7 @@ use http::{Request, Response, StatusCode, Version};
 use http_body_util::{BodyExt, Either, Empty};
 use hyper::body::{Body as _, Incoming};
 use hyper::upgrade::OnUpgrade;
+use tokio::time::Sleep;
 
 use super::access_log::{AccessLog, Entry};
 use super::admit::Admission;
@@ -152,14 +154,21 @@ impl HttpProxy {
 
     /// Serves one request: its `x-request-id` (made when absent) goes upstream
     /// and back to the client, and the access log, when on, gets its line.
-    pub async fn handle<B: RequestBody>(&self, mut req: Request<B>, client: Client<'_>) -> Response<ProxyBody> {
+    /// `timer`: the connection's, lent for the request's upstream deadlines
+    /// ([`send::send`]); without one, each try arms a timer of its own.
+    pub async fn handle<B: RequestBody>(
+        &self,
+        mut req: Request<B>,
+        client: Client<'_>,
+        timer: Option<Pin<&mut Sleep>>,
+    ) -> Response<ProxyBody> {
         let start = Instant::now();
         let present = Present::of(req.headers());
         let id = request_id::ensure(req.headers_mut(), present.has(Present::REQUEST_ID));
         // Boxed: held across the request, it would size every request's future.
         let requested = self.access_log.as_ref().map(|_| Box::new(Requested::of(&req)));
         let mut service = None;
-        let mut res = self.forward(req, start, present, client, &mut service).await;
+        let mut res = self.forward(req, start, present, client, timer, &mut service).await;
         if let (Some(log), Some(r)) = (&self.access_log, requested) {
             let upstream = res.extensions().get::<AnsweredBy>().map(|a| a.0.clone());
             log.record(&Entry {
@@ -198,6 +207,7 @@ impl HttpProxy {
         start: Instant,
         present: Present,
         client: Client<'_>,
+        timer: Option<Pin<&mut Sleep>>,
         routed: &mut Option<Arc<str>>,
     ) -> Response<ProxyBody> {
         let (sending, head, body) = match self.prepare(req, start, present, client, routed) {
@@ -224,6 +234,7 @@ impl HttpProxy {
             out,
             start.into(),
             sent_at.into(),
+            timer,
         )
         .await;
         self.finish(sending, sent, start, sent_at)
@@ -298,11 +309,13 @@ impl HttpProxy {
         let service = service.clone();
         *routed = Some(service.name.clone());
         let path_and_query = match target.upstream_path(view.path) {
-            std::borrow::Cow::Borrowed(_) => req.uri().path_and_query().cloned(),
-            std::borrow::Cow::Owned(p) => {
+            // The whole path: nothing was stripped. (A prefix without a trailing `/`
+            // leaves a borrowed rest that is shorter: "/api" of "/api/x" is "/x".)
+            std::borrow::Cow::Borrowed(p) if p.len() == view.path.len() => req.uri().path_and_query().cloned(),
+            p => {
                 let full = match view.query {
                     Some(q) => format!("{p}?{q}"),
-                    None => p,
+                    None => p.into_owned(),
                 };
                 PathAndQuery::try_from(full).ok()
             }

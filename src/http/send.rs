@@ -9,14 +9,17 @@
 //! the service's retry budget; one that reached none (connect failure) always
 //! goes to the next candidate while its body is at hand.
 
+use std::future::{poll_fn, Future};
+use std::pin::Pin;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
+use std::task::Poll;
 
 use bytes::Bytes;
 use http::Response;
 use http_body_util::{Either, Full};
 use hyper::body::Incoming;
-use tokio::time::Instant;
+use tokio::time::{Instant, Sleep};
 
 use super::plan::{self, Plan, TryEnd};
 use crate::upstream::conn::pool::SendLimits;
@@ -106,7 +109,11 @@ enum Last {
 /// Sends `out` to `service` as `plan` says. Returns the response to pass on (which
 /// may be an instance's 5xx when no retry was left) or why there is none.
 /// `started`: when the request arrived (its deadline runs from there); `now`: the
-/// time of the call, read by the caller already.
+/// time of the call, read by the caller already. `timer`: one lent by the client's
+/// connection for the tries' deadlines, reset for each: a deadline later than its
+/// last one only moves its expiry (tokio re-files it in the timer wheel when the old
+/// one comes), where a timer of the try's own is filed and removed every time.
+#[allow(clippy::too_many_arguments)] // each is a different part of one request
 pub async fn send(
     upstreams: &Upstreams,
     service: &Arc<Service>,
@@ -115,6 +122,7 @@ pub async fn send(
     mut out: Outgoing,
     started: Instant,
     now: Instant,
+    mut timer: Option<Pin<&mut Sleep>>,
 ) -> Result<Response<ResponseBody>, Failed> {
     let state = &service.state;
     let _active = Count::new(&state.active);
@@ -151,8 +159,18 @@ pub async fn send(
         tries += 1;
         // Pinned where it is made: the timeout holds a pointer to it, so its state is
         // neither moved again nor boxed (an allocation and a copy per try).
-        let sending = std::pin::pin!(upstreams.send(via, endpoint, &out.head, body, limits));
-        let sent = tokio::time::timeout_at(try_deadline, sending).await;
+        let mut sending = std::pin::pin!(upstreams.send(via, endpoint, &out.head, body, limits));
+        let sent = match timer.as_mut() {
+            Some(timer) => {
+                timer.as_mut().reset(try_deadline);
+                poll_fn(|cx| match sending.as_mut().poll(cx) {
+                    Poll::Ready(sent) => Poll::Ready(Ok(sent)),
+                    Poll::Pending => timer.as_mut().poll(cx).map(Err),
+                })
+                .await
+            }
+            None => tokio::time::timeout_at(try_deadline, sending).await.map_err(|_| ()),
+        };
         drop(inflight);
         let end = match sent {
             Ok(Ok(mut res)) => match plan::classify(res.status(), res.headers(), plan.grpc) {

@@ -431,7 +431,7 @@ impl hyper::service::Service<Request<Incoming>> for ClientService {
         // a task of its own; a pointer keeps both small (bench/cost.sh `mem`, `ir`).
         Box::pin(async move {
             let client = Client { addr: peer, ip: &client_ip, raw_response: false };
-            let res = proxy.handle(req, client).await;
+            let res = proxy.handle(req, client, None).await;
             Ok(res.map(|body| Tracked { body, _exchange: exchange }))
         })
     }

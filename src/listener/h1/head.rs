@@ -16,7 +16,7 @@ use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Method, Request, Response, StatusCode, Uri, Version};
 use hyper::body::SizeHint;
 
-use crate::upstream::conn::h1::{encode_line, length, tokens, Line, Lines, RawHeaders};
+use crate::upstream::conn::h1::{encode_line, length, name_is, tokens, Line, Lines, RawHeaders};
 
 /// Header slots parsed on the stack; a head with more lines than this (or than
 /// the listener allows) goes to hyper, which applies `limits.max_request_headers`.
@@ -78,16 +78,13 @@ pub fn request(buf: &mut BytesMut, max_head: usize, max_headers: usize) -> Parse
     let mut lines = Lines::new();
     for h in req.headers.iter() {
         let name = h.name.as_bytes();
-        if name.eq_ignore_ascii_case(b"content-length") {
+        if name_is(name, b"content-length") {
             if h.value.trim_ascii() != b"0" {
                 return Parsed::Handoff;
             }
-        } else if name.eq_ignore_ascii_case(b"transfer-encoding")
-            || name.eq_ignore_ascii_case(b"upgrade")
-            || name.eq_ignore_ascii_case(b"expect")
-        {
+        } else if name_is(name, b"transfer-encoding") || name_is(name, b"upgrade") || name_is(name, b"expect") {
             return Parsed::Handoff;
-        } else if name.eq_ignore_ascii_case(b"connection") {
+        } else if name_is(name, b"connection") {
             for token in tokens(h.value) {
                 if token.eq_ignore_ascii_case(b"close") {
                     keep.alive = false;
@@ -95,7 +92,7 @@ pub fn request(buf: &mut BytesMut, max_head: usize, max_headers: usize) -> Parse
                     keep.alive = true;
                 }
             }
-        } else if name.eq_ignore_ascii_case(b"te") {
+        } else if name_is(name, b"te") {
             keep.trailers |= tokens(h.value).any(|t| t.eq_ignore_ascii_case(b"trailers"));
         }
         lines.push(Line { name: at(name), value: at(h.value) });

@@ -27,6 +27,7 @@ use http::HeaderValue;
 use http_body_util::Empty;
 use hyper::body::{Body, Frame};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
+use tokio::time::{sleep_until, Instant, Sleep};
 
 pub(crate) use rewind::Rewind;
 
@@ -72,6 +73,9 @@ impl Connection {
         IO: AsyncRead + AsyncWrite + Unpin + Send,
     {
         let mut buf = BytesMut::new();
+        // Lent to each request for its upstream deadlines: reset per request, where a
+        // timer of the request's own would be filed in tokio's wheel and removed again.
+        let mut timer: Option<Pin<Box<Sleep>>> = None;
         loop {
             // A head: from the bytes already read (pipelined), else from the socket.
             let (request, keep) = loop {
@@ -102,7 +106,9 @@ impl Connection {
             // Boxed: the request path's future is large and this one lives as long
             // as the connection; a pointer keeps the idle connection small.
             let client = Client { addr: self.peer, ip: &self.client_ip, raw_response: true };
-            let mut handling = Box::pin(proxy.handle(request.map(|()| Empty::<Bytes>::new()), client));
+            let timer = timer.get_or_insert_with(|| Box::pin(sleep_until(Instant::now())));
+            let mut handling =
+                Box::pin(proxy.handle(request.map(|()| Empty::<Bytes>::new()), client, Some(timer.as_mut())));
             // While it is in flight the socket is read too, as hyper's server does: a
             // client that closes (or fails) cancels the request, upstream exchange and
             // all, rather than leave it running to its response or timeout. Bytes that

@@ -140,15 +140,33 @@ pub struct RequestKind {
 /// even when the rest is kept as bytes ([`RawHeaders`]). The other hop-by-hop
 /// names are dropped here already.
 fn kept_in_map(name: &[u8]) -> bool {
-    name.eq_ignore_ascii_case(b"x-request-id") || name.eq_ignore_ascii_case(b"te")
+    name_is(name, b"x-request-id") || name_is(name, b"te")
 }
 
 /// Hop-by-hop names the proxy removes from responses (`http::headers`), dropped
 /// here when the lines are kept as bytes.
 fn dropped_when_raw(name: &[u8]) -> bool {
-    name.eq_ignore_ascii_case(b"proxy-authenticate")
-        || name.eq_ignore_ascii_case(b"proxy-authorization")
-        || name.eq_ignore_ascii_case(b"upgrade")
+    name_is(name, b"proxy-authenticate") || name_is(name, b"proxy-authorization") || name_is(name, b"upgrade")
+}
+
+/// Whether a header name that httparse accepted (a token) is `lower`, a name in
+/// lower case letters and `-`. Eight bytes at a time with the case bit set: of
+/// the token characters, that changes only upper-case letters (to theirs) and
+/// makes `-` only of `-`; `eq_ignore_ascii_case` folds each byte on both sides.
+pub(crate) fn name_is(name: &[u8], lower: &[u8]) -> bool {
+    const CASE: u64 = 0x2020_2020_2020_2020;
+    debug_assert!(lower.iter().all(|&b| b.is_ascii_lowercase() || b == b'-'), "{lower:?}");
+    if name.len() != lower.len() {
+        return false;
+    }
+    let (mut name, mut lower) = (name, lower);
+    while let (Some((a, name_rest)), Some((b, lower_rest))) = (name.split_first_chunk(), lower.split_first_chunk()) {
+        if u64::from_ne_bytes(*a) | CASE != u64::from_ne_bytes(*b) {
+            return false;
+        }
+        (name, lower) = (name_rest, lower_rest);
+    }
+    name.iter().zip(lower).all(|(&a, &b)| a | 0x20 == b)
 }
 
 /// Parses a response head at the start of `buf`. `Ok(None)`: incomplete, read
@@ -170,10 +188,6 @@ pub fn response_head(buf: &mut BytesMut, req: RequestKind) -> Result<Option<Head
 pub(crate) struct Line {
     pub(crate) name: (u32, u32),
     pub(crate) value: (u32, u32),
-}
-
-fn is(name: &str, lower: &str) -> bool {
-    name.len() == lower.len() && name.eq_ignore_ascii_case(lower)
 }
 
 fn one_head(buf: &mut BytesMut, req: RequestKind) -> Result<Option<Head>, H1Error> {
@@ -210,14 +224,14 @@ fn one_head(buf: &mut BytesMut, req: RequestKind) -> Result<Option<Head>, H1Erro
         let value = h.value;
         // The framing and hop-by-hop names are compared as bytes here; only
         // forwarded lines become `HeaderName`s, once, below.
-        let keep = if is(h.name, "content-length") {
+        let keep = if name_is(h.name.as_bytes(), b"content-length") {
             let n = content_length_value(value)?;
             if content_length.is_some_and(|prior| prior != n) {
                 return Err(H1Error::Invalid("differing content-length values"));
             }
             content_length = Some(n);
             true
-        } else if is(h.name, "transfer-encoding") {
+        } else if name_is(h.name.as_bytes(), b"transfer-encoding") {
             for coding in tokens(value) {
                 // `chunked` must be the last coding and appear once; no other
                 // transfer coding is decoded here, so none is accepted.
@@ -228,7 +242,7 @@ fn one_head(buf: &mut BytesMut, req: RequestKind) -> Result<Option<Head>, H1Erro
             }
             te_seen = true;
             false
-        } else if is(h.name, "connection") {
+        } else if name_is(h.name.as_bytes(), b"connection") {
             for t in tokens(value) {
                 if t.eq_ignore_ascii_case(b"close") {
                     close = true;
@@ -241,7 +255,7 @@ fn one_head(buf: &mut BytesMut, req: RequestKind) -> Result<Option<Head>, H1Erro
             // Kept only when it names other headers: the proxy's hop-by-hop pass removes those.
             connection_names_other
         } else {
-            !(is(h.name, "keep-alive") || is(h.name, "proxy-connection"))
+            !(name_is(h.name.as_bytes(), b"keep-alive") || name_is(h.name.as_bytes(), b"proxy-connection"))
         };
         if keep {
             let at = |s: &[u8]| {
@@ -326,7 +340,7 @@ fn raw_block(bytes: &Bytes, lines: &Lines, content_length: Option<u64>) -> Optio
         if dropped_when_raw(name) {
             continue;
         }
-        raw.date |= name.eq_ignore_ascii_case(b"date");
+        raw.date |= name_is(name, b"date");
         // Both within the head, whose length fits in a u16.
         let (start, end) = (line.name.0 as u16, line.value.1 as u16);
         let count = usize::from(raw.count);
@@ -433,6 +447,42 @@ pub fn trailers(buf: &[u8]) -> Result<Option<(HeaderMap, usize)>, H1Error> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// `name_is` agrees with `eq_ignore_ascii_case` on every token that differs
+    /// from a name in one byte (any token character there), in any case.
+    #[test]
+    fn name_is_agrees_with_case_folding_on_tokens() {
+        let token = |b: u8| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b);
+        let names: [&[u8]; 11] = [
+            b"te",
+            b"date",
+            b"expect",
+            b"upgrade",
+            b"connection",
+            b"keep-alive",
+            b"x-request-id",
+            b"content-length",
+            b"proxy-connection",
+            b"transfer-encoding",
+            b"proxy-authorization",
+        ];
+        for lower in names {
+            assert!(name_is(lower, lower) && name_is(&lower.to_ascii_uppercase(), lower));
+            assert!(!name_is(&lower[1..], lower) && !name_is(&[lower, b"s"].concat(), lower));
+            for at in 0..lower.len() {
+                for c in (0..=255u8).filter(|&c| token(c)) {
+                    let mut name = lower.to_vec();
+                    name[at] = c;
+                    assert_eq!(
+                        name_is(&name, lower),
+                        name.eq_ignore_ascii_case(lower),
+                        "{:?}",
+                        String::from_utf8_lossy(&name)
+                    );
+                }
+            }
+        }
+    }
 
     fn parse(raw: &str, req: RequestKind) -> Result<Option<Head>, H1Error> {
         let mut buf = BytesMut::from(raw.as_bytes());
