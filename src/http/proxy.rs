@@ -34,7 +34,7 @@ use super::upgrade::{self, Upgrades};
 use crate::config::{Config, Route};
 use crate::metrics as m;
 use crate::upstream::conn::{OutgoingHead, ResponseBody, UpstreamError, Upstreams};
-use crate::upstream::stats::{RequestLabels, ServiceStats};
+use crate::upstream::stats::{intern, RequestLabels, ServiceStats};
 use crate::upstream::{Pick, Service, SharedTable};
 
 pub struct HttpProxy {
@@ -49,7 +49,7 @@ pub struct HttpProxy {
     /// Loop, tunnel and canonical-request checks before routing.
     admit: Admission,
     /// The `listener` label of every request this proxy answers.
-    listener: Arc<str>,
+    listener: &'static str,
     /// Where requests refused before routing or without a route are counted (`service=""`).
     unrouted: Arc<ServiceStats>,
     /// Off unless the listener configures one.
@@ -141,7 +141,7 @@ impl HttpProxy {
             proto: if tls { "https" } else { "http" },
             refused_absolute: metrics::counter!(m::BAD_REQUESTS, "listener" => listener.to_string(), "reason" => "absolute_form_foreign_host"),
             upgrades,
-            listener: listener.into(),
+            listener: intern(listener),
             unrouted: ServiceStats::of(""),
             access_log: None,
         }
@@ -253,7 +253,7 @@ impl HttpProxy {
         routed: &mut Option<Arc<str>>,
     ) -> Result<(Sending, OutgoingHead, B), Response<ProxyBody>> {
         let is_grpc = present.has(Present::CONTENT_TYPE) && grpc::is_grpc(req.headers());
-        let labels = RequestLabels::new(&self.listener, req.method(), req.version(), is_grpc);
+        let labels = RequestLabels::new(self.listener, req.method(), req.version(), is_grpc);
         if let Some(refused) = self.admit.check(&mut req, present, is_grpc) {
             return Err(answered(&self.unrouted, &labels, start, refused));
         }

@@ -14,7 +14,7 @@
 //! Cardinality is bounded by configuration: listeners × status codes (100..=599,
 //! others as `code="other"`) × 8 method classes × 3 protocols per service.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::hash::BuildHasherDefault;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, LazyLock, Mutex, RwLock};
@@ -29,17 +29,34 @@ use crate::metrics as m;
 use crate::metrics::families::{self, write_sample, Group, Histogram};
 
 /// The labels of a request that the service does not know: where it came in and how.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+/// Plain `&'static str`s: copying them touches no reference count, which every worker
+/// would otherwise share per request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct RequestLabels {
-    pub listener: Arc<str>,
+    /// An [`intern`]ed listener name.
+    pub listener: &'static str,
     pub method: &'static str,
     pub protocol: &'static str,
 }
 
 impl RequestLabels {
-    pub fn new(listener: &Arc<str>, method: &Method, version: Version, grpc: bool) -> RequestLabels {
-        RequestLabels { listener: listener.clone(), method: method_class(method), protocol: protocol(version, grpc) }
+    pub fn new(listener: &'static str, method: &Method, version: Version, grpc: bool) -> RequestLabels {
+        RequestLabels { listener, method: method_class(method), protocol: protocol(version, grpc) }
     }
+}
+
+/// `name` as a label value that lives as long as the process: each distinct listener
+/// name is kept once (a few bytes per name a configuration ever had), whatever the
+/// number of reloads that bring it back.
+pub fn intern(name: &str) -> &'static str {
+    static NAMES: LazyLock<Mutex<HashSet<&'static str>>> = LazyLock::new(Default::default);
+    let mut names = NAMES.lock().unwrap_or_else(|e| e.into_inner());
+    if let Some(kept) = names.get(name) {
+        return kept;
+    }
+    let kept: &'static str = Box::leak(name.into());
+    names.insert(kept);
+    kept
 }
 
 /// The method as a bounded label: the common methods by name, the rest `other`.
@@ -190,7 +207,7 @@ impl ServiceStats {
     pub fn response(&self, labels: &RequestLabels, status: StatusCode, seconds: f64) {
         self.with_traffic(|traffic| {
             let code = status.as_u16();
-            let key = RequestKey { labels: labels.clone(), code: if (100..=599).contains(&code) { code } else { 0 } };
+            let key = RequestKey { labels: *labels, code: if (100..=599).contains(&code) { code } else { 0 } };
             traffic.total.record(seconds);
             {
                 let requests = traffic.requests.read().unwrap_or_else(|e| e.into_inner());
@@ -294,7 +311,7 @@ impl Group for ServiceStats {
                 for (key, n) in rows {
                     let code = if key.code == 0 { "other".to_string() } else { key.code.to_string() };
                     let labels = [
-                        ("listener", &*key.labels.listener),
+                        ("listener", key.labels.listener),
                         ("service", service),
                         ("code", code.as_str()),
                         ("method", key.labels.method),
@@ -336,6 +353,15 @@ impl Group for ServiceStats {
 mod tests {
     use super::*;
 
+    #[test]
+    fn a_listener_name_is_kept_once() {
+        let first = intern(&String::from("interned-web"));
+        let again = intern(&String::from("interned-web"));
+        assert!(std::ptr::eq(first, again), "one copy per name, however often it comes back");
+        assert_eq!(intern("interned-admin"), "interned-admin");
+        assert!(!std::ptr::eq(intern("interned-admin"), first));
+    }
+
     fn rendered() -> String {
         let mut out = String::new();
         families::render(m::SERVICE_FAMILIES, &mut out);
@@ -351,11 +377,11 @@ mod tests {
         let text = rendered();
         assert!(text.contains("switchyard_upstream_instances{service=\"stats-test\",state=\"up\"} 2\n"), "{text}");
         assert!(!text.contains("switchyard_requests_total{listener=\"web\",service=\"stats-test\""), "{text}");
-        let labels = RequestLabels::new(&Arc::from("web"), &Method::POST, Version::HTTP_11, false);
+        let labels = RequestLabels::new("web", &Method::POST, Version::HTTP_11, false);
         s.response(&labels, StatusCode::OK, 0.01);
         s.response(&labels, StatusCode::OK, 0.01);
         s.response(
-            &RequestLabels::new(&Arc::from("web"), &Method::from_bytes(b"BREW").unwrap(), Version::HTTP_2, true),
+            &RequestLabels::new("web", &Method::from_bytes(b"BREW").unwrap(), Version::HTTP_2, true),
             StatusCode::from_u16(999).unwrap(),
             0.01,
         );

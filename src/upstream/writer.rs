@@ -159,7 +159,7 @@ mod tests {
         assert_eq!(series.len(), 10_000, "{:?}", &series[..3]);
         assert!(series.iter().all(|l| l.starts_with("switchyard_upstream_instances{") && l.ends_with("} 10")));
 
-        let labels = RequestLabels::new(&Arc::from("web"), &http::Method::GET, http::Version::HTTP_11, false);
+        let labels = RequestLabels::new("web", &http::Method::GET, http::Version::HTTP_11, false);
         built.table.service("scale-7").unwrap().state.stats.response(&labels, http::StatusCode::OK, 0.002);
         let seven = series_of("service=\"scale-7\"");
         // up gauge + 1 request series + 2 histograms × (16 buckets + sum + count) + 5 error
