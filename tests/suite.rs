@@ -4,7 +4,9 @@
 //! instead of once per file (each binary carried the whole crate and its dependencies,
 //! and they dominated the build's disk use and link time). `.ci/run` still runs each
 //! file in a process of its own: `cargo test --test suite <file>::`, e.g.
-//! `cargo test --test suite etcd_outage::`. `layout.rs` checks that every file is here.
+//! `cargo test --test suite etcd_outage::` (a filter is a substring: `process::` also
+//! takes `hardening_process::`; `.ci/run` passes exact names). `layout.rs` checks that
+//! every file is here.
 
 mod support;
 
