@@ -16,7 +16,7 @@ use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Method, Request, Response, StatusCode, Uri, Version};
 use hyper::body::SizeHint;
 
-use crate::upstream::conn::h1::{encode_line, length, name_is, tokens, Line, Lines, RawHeaders};
+use crate::upstream::conn::h1::{encode_line, length, name_is, place, tokens, Line, Lines, RawHeaders};
 
 /// Header slots parsed on the stack; a head with more lines than this (or than
 /// the listener allows) goes to hyper, which applies `limits.max_request_headers`.
@@ -67,13 +67,7 @@ pub fn request(buf: &mut BytesMut, max_head: usize, max_headers: usize) -> Parse
     let http10 = minor == 0;
     let mut keep = Keep { alive: !http10, trailers: false, head_request: method == Method::HEAD, http10 };
     let base = buf.as_ptr() as usize;
-    // (start, end) in the head; they fit in u32: a head is at most
-    // `limits.max_request_head` (16 MiB).
-    let at = |s: &[u8]| {
-        let start = (s.as_ptr() as usize - base) as u32;
-        (start, start + s.len() as u32)
-    };
-    let path = at(path.as_bytes());
+    let path = place(base, path.as_bytes());
     // Where each line lies, to be taken from the head's bytes once they are split off.
     let mut lines = Lines::new();
     for h in req.headers.iter() {
@@ -95,7 +89,7 @@ pub fn request(buf: &mut BytesMut, max_head: usize, max_headers: usize) -> Parse
         } else if name_is(name, b"te") {
             keep.trailers |= tokens(h.value).any(|t| t.eq_ignore_ascii_case(b"trailers"));
         }
-        lines.push(Line { name: at(name), value: at(h.value) });
+        lines.push(Line { name: place(base, name), value: place(base, h.value) });
     }
     let head: Bytes = buf.split_to(len).freeze();
     let span = |(start, end): (u32, u32)| start as usize..end as usize;
@@ -147,8 +141,8 @@ pub enum Framing {
 /// upstream's header lines kept as bytes (`raw`) first, then the map's. `date`
 /// is the current `Date` value, added when the response has none; `keep` is
 /// what the client asked for and `closing` says the server will close after
-/// this response (drain): the head then says `Connection: close`. Returns the framing and whether the connection may
-/// stay open after the body.
+/// this response (drain): the head then says `Connection: close`. Returns the
+/// framing and whether the connection may stay open after the body.
 pub fn response<B>(
     dst: &mut Vec<u8>,
     res: &Response<B>,

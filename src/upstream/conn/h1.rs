@@ -35,7 +35,7 @@ use tokio::sync::Notify;
 
 pub use body::{H1Body, H1Upgraded};
 pub use parse::{length, tokens, RawHeaders, MAX_CHUNK_LINE, MAX_HEAD, MAX_HEADERS};
-pub(crate) use parse::{name_is, Line, Lines};
+pub(crate) use parse::{name_is, place, Line, Lines};
 use upload::{Pump, Stop, Upload};
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;

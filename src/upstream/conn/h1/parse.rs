@@ -190,6 +190,14 @@ pub(crate) struct Line {
     pub(crate) value: (u32, u32),
 }
 
+/// Where `part`, a slice of a head whose first byte is at address `base`, lies in
+/// it: (start, end). Both fit in u32: a head is at most [`MAX_HEAD`] here and
+/// `limits.max_request_head` (16 MiB) in the gateway's own server.
+pub(crate) fn place(base: usize, part: &[u8]) -> (u32, u32) {
+    let start = (part.as_ptr() as usize - base) as u32;
+    (start, start + part.len() as u32)
+}
+
 fn one_head(buf: &mut BytesMut, req: RequestKind) -> Result<Option<Head>, H1Error> {
     // Uninitialised: a hundred empty headers written before every parse cost more than the parse.
     let mut slots = [const { std::mem::MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_HEADERS];
@@ -258,11 +266,7 @@ fn one_head(buf: &mut BytesMut, req: RequestKind) -> Result<Option<Head>, H1Erro
             !(name_is(h.name.as_bytes(), b"keep-alive") || name_is(h.name.as_bytes(), b"proxy-connection"))
         };
         if keep {
-            let at = |s: &[u8]| {
-                let start = (s.as_ptr() as usize - base) as u32;
-                (start, start + s.len() as u32)
-            };
-            lines.push(Line { name: at(h.name.as_bytes()), value: at(value) });
+            lines.push(Line { name: place(base, h.name.as_bytes()), value: place(base, value) });
         }
     }
     if te_seen && content_length.is_some() {
