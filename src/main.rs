@@ -10,10 +10,12 @@ use tokio_util::sync::CancellationToken;
 
 use switchyard::config::Config;
 
+mod allocator;
+
 /// mimalloc: the request path allocates small, short-lived buffers on every
-/// request; measured against glibc malloc in README "Performance".
+/// request, which its thread-local free lists serve in a few dozen instructions.
 #[global_allocator]
-static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+static GLOBAL: allocator::Mimalloc = allocator::Mimalloc;
 use switchyard::logging::LogFormat;
 use switchyard::server::{Gateway, Reloader};
 use tokio::signal::unix::{signal, Signal, SignalKind};
@@ -59,40 +61,8 @@ enum Command {
     Register(Box<switchyard::register::RegisterArgs>),
 }
 
-/// mimalloc frees the pages of freed memory back to the OS only once its purge
-/// delay (10 ms by default) has passed *and* some thread next calls the
-/// allocator; a gateway that goes quiet after a spike of 10,000 connections
-/// never does, and kept ~320 MB of RSS for good (bench/cost.sh `mem`: 358 MB
-/// two seconds after they closed, from 19 MB before). A delay of 0 returned it
-/// at once, but also every page a request had just emptied: under steady load
-/// 0.5 page faults and 0.05 `madvise` per proxied request (bench/cost.sh, the
-/// gateway's own HTTP/1.1 server frees its buffers between requests), the
-/// same pages faulted back in by the next one. So: a delay of `PURGE_DELAY_MS`,
-/// under which pages in use again are never returned, and a thread of its own
-/// that asks mimalloc to purge what has been free longer than that, every
-/// `PURGE_EVERY`, whether or not the gateway is busy.
-fn allocator_settings() {
-    /// `mi_option_purge_delay` in mimalloc.h (v2 and v3 alike: the 16th option);
-    /// libmimalloc-sys names no constant for it.
-    const MI_OPTION_PURGE_DELAY: libmimalloc_sys::mi_option_t = 15;
-    const PURGE_DELAY_MS: std::ffi::c_long = 500;
-    const PURGE_EVERY: std::time::Duration = std::time::Duration::from_millis(500);
-    // SAFETY: mi_option_set stores one integer option, which is all mimalloc reads
-    // at each purge decision; no pointer crosses the boundary.
-    unsafe { libmimalloc_sys::mi_option_set(MI_OPTION_PURGE_DELAY, PURGE_DELAY_MS) };
-    let purger = std::thread::Builder::new().name("switchyard-purge".into()).spawn(|| loop {
-        std::thread::sleep(PURGE_EVERY);
-        // SAFETY: mi_collect takes no pointer; it frees this thread's own empty
-        // pages (none) and purges the arenas' memory free for longer than the delay.
-        unsafe { libmimalloc_sys::mi_collect(false) };
-    });
-    if let Err(e) = purger {
-        eprintln!("switchyard: no allocator purge thread ({e}): memory freed after a spike returns later");
-    }
-}
-
 fn main() -> ExitCode {
-    allocator_settings();
+    allocator::settings();
     let cli = Cli::parse();
     switchyard::logging::init(cli.log_format);
     let result = match cli.command {

@@ -6,12 +6,15 @@
 //! stream both ways unless kept for a retry. gRPC requests get gRPC-shaped errors
 //! and honour `grpc-timeout`; `Upgrade` requests are relayed after the 101.
 
+use std::future::{ready, Future};
 use std::net::SocketAddr;
+use std::ops::Deref;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use futures_util::future;
 use http::header::{self, HeaderValue};
 use http::uri::PathAndQuery;
 use http::{Request, Response, StatusCode, Version};
@@ -156,23 +159,53 @@ impl HttpProxy {
     /// and back to the client, and the access log, when on, gets its line.
     /// `timer`: the connection's, lent for the request's upstream deadlines
     /// ([`send::send`]); without one, each try arms a timer of its own.
-    pub async fn handle<B: RequestBody>(
-        &self,
+    ///
+    /// Not an `async fn`: routing, planning and rewriting do not wait, so they run
+    /// here, and the future returned holds only what the exchange needs (the
+    /// rewritten request, lent to it), not also the request they started from —
+    /// the future is moved into a box for every request, and into a task of its
+    /// own for every HTTP/2 stream. `this`: the proxy, lent or shared (an `Arc`,
+    /// for a future that outlives the caller's borrow); `client` is read here only.
+    pub fn handle<'a, P, B>(
+        this: P,
         mut req: Request<B>,
         client: Client<'_>,
-        timer: Option<Pin<&mut Sleep>>,
-    ) -> Response<ProxyBody> {
+        timer: Option<Pin<&'a mut Sleep>>,
+    ) -> impl Future<Output = Response<ProxyBody>> + Send + use<'a, P, B>
+    where
+        P: Deref<Target = HttpProxy> + Send + 'a,
+        B: RequestBody,
+    {
         let start = Instant::now();
         let present = Present::of(req.headers());
         let id = request_id::ensure(req.headers_mut(), present.has(Present::REQUEST_ID));
         // Boxed: held across the request, it would size every request's future.
-        let requested = self.access_log.as_ref().map(|_| Box::new(Requested::of(&req)));
-        let mut service = None;
-        let mut res = self.forward(req, start, present, client, timer, &mut service).await;
+        let requested = this.access_log.as_ref().map(|_| Box::new(Requested::of(&req)));
+        let addr = client.addr;
+        match this.prepare(req, start, present, client) {
+            Err(answer) => future::Either::Left(ready(this.reply(answer, None, id, requested, addr, start))),
+            Ok(mut prepared) => future::Either::Right(async move {
+                // `prepared` is lent, not moved: a move would keep a second copy in this future.
+                let res = this.exchange(&mut prepared, start, timer).await;
+                this.reply(res, Some(&prepared.sending.service.name), id, requested, addr, start)
+            }),
+        }
+    }
+
+    /// The access log's line, when on, and the `x-request-id` on the response.
+    fn reply(
+        &self,
+        mut res: Response<ProxyBody>,
+        service: Option<&str>,
+        id: HeaderValue,
+        requested: Option<Box<Requested>>,
+        addr: SocketAddr,
+        start: Instant,
+    ) -> Response<ProxyBody> {
         if let (Some(log), Some(r)) = (&self.access_log, requested) {
             let upstream = res.extensions().get::<AnsweredBy>().map(|a| a.0.clone());
             log.record(&Entry {
-                client: client.addr,
+                client: addr,
                 method: r.method.as_str(),
                 host: &r.host,
                 target: r.uri.path_and_query().map_or("/", |p| p.as_str()),
@@ -184,7 +217,7 @@ impl HttpProxy {
                     .and_then(|v| v.to_str().ok()?.parse().ok())
                     .or_else(|| respond::raw_headers(res.body())?.content_length),
                 duration: start.elapsed(),
-                service: service.as_deref().unwrap_or(""),
+                service: service.unwrap_or(""),
                 upstream: upstream.as_deref().unwrap_or(""),
                 request_id: id.to_str().unwrap_or(""),
                 referer: header_text(&r.referer),
@@ -195,36 +228,22 @@ impl HttpProxy {
         res
     }
 
-    /// `start` is when the request head arrived; `present`, which headers it may
-    /// carry; `routed` gets the service the request was routed to.
-    ///
-    /// Written as prepare (routing, planning, rewriting), send, finish: the
-    /// first and last do not await, so what they hold is not kept in this
-    /// future's state, which is moved into a box for every request.
-    async fn forward<B: RequestBody>(
+    /// The prepared request's body read into memory when its plan keeps it for a
+    /// retry, then sent (the one retry loop) and finished. `start` is when the
+    /// request head arrived.
+    async fn exchange(
         &self,
-        req: Request<B>,
+        prepared: &mut Prepared,
         start: Instant,
-        present: Present,
-        client: Client<'_>,
         timer: Option<Pin<&mut Sleep>>,
-        routed: &mut Option<Arc<str>>,
     ) -> Response<ProxyBody> {
-        let (sending, head, body) = match self.prepare(req, start, present, client, routed) {
-            Ok(prepared) => prepared,
-            Err(answer) => return answer,
-        };
-        let body = if sending.plan.buffer_body && !body.is_end_stream() {
+        let Prepared { sending, out } = prepared;
+        if sending.plan.buffer_body && matches!(out.body, Body::Stream(Some(_))) {
             // Boxed: a rare path, kept out of the state of every request's future.
-            match Box::pin(self.buffer(body, &sending, start)).await {
-                Ok(body) => body,
-                Err(answer) => return answer,
+            if let Err(answer) = Box::pin(self.buffer(&mut out.body, sending, start)).await {
+                return answer;
             }
-        } else {
-            body.into_outgoing()
-        };
-        let out = Outgoing { head, body, answered_by: self.access_log.is_some() };
-        // Send, with the one retry loop; then finish.
+        }
         let sent_at = Instant::now();
         let sent = send::send(
             &self.upstreams,
@@ -250,8 +269,7 @@ impl HttpProxy {
         start: Instant,
         present: Present,
         client: Client<'_>,
-        routed: &mut Option<Arc<str>>,
-    ) -> Result<(Sending, OutgoingHead, B), Response<ProxyBody>> {
+    ) -> Result<Prepared, Response<ProxyBody>> {
         let is_grpc = present.has(Present::CONTENT_TYPE) && grpc::is_grpc(req.headers());
         let labels = RequestLabels::new(self.listener, req.method(), req.version(), is_grpc);
         if let Some(refused) = self.admit.check(&mut req, present, is_grpc) {
@@ -307,7 +325,6 @@ impl HttpProxy {
         };
         let how = target.pick(&view);
         let service = service.clone();
-        *routed = Some(service.name.clone());
         let path_and_query = match target.upstream_path(view.path) {
             // The whole path: nothing was stripped. (A prefix without a trailing `/`
             // leaves a borrowed rest that is shorter: "/api" of "/api/x" is "/x".)
@@ -375,13 +392,18 @@ impl HttpProxy {
             client_version,
             upgrade: on_client_upgrade.map(|on_client| (on_client, on_relay)),
         };
-        Ok((sending, head, body))
+        let out = Outgoing { head, body: body.into_outgoing(), answered_by: self.access_log.is_some() };
+        Ok(Prepared { sending, out })
     }
 
     /// The request body read into memory (for a retry), within the request's deadline.
-    async fn buffer<B: RequestBody>(&self, body: B, s: &Sending, start: Instant) -> Result<Body, Response<ProxyBody>> {
-        match tokio::time::timeout(s.plan.deadline, body.collect()).await {
-            Ok(Ok(collected)) => Ok(Body::Buffered(collected.to_bytes())),
+    async fn buffer(&self, body: &mut Body, s: &Sending, start: Instant) -> Result<(), Response<ProxyBody>> {
+        let Body::Stream(Some(streamed)) = body else { return Ok(()) };
+        match tokio::time::timeout(s.plan.deadline, streamed.collect()).await {
+            Ok(Ok(collected)) => {
+                *body = Body::Buffered(collected.to_bytes());
+                Ok(())
+            }
             Ok(Err(_)) => Err(answered(&s.service.state.stats, &s.labels, start, self.admit.malformed_body(s.is_grpc))),
             Err(_) => {
                 let res =
@@ -394,7 +416,7 @@ impl HttpProxy {
     /// The response passed on (an upgrade relayed), or the gateway's own answer; counted.
     fn finish(
         &self,
-        s: Sending,
+        s: &mut Sending,
         sent: Result<Response<ResponseBody>, Failed>,
         start: Instant,
         sent_at: Instant,
@@ -402,7 +424,7 @@ impl HttpProxy {
         let state = &s.service.state;
         match sent {
             Ok(mut res) => {
-                let upgraded = match s.upgrade {
+                let upgraded = match s.upgrade.take() {
                     Some((on_client, on_relay)) if res.status() == StatusCode::SWITCHING_PROTOCOLS => {
                         let protocol = res.headers().get(header::UPGRADE).cloned();
                         self.upgrades.relay(on_client, hyper::upgrade::on(&mut res), on_relay);
@@ -431,6 +453,13 @@ impl HttpProxy {
             }
         }
     }
+}
+
+/// A request routed, planned and rewritten: what is sent, and what sending it
+/// and finishing need.
+struct Prepared {
+    sending: Sending,
+    out: Outgoing,
 }
 
 /// What sending a prepared request and finishing it need.

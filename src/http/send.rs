@@ -106,7 +106,7 @@ enum Last {
     Response(Box<Response<ResponseBody>>),
 }
 
-/// Sends `out` to `service` as `plan` says. Returns the response to pass on (which
+/// Sends `out` (lent: a streamed body is taken from it) to `service` as `plan` says. Returns the response to pass on (which
 /// may be an instance's 5xx when no retry was left) or why there is none.
 /// `started`: when the request arrived (its deadline runs from there); `now`: the
 /// time of the call, read by the caller already. `timer`: one lent by the client's
@@ -119,7 +119,7 @@ pub async fn send(
     service: &Arc<Service>,
     how: Pick,
     plan: &Plan,
-    mut out: Outgoing,
+    out: &mut Outgoing,
     started: Instant,
     now: Instant,
     mut timer: Option<Pin<&mut Sleep>>,

@@ -30,8 +30,9 @@ use crate::config::Config;
 use crate::http::headers::client_value;
 use crate::http::respond::ProxyBody;
 use crate::http::upgrade::{RelayHook, Relayed};
-use crate::http::Client;
+use crate::http::{Client, HttpProxy};
 use crate::metrics as m;
+use futures_util::FutureExt;
 
 /// Which HTTP a client speaks: known from ALPN after a TLS handshake, from the
 /// first bytes on a plain connection.
@@ -419,8 +420,6 @@ impl hyper::service::Service<Request<Incoming>> for ClientService {
 
     fn call(&self, mut req: Request<Incoming>) -> Responding {
         let proxy = self.proxy.load_full();
-        let client_ip = self.client_ip.clone();
-        let peer = self.peer;
         let exchange = self.conn.start_request(req.version() == http::Version::HTTP_2);
         if req.headers().contains_key(header::UPGRADE) {
             // Only then: an extension costs an allocation per request.
@@ -429,11 +428,11 @@ impl hyper::service::Service<Request<Incoming>> for ClientService {
         // Boxed: hyper keeps an h1 connection's in-flight slot (sized for this future)
         // allocated while the connection idles, and moves each h2 stream's future into
         // a task of its own; a pointer keeps both small (bench/cost.sh `mem`, `ir`).
-        Box::pin(async move {
-            let client = Client { addr: peer, ip: &client_ip, raw_response: false };
-            let res = proxy.handle(req, client, None).await;
-            Ok(res.map(|body| Tracked { body, _exchange: exchange }))
-        })
+        // The request is routed and rewritten here, in `handle`; the future holds
+        // what is left, with the proxy it was taken from.
+        let client = Client { addr: self.peer, ip: &self.client_ip, raw_response: false };
+        let handling = HttpProxy::handle(proxy, req, client, None);
+        Box::pin(handling.map(move |res| Ok(res.map(|body| Tracked { body, _exchange: exchange }))))
     }
 }
 

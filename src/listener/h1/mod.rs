@@ -35,7 +35,7 @@ use self::head::{Framing, Keep, Parsed};
 use super::accept::DrainSignal;
 use super::watchdog::ConnState;
 use crate::http::respond::{raw_headers, ProxyBody};
-use crate::http::Client;
+use crate::http::{Client, HttpProxy};
 use crate::upstream::conn::h1::{chunk_start, last_chunk};
 
 /// What a read asks the socket for once a head is under way (hyper's first read is as large).
@@ -107,8 +107,12 @@ impl Connection {
             // as the connection; a pointer keeps the idle connection small.
             let client = Client { addr: self.peer, ip: &self.client_ip, raw_response: true };
             let timer = timer.get_or_insert_with(|| Box::pin(sleep_until(Instant::now())));
-            let mut handling =
-                Box::pin(proxy.handle(request.map(|()| Empty::<Bytes>::new()), client, Some(timer.as_mut())));
+            let mut handling = Box::pin(HttpProxy::handle(
+                proxy,
+                request.map(|()| Empty::<Bytes>::new()),
+                client,
+                Some(timer.as_mut()),
+            ));
             // While it is in flight the socket is read too, as hyper's server does: a
             // client that closes (or fails) cancels the request, upstream exchange and
             // all, rather than leave it running to its response or timeout. Bytes that
@@ -130,7 +134,6 @@ impl Connection {
             })
             .await;
             drop(handling);
-            drop(proxy);
             let response = match response {
                 Ok(response) => response,
                 Err(None) => {

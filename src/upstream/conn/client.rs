@@ -18,7 +18,7 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 
-use super::h1::H1Error;
+use super::h1::{self, H1Error};
 use super::pool::{PoolError, PoolSettings, SendLimits};
 use super::request::{Aim, OutgoingHead};
 use super::tls::{TlsSettings, UpstreamConnector, UpstreamTlsError, ALPN_H2, ALPN_HTTP1};
@@ -177,7 +177,7 @@ impl Upstreams {
                 let mut lines = Default::default();
                 match endpoint.pool.send_h1(head.h1(&mut lines), body, self.instance_pools, limits).await {
                     Ok(res) => Ok(res.map(Either::Right)),
-                    Err((e, unsent)) => Err(SendError {
+                    Err(h1::SendError { error: e, unsent }) => Err(SendError {
                         connect: e.is_connect(),
                         overloaded: matches!(e, H1Error::Pending),
                         closed: matches!(e, H1Error::ClosedBeforeResponse),
@@ -195,7 +195,8 @@ impl Upstreams {
             }
             Via::Instance { h2: true } => {
                 let req = head.request(body, Aim::H2 { authority: &endpoint.authority, tls: false });
-                endpoint.pool.send_h2(req, self.instance_pools).await.map(hyper).map_err(pool_error)
+                // Boxed: the largest of these futures, it would size every request's.
+                Box::pin(endpoint.pool.send_h2(req, self.instance_pools)).await.map(hyper).map_err(pool_error)
             }
             Via::Shared { client, h2 } => {
                 let authority = &endpoint.authority;

@@ -447,6 +447,7 @@ fn request_framing<B: Body>(head: &RequestHead<'_>, body: &B) -> ReqFraming {
 
 /// `name: value\r\n`: a header line of a head or a trailer section, written by
 /// this exchange and by the gateway's own HTTP/1.1 server alike.
+#[inline(always)]
 pub fn encode_line(dst: &mut Vec<u8>, name: &[u8], value: &[u8]) {
     dst.extend_from_slice(name);
     dst.extend_from_slice(b": ");

@@ -11,6 +11,7 @@
 //! never opens connections without bound. A retired pool (its instance draining or
 //! removed) keeps no idle connection.
 
+use std::future::Future;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -23,7 +24,7 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::net::TcpStream;
 use tokio::sync::Notify;
 
-use super::h1::{H1Body, H1Error, H1Limits, H1Pool, H1Settings, RequestHead};
+use super::h1::{H1Body, H1Limits, H1Pool, H1Settings, RequestHead, SendError};
 use super::slot::Slot;
 use super::UpstreamBody;
 
@@ -183,20 +184,22 @@ impl InstancePool {
 
     /// Sends a plain (non-upgrade) request over the in-task HTTP/1.1 connections
     /// (`h1`), within the same limits as [`InstancePool::send`]; the body comes
-    /// back when nothing of the request reached the instance.
-    pub async fn send_h1(
-        &self,
-        head: RequestHead<'_>,
+    /// back when nothing of the request reached the instance. Not an `async fn`:
+    /// the request's future is `h1`'s own, with no layer (and copy of the
+    /// arguments) of this one around it.
+    pub fn send_h1<'a>(
+        &'a self,
+        head: RequestHead<'a>,
         body: UpstreamBody,
         settings: PoolSettings,
-        limits: SendLimits<'_>,
-    ) -> Result<Response<H1Body>, (H1Error, Option<UpstreamBody>)> {
+        limits: SendLimits<'a>,
+    ) -> impl Future<Output = Result<Response<H1Body>, SendError<UpstreamBody>>> + Send + 'a {
         let limits = H1Limits {
             max_connections: limits.max_connections,
             max_pending: limits.max_pending,
             pending: limits.pending,
         };
-        self.h1.send_limited(head, body, settings.h1(), limits).await.map_err(|e| (e.error, e.unsent))
+        self.h1.send_limited(head, body, settings.h1(), limits)
     }
 
     /// A ready connection, a reserved slot for a new one, or — at the cap — a wait
