@@ -105,26 +105,38 @@ impl Outlier {
     /// service's cap on ejected instances), the instance is ejected and the ejection
     /// returned. Concurrent failures eject once: the counter is reset by whoever
     /// ejects, and an instance already out is not ejected again.
+    ///
+    /// `now_ms` reads the clock: a success, the usual outcome, needs it only for an
+    /// instance ejected before, and writes the shared counters only when they are
+    /// not zero already (a store would take their cache line from the other cores).
     pub fn record(
         &self,
         outcome: Outcome,
-        now_ms: u64,
+        now_ms: impl FnOnce() -> u64,
         policy: &OutlierPolicy,
         may_eject: impl FnOnce() -> bool,
     ) -> Option<Ejection> {
         if !outcome.is_failure() {
-            self.failures.store(0, Ordering::Relaxed);
-            self.connect_failures.store(0, Ordering::Relaxed);
+            for counter in [&self.failures, &self.connect_failures] {
+                if counter.load(Ordering::Relaxed) != 0 {
+                    counter.store(0, Ordering::Relaxed);
+                }
+            }
             // A long healthy stretch after the last ejection forgets one of them, so a
             // rare relapse is not punished with the longest ejection (Envoy does the same).
             let until = self.ejected_until.load(Ordering::Relaxed);
+            if until == 0 {
+                return None;
+            }
+            let now_ms = now_ms();
             let base = policy.base_ejection.as_millis() as u64;
-            if until != 0 && now_ms > until.saturating_add(base) && self.times_ejected.load(Ordering::Relaxed) > 0 {
+            if now_ms > until.saturating_add(base) && self.times_ejected.load(Ordering::Relaxed) > 0 {
                 let _ = self.times_ejected.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |t| t.checked_sub(1));
                 self.ejected_until.store(now_ms, Ordering::Relaxed);
             }
             return None;
         }
+        let now_ms = now_ms();
         if !policy.enabled || self.is_ejected(now_ms) {
             return None;
         }
@@ -181,9 +193,9 @@ mod tests {
     fn five_failures_in_a_row_eject_for_the_base_time() {
         let o = Outlier::default();
         for i in 0..4 {
-            assert_eq!(o.record(Outcome::Status(503), 1000 + i, &policy(), || true), None);
+            assert_eq!(o.record(Outcome::Status(503), || 1000 + i, &policy(), || true), None);
         }
-        let e = o.record(Outcome::Timeout, 1005, &policy(), || true).expect("ejected");
+        let e = o.record(Outcome::Timeout, || 1005, &policy(), || true).expect("ejected");
         assert_eq!((e.until_ms, e.reason, e.times), (31_005, EjectReason::Failures, 1));
         assert!(o.is_ejected(31_004));
         assert!(!o.is_ejected(31_005));
@@ -193,21 +205,21 @@ mod tests {
     fn a_success_resets_the_streak() {
         let o = Outlier::default();
         for _ in 0..4 {
-            o.record(Outcome::Reset, 1, &policy(), || true);
+            o.record(Outcome::Reset, || 1, &policy(), || true);
         }
-        o.record(Outcome::Success, 2, &policy(), || true);
+        o.record(Outcome::Success, || 2, &policy(), || true);
         for _ in 0..4 {
-            assert_eq!(o.record(Outcome::Reset, 3, &policy(), || true), None);
+            assert_eq!(o.record(Outcome::Reset, || 3, &policy(), || true), None);
         }
     }
 
     #[test]
     fn a_connect_failure_ejects_at_once() {
         let o = Outlier::default();
-        let e = o.record(Outcome::ConnectFailure, 10, &policy(), || true).expect("ejected");
+        let e = o.record(Outcome::ConnectFailure, || 10, &policy(), || true).expect("ejected");
         assert_eq!(e.reason, EjectReason::ConnectFailures);
         // Already out: further failures do not extend or re-eject.
-        assert_eq!(o.record(Outcome::ConnectFailure, 11, &policy(), || true), None);
+        assert_eq!(o.record(Outcome::ConnectFailure, || 11, &policy(), || true), None);
         assert_eq!(o.ejected_until(), 30_010);
     }
 
@@ -218,7 +230,7 @@ mod tests {
         let mut now = 0;
         let mut lengths = Vec::new();
         for _ in 0..4 {
-            let e = o.record(Outcome::ConnectFailure, now, &p, || true).expect("ejected");
+            let e = o.record(Outcome::ConnectFailure, || now, &p, || true).expect("ejected");
             lengths.push((e.until_ms - now) / 1000);
             now = e.until_ms; // back, and failing again at once
         }
@@ -228,7 +240,7 @@ mod tests {
     #[test]
     fn the_cap_on_ejected_instances_holds() {
         let o = Outlier::default();
-        assert_eq!(o.record(Outcome::ConnectFailure, 1, &policy(), || false), None);
+        assert_eq!(o.record(Outcome::ConnectFailure, || 1, &policy(), || false), None);
         assert!(!o.is_ejected(1));
         assert!(may_eject(0, 3, 50));
         assert!(!may_eject(1, 3, 50), "a second of three is more than half");
@@ -242,18 +254,18 @@ mod tests {
         let p = OutlierPolicy { enabled: false, ..policy() };
         let o = Outlier::default();
         for _ in 0..100 {
-            assert_eq!(o.record(Outcome::ConnectFailure, 1, &p, || true), None);
+            assert_eq!(o.record(Outcome::ConnectFailure, || 1, &p, || true), None);
         }
     }
 
     #[test]
     fn a_healthy_stretch_forgets_an_ejection() {
         let o = Outlier::default();
-        o.record(Outcome::ConnectFailure, 0, &policy(), || true).expect("ejected");
+        o.record(Outcome::ConnectFailure, || 0, &policy(), || true).expect("ejected");
         assert_eq!(o.times_ejected(), 1);
-        o.record(Outcome::Success, 30_000 + 30_001, &policy(), || true);
+        o.record(Outcome::Success, || 30_000 + 30_001, &policy(), || true);
         assert_eq!(o.times_ejected(), 0);
-        let e = o.record(Outcome::ConnectFailure, 70_000, &policy(), || true).expect("ejected");
+        let e = o.record(Outcome::ConnectFailure, || 70_000, &policy(), || true).expect("ejected");
         assert_eq!(e.until_ms - 70_000, 30_000);
     }
 }

@@ -148,13 +148,14 @@ impl Service {
 
     /// The outcome hook: every try at an instance, HTTP or TCP, reports here.
     pub fn observe(&self, endpoint: &Endpoint, outcome: Outcome) {
-        let now = now_ms();
+        // The clock is read where it is needed: a success usually needs none.
         let policy = &self.policy.outlier;
         let may_eject = || {
+            let now = now_ms();
             let ejected = self.live.iter().filter(|e| e.state.outlier.is_ejected(now)).count();
             outlier::may_eject(ejected, self.live.len(), policy.max_ejected_percent)
         };
-        if let Some(e) = endpoint.state.outlier.record(outcome, now, policy, may_eject) {
+        if let Some(e) = endpoint.state.outlier.record(outcome, now_ms, policy, may_eject) {
             self.state.stats.ejected(e.reason);
             tracing::warn!(
                 service = %self.name,
@@ -162,7 +163,7 @@ impl Service {
                 addr = %endpoint.addr,
                 reason = e.reason.as_str(),
                 times = e.times,
-                seconds = (e.until_ms - now) / 1000,
+                seconds = e.until_ms.saturating_sub(now_ms()) / 1000,
                 "instance ejected"
             );
         }
