@@ -17,6 +17,12 @@ static HOP_BY_HOP: [HeaderName; 7] = [
     header::UPGRADE,
 ];
 
+/// Whether `name` is one of the hop-by-hop headers [`strip_hop_by_hop`] looks for
+/// (`TE` included: it is kept only as `TE: trailers`).
+pub(crate) fn is_hop_by_hop(name: &HeaderName) -> bool {
+    name == header::TE || HOP_BY_HOP.contains(name)
+}
+
 /// Removes hop-by-hop headers, including those the `Connection` header names.
 /// `TE: trailers` survives: gRPC needs it end to end.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap) {

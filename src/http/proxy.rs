@@ -178,11 +178,11 @@ impl HttpProxy {
     {
         let start = Instant::now();
         let present = Present::of(req.headers());
-        let id = request_id::ensure(req.headers_mut(), present.has(Present::REQUEST_ID));
+        let (id, made) = request_id::ensure(req.headers_mut(), present.has(Present::REQUEST_ID));
         // Boxed: held across the request, it would size every request's future.
         let requested = this.access_log.as_ref().map(|_| Box::new(Requested::of(&req)));
         let addr = client.addr;
-        match this.prepare(req, start, present, client) {
+        match this.prepare(req, start, present, client, made.then(|| id.clone())) {
             Err(answer) => future::Either::Left(ready(this.reply(answer, None, id, requested, addr, start))),
             Ok(mut prepared) => future::Either::Right(async move {
                 // `prepared` is lent, not moved: a move would keep a second copy in this future.
@@ -269,6 +269,7 @@ impl HttpProxy {
         start: Instant,
         present: Present,
         client: Client<'_>,
+        request_id: Option<HeaderValue>,
     ) -> Result<Prepared, Response<ProxyBody>> {
         let is_grpc = present.has(Present::CONTENT_TYPE) && grpc::is_grpc(req.headers());
         let labels = RequestLabels::new(self.listener, req.method(), req.version(), is_grpc);
@@ -360,16 +361,16 @@ impl HttpProxy {
         let original_host = req.uri().authority().and_then(|a| HeaderValue::from_str(a.as_str()).ok());
         let (parts, body) = req.into_parts();
         let mut headers = parts.headers;
-        strip_hop_by_hop(&mut headers);
+        if present.has(Present::HOP_BY_HOP) {
+            strip_hop_by_hop(&mut headers);
+        }
         if let Some(protocol) = &upgrade {
             upgrade::restore(&mut headers, protocol.clone());
         }
         // HTTP/2 clients name the host in `:authority`; an HTTP/1.0 client may name none.
-        let host = headers
-            .get(header::HOST)
-            .cloned()
-            .or(original_host)
-            .unwrap_or_else(|| HeaderValue::from_static("localhost"));
+        let sent_host = headers.get(header::HOST).cloned();
+        let host_sent = sent_host.is_some();
+        let host = sent_host.or(original_host).unwrap_or_else(|| HeaderValue::from_static("localhost"));
         let forwarded_for = forwarded_for(&headers, present.has(Present::FORWARDED_FOR), client.ip);
         let head = OutgoingHead {
             method: parts.method,
@@ -379,6 +380,8 @@ impl HttpProxy {
             forwarded_for,
             forwarded_proto: self.proto,
             via: self.admit.via(client_version),
+            request_id,
+            host_sent,
             upgrade: upgrade.is_some(),
             // gRPC's status is read from the response's map (retries, errors).
             raw_response: client.raw_response && upgrade.is_none() && !is_grpc,

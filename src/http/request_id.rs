@@ -17,23 +17,30 @@ pub(crate) static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-
 /// A longer id from outside is replaced: it would only bloat every log line.
 const MAX_LEN: usize = 200;
 
-/// The request's id, added to `headers` when it had none (or an unusable one).
+/// The request's id, and whether the request going upstream still needs it:
+/// a usable one the client sent stays in `headers` (`false`); otherwise an
+/// unusable one is removed and a new one made (`true`), which is not put in the
+/// map — the upstream head gets it as a line of its own
+/// ([`OutgoingHead::request_id`](crate::upstream::conn::OutgoingHead)), with no
+/// map insertion.
 ///
 /// Marked sensitive: a value that differs on every message must not enter an
 /// HTTP/2 connection's HPACK table, where each new one would evict a useful
 /// entry and lengthen the encoder's search for every later `x-request-id`.
 /// `sent` says whether the request may carry one (`super::present`).
-pub(crate) fn ensure(headers: &mut HeaderMap, sent: bool) -> HeaderValue {
-    if let Some(id) = if sent { headers.get_mut(&X_REQUEST_ID) } else { None } {
-        if !id.is_empty() && id.len() <= MAX_LEN {
-            id.set_sensitive(true);
-            return id.clone();
+pub(crate) fn ensure(headers: &mut HeaderMap, sent: bool) -> (HeaderValue, bool) {
+    if sent {
+        if let Some(id) = headers.get_mut(&X_REQUEST_ID) {
+            if !id.is_empty() && id.len() <= MAX_LEN {
+                id.set_sensitive(true);
+                return (id.clone(), false);
+            }
+            headers.remove(&X_REQUEST_ID);
         }
     }
     let mut id = generate();
     id.set_sensitive(true);
-    headers.insert(X_REQUEST_ID.clone(), id.clone());
-    id
+    (id, true)
 }
 
 /// Counter values a thread takes from the process-wide counter at once.
@@ -113,14 +120,14 @@ mod tests {
     fn passes_through_or_generates_unique_ids() {
         let mut h = HeaderMap::new();
         h.insert("x-request-id", "from-client".parse().unwrap());
-        assert_eq!(ensure(&mut h, true), "from-client");
+        assert_eq!(ensure(&mut h, true), (HeaderValue::from_static("from-client"), false));
         assert_eq!(h["x-request-id"], "from-client");
 
         let (mut a, mut b) = (HeaderMap::new(), HeaderMap::new());
-        let (ida, idb) = (ensure(&mut a, false), ensure(&mut b, false));
+        let ((ida, add_a), (idb, add_b)) = (ensure(&mut a, false), ensure(&mut b, false));
         assert_ne!(ida, idb);
-        assert!(ida.is_sensitive() && a["x-request-id"].is_sensitive());
-        assert_eq!(a["x-request-id"], ida);
+        assert!(add_a && add_b && ida.is_sensitive());
+        assert!(a.is_empty(), "a made id is not put in the map");
         let text = ida.to_str().unwrap();
         let (prefix, counter) = text.split_once('-').unwrap();
         assert_eq!(prefix.len(), 12);
@@ -128,9 +135,14 @@ mod tests {
 
         let mut long = HeaderMap::new();
         long.insert("x-request-id", HeaderValue::try_from("x".repeat(MAX_LEN + 1)).unwrap());
-        assert_ne!(ensure(&mut long, true).len(), MAX_LEN + 1);
+        let (id, add) = ensure(&mut long, true);
+        assert!(add && id.len() != MAX_LEN + 1);
+        assert!(long.is_empty(), "the unusable id is removed");
         let mut empty = HeaderMap::new();
-        empty.insert("x-request-id", HeaderValue::from_static(""));
-        assert!(!ensure(&mut empty, true).is_empty());
+        empty.append("x-request-id", HeaderValue::from_static(""));
+        empty.append("x-request-id", HeaderValue::from_static("second"));
+        let (id, add) = ensure(&mut empty, true);
+        assert!(add && !id.is_empty());
+        assert!(empty.is_empty(), "every line of an unusable id is removed");
     }
 }

@@ -286,6 +286,12 @@ mod tests {
         let userinfo: http::Uri = "http://u:p@c.com:82/x".parse().unwrap();
         assert_eq!(request_host(&userinfo, &h("a.com")), "c.com");
         assert_eq!(request_host(&rel, &h("a.com")), "a.com");
+        let v6: http::Uri = "http://u@[::1]:83/x".parse().unwrap();
+        assert_eq!(request_host(&v6, &h("a.com")), "[::1]");
+        // A Host that is not visible ASCII names no host, as `to_str` would refuse it.
+        let mut odd = HeaderMap::new();
+        odd.insert(http::header::HOST, http::HeaderValue::from_bytes(b"caf\xc3\xa9.com").unwrap());
+        assert_eq!(request_host(&rel, &odd), "");
     }
 
     #[test]

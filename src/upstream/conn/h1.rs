@@ -431,10 +431,9 @@ enum ReqFraming {
 fn request_framing<B: Body>(head: &RequestHead<'_>, body: &B) -> ReqFraming {
     match body.size_hint().exact() {
         Some(0) if body.is_end_stream() => {
-            // A POST/PUT/PATCH says its empty body's length, as hyper's client does.
-            let says_length = head.headers.contains_key(header::CONTENT_LENGTH)
-                || matches!(*head.method, Method::POST | Method::PUT | Method::PATCH);
-            if says_length {
+            // A POST/PUT/PATCH says its empty body's length, as hyper's client does;
+            // so does any request whose client said it (`encode_head` sees that).
+            if matches!(*head.method, Method::POST | Method::PUT | Method::PATCH) {
                 ReqFraming::Length(0)
             } else {
                 ReqFraming::None
@@ -497,8 +496,13 @@ fn encode_head(head: &RequestHead<'_>, framing: ReqFraming) -> Vec<u8> {
     dst.push(b' ');
     dst.extend_from_slice(head.target.as_bytes());
     dst.extend_from_slice(b" HTTP/1.1\r\n");
+    let mut said_length = false;
     for (name, value) in head.headers {
-        if name == header::CONTENT_LENGTH || name == header::TRANSFER_ENCODING || head.skip.contains(name) {
+        if name == header::CONTENT_LENGTH {
+            said_length = true;
+            continue;
+        }
+        if name == header::TRANSFER_ENCODING || head.skip.contains(name) {
             continue;
         }
         encode_line(&mut dst, name.as_str().as_bytes(), value.as_bytes());
@@ -507,6 +511,8 @@ fn encode_head(head: &RequestHead<'_>, framing: ReqFraming) -> Vec<u8> {
         encode_line(&mut dst, name.as_bytes(), value);
     }
     match framing {
+        // No body, and the client said so with a `Content-Length: 0`: kept.
+        ReqFraming::None if said_length => dst.extend_from_slice(b"content-length: 0\r\n"),
         ReqFraming::None => {}
         ReqFraming::Length(n) => {
             dst.extend_from_slice(b"content-length: ");
@@ -749,5 +755,11 @@ mod tests {
         assert!(String::from_utf8(out).unwrap().ends_with("host: example.com\r\ncontent-length: 3\r\n\r\n"));
         let out = encode_head(&hd, request_framing(&hd, &Empty::<Bytes>::new()));
         assert!(String::from_utf8(out).unwrap().ends_with("content-length: 0\r\n\r\n"));
+        // a GET without a body says `Content-Length: 0` only when its client did
+        let mut h = HeaderMap::new();
+        h.insert(header::CONTENT_LENGTH, "0".parse().unwrap());
+        let hd = head(&get, &h, &[], &[]);
+        let out = encode_head(&hd, request_framing(&hd, &Empty::<Bytes>::new()));
+        assert_eq!(String::from_utf8(out).unwrap(), "GET /a?b=1 HTTP/1.1\r\ncontent-length: 0\r\n\r\n");
     }
 }

@@ -10,6 +10,7 @@ use http::{Method, Request, Version};
 
 use super::h1::RequestHead;
 use super::UpstreamBody;
+use crate::http::request_id::X_REQUEST_ID;
 
 pub const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 pub const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
@@ -34,6 +35,11 @@ pub struct OutgoingHead {
     pub forwarded_proto: &'static str,
     /// This gateway's `Via` entry, after any the request carried.
     pub via: HeaderValue,
+    /// The `x-request-id` the gateway made, when the client's headers carry none
+    /// (a usable one the client sent is among `headers`).
+    pub request_id: Option<HeaderValue>,
+    /// Whether `headers` has a `Host` (else `host` is sent as one to HTTP/1.1 instances).
+    pub host_sent: bool,
     /// An `Upgrade` request (its `Upgrade` header restored): HTTP/1.1 to every
     /// instance, over a connection that can hand both sides to the relay.
     pub upgrade: bool,
@@ -56,14 +62,17 @@ pub enum Aim<'a> {
 impl OutgoingHead {
     /// The gateway's own header lines for the in-task HTTP/1.1 exchange, and the
     /// client headers they replace. `Host` is added only when the client sent none.
-    pub fn h1<'a>(&'a self, lines: &'a mut [(&'static str, &'a [u8]); 5]) -> RequestHead<'a> {
+    pub fn h1<'a>(&'a self, lines: &'a mut [(&'static str, &'a [u8]); 6]) -> RequestHead<'a> {
         let mut n = 0;
         let mut push = |name: &'static str, value: &'a [u8]| {
             lines[n] = (name, value);
             n += 1;
         };
-        if !self.headers.contains_key(header::HOST) {
+        if !self.host_sent {
             push("host", self.host.as_bytes());
+        }
+        if let Some(id) = &self.request_id {
+            push("x-request-id", id.as_bytes());
         }
         push("x-forwarded-for", self.forwarded_for.as_bytes());
         push("x-forwarded-proto", self.forwarded_proto.as_bytes());
@@ -86,6 +95,9 @@ impl OutgoingHead {
         headers.insert(X_FORWARDED_PROTO.clone(), HeaderValue::from_static(self.forwarded_proto));
         headers.insert(X_FORWARDED_HOST.clone(), self.host.clone());
         headers.append(header::VIA, self.via.clone());
+        if let Some(id) = &self.request_id {
+            headers.insert(X_REQUEST_ID.clone(), id.clone());
+        }
         let (uri, version) = match aim {
             Aim::Http1 => (Uri::from(self.path_and_query.clone()), Version::HTTP_11),
             Aim::H2 { authority, tls } => {
@@ -124,6 +136,7 @@ mod tests {
     use super::*;
 
     fn head(headers: HeaderMap) -> OutgoingHead {
+        let host_sent = headers.contains_key(header::HOST);
         OutgoingHead {
             method: Method::GET,
             path_and_query: PathAndQuery::from_static("/p?q=1"),
@@ -132,6 +145,8 @@ mod tests {
             forwarded_for: HeaderValue::from_static("10.0.0.9, 127.0.0.1"),
             forwarded_proto: "https",
             via: HeaderValue::from_static("1.1 gw"),
+            request_id: None,
+            host_sent,
             upgrade: false,
             raw_response: false,
         }
@@ -176,5 +191,19 @@ mod tests {
         let out = head(with_host);
         let mut lines = Default::default();
         assert_eq!(out.h1(&mut lines).extra.len(), 4);
+    }
+
+    #[test]
+    fn a_made_request_id_goes_up_as_a_line_of_its_own() {
+        let mut out = head(HeaderMap::new());
+        out.request_id = Some(HeaderValue::from_static("0abc-1"));
+        let mut lines = Default::default();
+        let h = out.h1(&mut lines);
+        assert!(h.extra.contains(&("x-request-id", &b"0abc-1"[..])), "{:?}", h.extra);
+        let r = out.request(UpstreamBody::Left(Default::default()), Aim::Http1);
+        assert_eq!(r.headers()["x-request-id"], "0abc-1");
+        let mut lines = Default::default();
+        out.request_id = None;
+        assert!(out.h1(&mut lines).extra.iter().all(|(n, _)| *n != "x-request-id"));
     }
 }
