@@ -3,7 +3,8 @@
 //! server for a request with a body (mid-connection, pipelined bytes and all)
 //! and for a malformed head (400), keep-alive by version and `Connection`,
 //! HEAD, bodies of unknown length (chunked for HTTP/1.1, close-delimited for
-//! HTTP/1.0), `Date`, and a drain that lets the request in flight finish.
+//! HTTP/1.0), `Date`, the gateway's own `Via` and `x-request-id` among the
+//! backend's lines, and a drain that lets the request in flight finish.
 
 use crate::support;
 
@@ -194,6 +195,26 @@ async fn head_writes_no_body_and_the_next_response_follows_cleanly() {
     for name in ["content-length:", "date:", "via:", "x-request-id:"] {
         assert_eq!(lower.matches(name).count(), 1, "{name} in {}", get.head);
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_backends_request_id_is_replaced_and_its_via_kept_before_the_gateways() {
+    let (gw, _up) = gateway().await;
+    let mut s = TcpStream::connect(gw.addr).await.unwrap();
+    let mut buf = Vec::new();
+    s.write_all(b"GET /own-lines HTTP/1.1\r\nHost: a\r\nX-Request-Id: client-7\r\n\r\n").await.unwrap();
+    let a = read_answer(&mut s, &mut buf, false).await;
+    let lower = a.head.to_ascii_lowercase();
+    assert_eq!(lower.matches("x-request-id:").count(), 1, "{}", a.head);
+    assert_eq!(a.header("x-request-id"), Some("client-7"), "{a:?}");
+    let vias: Vec<&str> = a.head.lines().filter(|l| l.to_ascii_lowercase().starts_with("via:")).collect();
+    assert_eq!(vias.len(), 2, "{a:?}");
+    assert!(vias[0].ends_with("1.1 backend-proxy") && vias[1].contains("switchyard-"), "{vias:?}");
+    // Without one from the client: the made id, not the backend's.
+    s.write_all(b"GET /own-lines HTTP/1.1\r\nHost: a\r\n\r\n").await.unwrap();
+    let a = read_answer(&mut s, &mut buf, false).await;
+    assert_eq!(a.head.to_ascii_lowercase().matches("x-request-id:").count(), 1, "{}", a.head);
+    assert!(a.header("x-request-id").is_some_and(|id| id != "from-backend" && !id.is_empty()), "{a:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

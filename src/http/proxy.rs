@@ -111,7 +111,7 @@ impl Requested {
             method: req.method().clone(),
             uri: req.uri().clone(),
             version: req.version(),
-            host: request_host(req.uri(), req.headers()).to_string(),
+            host: request_host(req.uri(), req.headers().get(header::HOST)).to_string(),
             referer: req.headers().get(header::REFERER).cloned(),
             user_agent: req.headers().get(header::USER_AGENT).cloned(),
         }
@@ -224,7 +224,11 @@ impl HttpProxy {
                 user_agent: header_text(&r.user_agent),
             });
         }
-        res.headers_mut().insert(X_REQUEST_ID.clone(), id);
+        match respond::raw_headers_mut(res.body_mut()) {
+            // The upstream's own x-request-id was dropped with the lines kept as bytes.
+            Some(raw) => raw.request_id = Some(id),
+            None => drop(res.headers_mut().insert(X_REQUEST_ID.clone(), id)),
+        }
         res
     }
 
@@ -278,7 +282,9 @@ impl HttpProxy {
         }
         let client_version = req.version();
         let on_relay = req.extensions_mut().remove::<upgrade::RelayHook>();
-        let host = request_host(req.uri(), req.headers());
+        // Looked up once: for routing here, and as the `Host` sent upstream.
+        let sent_host = req.headers().get(header::HOST).cloned();
+        let host = request_host(req.uri(), sent_host.as_ref());
         let absolute_form = req.version() < Version::HTTP_2 && req.uri().scheme().is_some();
         let view = RequestView {
             host,
@@ -368,9 +374,13 @@ impl HttpProxy {
             upgrade::restore(&mut headers, protocol.clone());
         }
         // HTTP/2 clients name the host in `:authority`; an HTTP/1.0 client may name none.
-        let sent_host = headers.get(header::HOST).cloned();
-        let host_sent = sent_host.is_some();
-        let host = sent_host.or(original_host).unwrap_or_else(|| HeaderValue::from_static("localhost"));
+        // A `Connection` header may have named `Host`: then it is gone from the map.
+        let host_sent =
+            sent_host.is_some() && (!present.has(Present::HOP_BY_HOP) || headers.contains_key(header::HOST));
+        let host = match sent_host {
+            Some(h) if host_sent => h,
+            _ => original_host.unwrap_or_else(|| HeaderValue::from_static("localhost")),
+        };
         let forwarded_for = forwarded_for(&headers, present.has(Present::FORWARDED_FOR), client.ip);
         let head = OutgoingHead {
             method: parts.method,
@@ -439,12 +449,13 @@ impl HttpProxy {
                 if let Some(protocol) = upgraded {
                     upgrade::restore(res.headers_mut(), protocol);
                 }
+                let mut res = res.map(Either::Left);
                 self.own_response(&mut res, s.client_version);
                 // From the first send to the response head, retries included.
                 let now = Instant::now();
                 state.stats.upstream_time((now - sent_at).as_secs_f64());
                 state.stats.response(&s.labels, res.status(), (now - start).as_secs_f64());
-                res.map(Either::Left)
+                res
             }
             Err(Failed::ClientBody) => answered(&state.stats, &s.labels, start, self.admit.malformed_body(s.is_grpc)),
             Err(Failed::Upstream(failure)) => {
@@ -480,9 +491,15 @@ struct Sending {
 impl HttpProxy {
     /// A backend's response as the gateway's own: the client's protocol version
     /// (an HTTP/1.0 backend's status line is not passed on; RFC 9110 §6.2) and a `Via`.
-    fn own_response<B>(&self, res: &mut Response<B>, client_version: Version) {
-        let version = res.version();
-        self.admit.add_via(res.headers_mut(), version);
+    fn own_response(&self, res: &mut Response<ProxyBody>, client_version: Version) {
+        let via = self.admit.via(res.version());
+        match respond::raw_headers_mut(res.body_mut()) {
+            // After the upstream's own `Via` lines, kept as bytes with the others.
+            Some(raw) => raw.via = Some(via),
+            None => {
+                res.headers_mut().append(header::VIA, via);
+            }
+        }
         if client_version < Version::HTTP_2 {
             *res.version_mut() = Version::HTTP_11;
         }

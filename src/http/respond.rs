@@ -25,6 +25,14 @@ pub fn raw_headers(body: &ProxyBody) -> Option<&RawHeaders> {
     }
 }
 
+/// The same, for the request path to add the gateway's own lines to them.
+pub fn raw_headers_mut(body: &mut ProxyBody) -> Option<&mut RawHeaders> {
+    match body {
+        Either::Left(Either::Right(h1)) => h1.raw_headers_mut(),
+        _ => None,
+    }
+}
+
 /// A local answer with a plain-text body.
 pub fn text(status: StatusCode, reason: impl Into<Bytes>) -> Response<ProxyBody> {
     let mut res = Response::new(Either::Right(Full::new(reason.into())));

@@ -110,6 +110,13 @@ async fn answer(name: Bytes, req: Request<Incoming>) -> Result<Response<Body>, I
             text.push_str(&format!("{k}: {}\n", v.to_str().unwrap_or("?")));
         }
         Response::new(full(text))
+    } else if path == "/own-lines" {
+        // The lines the gateway replaces (x-request-id) or adds to (Via).
+        Response::builder()
+            .header("x-request-id", "from-backend")
+            .header("via", "1.1 backend-proxy")
+            .body(full(name))
+            .unwrap()
     } else if path == "/hop-by-hop" {
         Response::builder()
             .header("connection", "x-named-by-connection")

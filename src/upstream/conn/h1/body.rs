@@ -30,7 +30,8 @@ pub struct H1Body {
     reading: Option<Box<Reading>>,
     /// The response's header lines kept as bytes, when asked for: here rather
     /// than in the response's extensions, which would cost two allocations.
-    raw: Option<RawHeaders>,
+    /// Boxed: the response is moved through every layer of the request path.
+    raw: Option<Box<RawHeaders>>,
 }
 
 #[derive(Debug)]
@@ -90,14 +91,19 @@ impl H1Body {
     }
 
     /// The body of a response whose header lines were kept as bytes.
-    pub(super) fn with_raw(mut self, raw: Option<RawHeaders>) -> H1Body {
+    pub(super) fn with_raw(mut self, raw: Option<Box<RawHeaders>>) -> H1Body {
         self.raw = raw;
         self
     }
 
     /// The response's header lines kept as bytes ([`RawHeaders`]), if any.
     pub fn raw_headers(&self) -> Option<&RawHeaders> {
-        self.raw.as_ref()
+        self.raw.as_deref()
+    }
+
+    /// The same, for the request path to add the gateway's own lines.
+    pub fn raw_headers_mut(&mut self) -> Option<&mut RawHeaders> {
+        self.raw.as_deref_mut()
     }
 
     /// The upstream connection of a 101 response; `None` for any other.

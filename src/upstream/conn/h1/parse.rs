@@ -46,7 +46,7 @@ pub struct Head {
     pub keep_alive: bool,
     /// When the request asked for it ([`RequestKind::raw`]): the forwarded lines
     /// as bytes, `headers` holding only those the gateway replaces.
-    pub raw: Option<RawHeaders>,
+    pub raw: Option<Box<RawHeaders>>,
 }
 
 /// A response's forwarded header lines as bytes, for the gateway's own HTTP/1.1
@@ -66,6 +66,11 @@ pub struct RawHeaders {
     pub content_length: Option<u64>,
     /// Whether a `Date` is among them.
     pub date: bool,
+    /// The gateway's own lines, written after the upstream's: its `Via` entry and
+    /// the request's `x-request-id` (the upstream's is dropped: it is replaced).
+    /// Set by the request path, where it would otherwise insert them into the map.
+    pub via: Option<HeaderValue>,
+    pub request_id: Option<HeaderValue>,
 }
 
 /// Runs of lines a [`RawHeaders`] holds at most: a head that would need more
@@ -79,6 +84,12 @@ impl RawHeaders {
             dst.extend_from_slice(&self.head[usize::from(start)..usize::from(end)]);
             dst.extend_from_slice(b"\r\n");
         }
+        if let Some(via) = &self.via {
+            super::encode_line(dst, b"via", via.as_bytes());
+        }
+        if let Some(id) = &self.request_id {
+            super::encode_line(dst, b"x-request-id", id.as_bytes());
+        }
     }
 
     /// The lines as [`RawHeaders::write`] writes them, for tests.
@@ -88,7 +99,15 @@ impl RawHeaders {
         let end = u16::try_from(lines.len()).unwrap_or(0);
         let mut spans = [(0, 0); RAW_SPANS];
         spans[0] = (0, end);
-        RawHeaders { head: Bytes::from_static(text.as_bytes()), spans, count: 1, content_length, date }
+        RawHeaders {
+            head: Bytes::from_static(text.as_bytes()),
+            spans,
+            count: 1,
+            content_length,
+            date,
+            via: None,
+            request_id: None,
+        }
     }
 }
 
@@ -136,17 +155,21 @@ pub struct RequestKind {
     pub raw: bool,
 }
 
-/// Response headers the request path replaces or removes by name: in a map
-/// even when the rest is kept as bytes ([`RawHeaders`]). The other hop-by-hop
-/// names are dropped here already.
+/// Response headers the request path removes by name: in a map even when the
+/// rest is kept as bytes ([`RawHeaders`]). The other hop-by-hop names are
+/// dropped here already.
 fn kept_in_map(name: &[u8]) -> bool {
-    name_is(name, b"x-request-id") || name_is(name, b"te")
+    name_is(name, b"te")
 }
 
-/// Hop-by-hop names the proxy removes from responses (`http::headers`), dropped
-/// here when the lines are kept as bytes.
+/// Hop-by-hop names the proxy removes from responses (`http::headers`), and the
+/// `x-request-id` it replaces with the request's ([`RawHeaders::request_id`]),
+/// dropped here when the lines are kept as bytes.
 fn dropped_when_raw(name: &[u8]) -> bool {
-    name_is(name, b"proxy-authenticate") || name_is(name, b"proxy-authorization") || name_is(name, b"upgrade")
+    name_is(name, b"proxy-authenticate")
+        || name_is(name, b"proxy-authorization")
+        || name_is(name, b"upgrade")
+        || name_is(name, b"x-request-id")
 }
 
 /// Whether a header name that httparse accepted (a token) is `lower`, a name in
@@ -285,14 +308,17 @@ fn one_head(buf: &mut BytesMut, req: RequestKind) -> Result<Option<Head>, H1Erro
     let mut raw = None;
     if req.raw && !connection_names_other && status != StatusCode::SWITCHING_PROTOCOLS {
         if let Some((kept, in_map)) = raw_block(&bytes, &lines, content_length) {
-            raw = Some(kept);
+            raw = Some(Box::new(kept));
             lines = in_map;
         }
     }
     // Room for the two the gateway adds (`Via`, `x-request-id`) and one more: hyper's
     // HTTP/2 server looks up `Date` through the entry API, which reserves a slot
-    // first; a full map would grow and rehash for it (~1,000 instructions).
-    let mut headers = HeaderMap::with_capacity(lines.len() + 3);
+    // first; a full map would grow and rehash for it (~1,000 instructions). With
+    // the lines kept as bytes, the gateway's two go there too, and the map is
+    // usually empty: no allocation.
+    let room = if raw.is_some() { 0 } else { 3 };
+    let mut headers = HeaderMap::with_capacity(lines.len() + room);
     for line in lines.iter() {
         let name = HeaderName::from_bytes(&bytes[line.name.0 as usize..line.name.1 as usize])
             .map_err(|_| H1Error::Invalid("header name"))?;
@@ -335,7 +361,15 @@ fn one_head(buf: &mut BytesMut, req: RequestKind) -> Result<Option<Head>, H1Erro
 fn raw_block(bytes: &Bytes, lines: &Lines, content_length: Option<u64>) -> Option<(RawHeaders, Lines)> {
     // Offsets are u16: within MAX_HEAD, but checked.
     u16::try_from(bytes.len()).ok()?;
-    let mut raw = RawHeaders { head: bytes.clone(), spans: [(0, 0); RAW_SPANS], count: 0, content_length, date: false };
+    let mut raw = RawHeaders {
+        head: bytes.clone(),
+        spans: [(0, 0); RAW_SPANS],
+        count: 0,
+        content_length,
+        date: false,
+        via: None,
+        request_id: None,
+    };
     let mut in_map = Lines::new();
     for line in lines.iter() {
         let name = &bytes[line.name.0 as usize..line.name.1 as usize];
@@ -554,10 +588,15 @@ mod tests {
             "Server: nginx\r\nDate: Tue, 01 Dec 2026 19:00:00 GMT\r\nContent-Length: 2\r\nVia: 1.1 a\r\n"
         );
         assert_eq!((raw.content_length, raw.date, raw.count), (Some(2), true, 2), "two runs: Via is apart");
-        // The one the gateway replaces stays in the map, alone.
-        assert_eq!(h.headers.len(), 1, "{:?}", h.headers);
-        assert_eq!(h.headers["x-request-id"], "up-1");
+        // The upstream's x-request-id is dropped (the gateway writes the request's):
+        // nothing is left for the map.
+        assert!(h.headers.is_empty(), "{:?}", h.headers);
+        assert_eq!(h.headers.capacity(), 0, "no map allocated");
         assert_eq!(h.framing, Framing::Length(2));
+        let mut raw = raw;
+        raw.via = Some(HeaderValue::from_static("1.1 gw"));
+        raw.request_id = Some(HeaderValue::from_static("id-1"));
+        assert!(written(&raw).ends_with("Via: 1.1 a\r\nvia: 1.1 gw\r\nx-request-id: id-1\r\n"), "{}", written(&raw));
     }
 
     fn written(raw: &RawHeaders) -> String {
