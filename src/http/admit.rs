@@ -141,12 +141,11 @@ impl Admission {
     fn canonicalise<B>(&self, req: &mut Request<B>) -> Result<(), CanonError> {
         let needs_host = req.version() >= Version::HTTP_11;
         let authority = req.uri().authority().map(|a| a.as_str());
-        let host =
-            canonical_host(authority, req.headers().get_all(header::HOST).iter().map(|v| v.as_bytes()), needs_host)?;
-        // The forwarded Host is the host that was routed on.
-        if let (Some(a), Some(host)) = (authority, host) {
+        canonical_host(authority, req.headers().get_all(header::HOST).iter().map(|v| v.as_bytes()), needs_host)?;
+        // The forwarded Host is the host that was routed on: the authority, when there is one.
+        if let Some(a) = authority {
             if req.headers().get(header::HOST).is_none_or(|h| h.as_bytes() != a.as_bytes()) {
-                if let Ok(v) = HeaderValue::from_str(host) {
+                if let Ok(v) = HeaderValue::from_str(a) {
                     req.headers_mut().insert(header::HOST, v);
                 }
             }

@@ -35,71 +35,64 @@ pub enum CanonError {
 ///
 /// `authority` is the target's authority (absolute-form, HTTP/2 `:authority`),
 /// `hosts` every `Host` header value, `needs_host` whether the protocol requires
-/// one (HTTP/1.1). Returns the authority to forward as `Host`, `None` when the
-/// request names none (HTTP/1.0).
+/// one (HTTP/1.1). The host to forward is then the authority when there is one,
+/// else the `Host` header (none for an HTTP/1.0 request without it).
 pub fn canonical_host<'a>(
     authority: Option<&'a str>,
     mut hosts: impl Iterator<Item = &'a [u8]>,
     needs_host: bool,
-) -> Result<Option<&'a str>, CanonError> {
-    let first = hosts.next();
+) -> Result<(), CanonError> {
+    let header = hosts.next();
     if hosts.next().is_some() {
         return Err(CanonError::DuplicateHost);
     }
     // The target's authority wins; a Host alongside it is replaced by it, whatever it said
     // (RFC 9112 §3.2.2), but must still be a single, valid header.
-    let header = match first {
-        Some(h) => Some(std::str::from_utf8(h).map_err(|_| CanonError::InvalidHost)?),
-        None => None,
-    };
     if let Some(h) = header {
         if authority.is_none() || !h.is_empty() {
             check_authority(h)?;
         }
     }
     match (authority, header) {
-        (Some(a), _) => check_authority(a).map(|()| Some(a)),
-        (None, Some(h)) => Ok(Some(h)),
+        (Some(a), _) => check_authority(a.as_bytes()),
+        (None, Some(_)) => Ok(()),
         (None, None) if needs_host => Err(CanonError::MissingHost),
-        (None, None) => Ok(None),
+        (None, None) => Ok(()),
     }
 }
 
-/// `host[:port]` as RFC 3986 §3.2.2 allows it in HTTP, without userinfo.
-pub fn check_authority(text: &str) -> Result<(), CanonError> {
+/// `host[:port]` as RFC 3986 §3.2.2 allows it in HTTP, without userinfo. Bytes:
+/// a `Host` header's value is checked as it is, not first made a `str`.
+fn check_authority(text: &[u8]) -> Result<(), CanonError> {
     let bad = Err(CanonError::InvalidHost);
     if text.is_empty() || text.len() > 261 {
         return bad;
     }
-    let (host, port) = if let Some(rest) = text.strip_prefix('[') {
-        let Some((v6, after)) = rest.split_once(']') else { return bad };
-        if v6.parse::<std::net::Ipv6Addr>().is_err() {
+    let port = if let Some(rest) = text.strip_prefix(b"[") {
+        let Some(close) = rest.iter().position(|&b| b == b']') else { return bad };
+        let v6 = std::str::from_utf8(&rest[..close]).ok().and_then(|v6| v6.parse::<std::net::Ipv6Addr>().ok());
+        if v6.is_none() {
             return bad;
         }
-        match after {
-            "" => (v6, None),
-            p => match p.strip_prefix(':') {
-                Some(port) => (v6, Some(port)),
-                None => return bad,
-            },
+        match &rest[close + 1..] {
+            [] => None,
+            [b':', port @ ..] => Some(port),
+            _ => return bad,
         }
     } else {
-        let (host, port) = match text.bytes().position(|b| b == b':') {
+        let (host, port) = match text.iter().position(|&b| b == b':') {
             Some(colon) => (&text[..colon], Some(&text[colon + 1..])),
             None => (text, None),
         };
-        let name_ok = !host.is_empty()
-            && host.len() <= 253
-            && host.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~'));
-        if !name_ok {
+        if host.is_empty() || host.len() > 253 || !host.iter().all(|&b| is_unreserved(b)) {
             return bad;
         }
-        (host, port)
+        port
     };
-    let _ = host;
     if let Some(port) = port {
-        let digits_ok = !port.is_empty() && port.len() <= 5 && port.bytes().all(|b| b.is_ascii_digit());
-        if !digits_ok || port.parse::<u32>().map_or(true, |p| p > 65_535) {
+        // At most five digits, and at most 65535.
+        let digits_ok = !port.is_empty() && port.len() <= 5 && port.iter().all(u8::is_ascii_digit);
+        if !digits_ok || port.iter().fold(0u32, |n, d| n * 10 + u32::from(d - b'0')) > 65_535 {
             return bad;
         }
     }
@@ -234,19 +227,35 @@ mod tests {
     #[test]
     fn hosts() {
         let one = |h: &'static str| std::iter::once(h.as_bytes());
-        assert_eq!(canonical_host(None, one("a.example:8080"), true), Ok(Some("a.example:8080")));
-        assert_eq!(canonical_host(None, one("[::1]:80"), true), Ok(Some("[::1]:80")));
-        assert_eq!(canonical_host(None, one("10.0.0.1"), true), Ok(Some("10.0.0.1")));
+        for good in ["a.example:8080", "[::1]:80", "[::1]", "10.0.0.1", "h:65535", "h:0"] {
+            assert_eq!(canonical_host(None, one(good), true), Ok(()), "{good:?}");
+        }
         assert_eq!(canonical_host(None, std::iter::empty(), true), Err(CanonError::MissingHost));
-        assert_eq!(canonical_host(None, std::iter::empty(), false), Ok(None));
+        assert_eq!(canonical_host(None, std::iter::empty(), false), Ok(()));
         assert_eq!(canonical_host(None, ["a", "b"].iter().map(|s| s.as_bytes()), true), Err(CanonError::DuplicateHost));
         assert_eq!(canonical_host(None, ["a", "a"].iter().map(|s| s.as_bytes()), true), Err(CanonError::DuplicateHost));
-        for bad in ["", "a b/c@d", "echo:99999", "a:", "a:b", "[::1", "[zz]:1", "u@h", "a/b", "h:1:2", "h:123456"] {
+        for bad in [
+            "",
+            "a b/c@d",
+            "echo:99999",
+            "a:",
+            "a:b",
+            "[::1",
+            "[zz]:1",
+            "u@h",
+            "a/b",
+            "h:1:2",
+            "h:123456",
+            "h:65536",
+            "[::1]x",
+            "[::1]:",
+            "caf\u{e9}",
+        ] {
             assert_eq!(canonical_host(None, one(bad), true), Err(CanonError::InvalidHost), "{bad:?}");
         }
-        // The target's authority wins and becomes the forwarded Host.
-        assert_eq!(canonical_host(Some("b.example"), one("a.example"), true), Ok(Some("b.example")));
-        assert_eq!(canonical_host(Some("b.example"), std::iter::empty(), true), Ok(Some("b.example")));
+        // The target's authority wins (and becomes the forwarded Host: `admit`).
+        assert_eq!(canonical_host(Some("b.example"), one("a.example"), true), Ok(()));
+        assert_eq!(canonical_host(Some("b.example"), std::iter::empty(), true), Ok(()));
         assert_eq!(canonical_host(Some("u@b.example"), std::iter::empty(), true), Err(CanonError::InvalidHost));
         assert_eq!(canonical_host(Some("b.example"), one("a b"), true), Err(CanonError::InvalidHost));
     }
@@ -305,9 +314,9 @@ mod tests {
         /// Any bytes: no panic, and anything accepted is a single valid authority.
         #[test]
         fn host_parsing_never_panics_and_accepts_only_authorities(h in proptest::collection::vec(any::<u8>(), 0..40)) {
-            if let Ok(Some(host)) = canonical_host(None, std::iter::once(&h[..]), true) {
-                prop_assert!(!host.contains(['@', ' ', '/', '?', '#']));
-                prop_assert!(!host.is_empty());
+            if canonical_host(None, std::iter::once(&h[..]), true).is_ok() {
+                let host = std::str::from_utf8(&h);
+                prop_assert!(host.is_ok_and(|host| !host.is_empty() && !host.contains(['@', ' ', '/', '?', '#'])));
             }
         }
 
@@ -315,7 +324,7 @@ mod tests {
         #[test]
         fn valid_hosts_are_accepted(name in "[a-z0-9][a-z0-9.-]{0,30}", port in proptest::option::of(0u32..=65_535)) {
             let text = match port { Some(p) => format!("{name}:{p}"), None => name };
-            prop_assert_eq!(canonical_host(None, std::iter::once(text.as_bytes()), true), Ok(Some(text.as_str())));
+            prop_assert_eq!(canonical_host(None, std::iter::once(text.as_bytes()), true), Ok(()));
         }
     }
 }
