@@ -45,7 +45,7 @@ pub struct Head {
     /// The connection may carry another request once this body has been read.
     pub keep_alive: bool,
     /// When the request asked for it ([`RequestKind::raw`]): the forwarded lines
-    /// as bytes, `headers` holding only those the gateway replaces.
+    /// as bytes, `headers` holding only those the gateway removes by name (`TE`).
     pub raw: Option<Box<RawHeaders>>,
 }
 
