@@ -241,16 +241,19 @@ fn poll_deadline(timer: &mut Option<Pin<Box<Sleep>>>, deadline: Instant, cx: &mu
 }
 
 impl<IO: AsyncRead + Unpin> Guarded<IO> {
-    /// After a read returned Pending: fails it once its deadline has passed.
+    /// After a read returned Pending: fails it once its deadline has passed. The
+    /// timer says so, without a clock read: it never fires before its own deadline,
+    /// so one that fired at the current deadline (or later) means it has passed; one
+    /// that fired at an earlier deadline (activity has moved it since) is re-armed.
     fn poll_read_deadline(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         // Bounded: each pass either returns or re-arms the timer to a later deadline.
         for _ in 0..4 {
             let (deadline, stage) = self.state.read_deadline();
-            if Instant::now() >= deadline {
-                return Poll::Ready(Err(self.state.fire(stage)));
-            }
             if poll_deadline(&mut self.read_timer, deadline, cx).is_pending() {
                 return Poll::Pending;
+            }
+            if self.read_timer.as_ref().is_some_and(|t| t.deadline() >= deadline) {
+                return Poll::Ready(Err(self.state.fire(stage)));
             }
         }
         Poll::Pending
