@@ -139,7 +139,8 @@ pub enum Framing {
 
 /// Writes the response head into `dst` and says how its body follows: the
 /// upstream's header lines kept as bytes (`raw`) first, then the map's. `date`
-/// is the current `Date` value, added when the response has none; `keep` is
+/// appends the current `Date` value, called only when the response has none (a
+/// clock read saved for the usual upstream response, which has one); `keep` is
 /// what the client asked for and `closing` says the server will close after
 /// this response (drain): the head then says `Connection: close`. Returns the
 /// framing and whether the connection may stay open after the body.
@@ -150,7 +151,7 @@ pub fn response<B>(
     hint: &SizeHint,
     keep: Keep,
     closing: bool,
-    date: &[u8],
+    date: impl FnOnce(&mut Vec<u8>),
 ) -> (Framing, bool) {
     let status = res.status();
     let headers = res.headers();
@@ -201,7 +202,9 @@ pub fn response<B>(
         encode_line(dst, b"connection", b"keep-alive");
     }
     if !has_date {
-        encode_line(dst, b"date", date);
+        dst.extend_from_slice(b"date: ");
+        date(dst);
+        dst.extend_from_slice(b"\r\n");
     }
     dst.extend_from_slice(b"\r\n");
     (framing, alive)
@@ -298,7 +301,8 @@ mod tests {
         closing: bool,
     ) -> (String, Framing, bool) {
         let mut dst = Vec::new();
-        let (framing, alive) = response(&mut dst, res, raw, &hint, keep, closing, b"Tue, 01 Dec 2026 19:00:00 GMT");
+        let date = |d: &mut Vec<u8>| d.extend_from_slice(b"Tue, 01 Dec 2026 19:00:00 GMT");
+        let (framing, alive) = response(&mut dst, res, raw, &hint, keep, closing, date);
         (String::from_utf8(dst).unwrap(), framing, alive)
     }
 
@@ -325,6 +329,12 @@ mod tests {
         let (head, framing, _) = encode(&res, SizeHint::default(), KEEP11, false);
         assert_eq!(head, "HTTP/1.1 200 OK\r\ncontent-length: 7\r\ndate: then\r\n\r\n");
         assert_eq!(framing, Framing::Length(7));
+        // A response with its own Date does not read the clock for one.
+        let raw = RawHeaders::of_text("date: then\r\n", None, true);
+        for (res, raw) in [(&res, None), (&with(200, &[]), Some(&raw))] {
+            let no_clock = |_: &mut Vec<u8>| panic!("the date was asked for");
+            response(&mut Vec::new(), res, raw, &SizeHint::with_exact(0), KEEP11, false, no_clock);
+        }
     }
 
     #[test]

@@ -207,17 +207,15 @@ where
     IO: AsyncWrite + Unpin,
 {
     let mut out = Vec::with_capacity(512);
-    let (framing, alive) = date::with_now(|now| {
-        head::response(
-            &mut out,
-            &response,
-            raw_headers(response.body()),
-            &response.body().size_hint(),
-            keep,
-            closing,
-            now,
-        )
-    });
+    let (framing, alive) = head::response(
+        &mut out,
+        &response,
+        raw_headers(response.body()),
+        &response.body().size_hint(),
+        keep,
+        closing,
+        |dst| date::with_now(|now| dst.extend_from_slice(now)),
+    );
     let mut body = response.into_body();
     let mut sent: u64 = 0;
     let mut trailers = None;
