@@ -85,7 +85,6 @@ impl Drop for Count<'_> {
     }
 }
 
-/// How the loop ended when it has no response to pass on.
 /// Why [`send`] has no response to pass on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Failed {
@@ -106,8 +105,9 @@ enum Last {
     Response(Box<Response<ResponseBody>>),
 }
 
-/// Sends `out` (lent: a streamed body is taken from it) to `service` as `plan` says. Returns the response to pass on (which
-/// may be an instance's 5xx when no retry was left) or why there is none.
+/// Sends `out` (lent: a streamed body is taken from it) to `service` as `plan`
+/// says. Returns the response to pass on (which may be an instance's 5xx when no
+/// retry was left) or why there is none.
 /// `started`: when the request arrived (its deadline runs from there); `now`: the
 /// time of the call, read by the caller already. `timer`: one lent by the client's
 /// connection for the tries' deadlines, reset for each: a deadline later than its

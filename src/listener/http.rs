@@ -14,6 +14,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{ready, Context, Poll};
 
+use futures_util::FutureExt;
 use http::{header, HeaderValue, Request, Response};
 use hyper::body::{Body, Frame, Incoming, SizeHint};
 use hyper::server::conn::{http1, http2};
@@ -32,7 +33,6 @@ use crate::http::respond::ProxyBody;
 use crate::http::upgrade::{RelayHook, Relayed};
 use crate::http::{Client, HttpProxy};
 use crate::metrics as m;
-use futures_util::FutureExt;
 
 /// Which HTTP a client speaks: known from ALPN after a TLS handshake, from the
 /// first bytes on a plain connection.

@@ -103,7 +103,7 @@ mod tests {
         let s = InstanceState::new(false);
         assert_eq!(s.admits(5, 1, &policy), Admission::Admit);
         assert_eq!(s.admits(5, 2, &policy), Admission::Full);
-        s.outlier.record(Outcome::ConnectFailure, || 5, &policy.outlier, || true);
+        s.outlier.record(Outcome::ConnectFailure, || 5, &policy.outlier, |_| true);
         assert_eq!(s.admits(6, 0, &policy), Admission::Ejected);
         assert_eq!(s.admits(30_005, 0, &policy), Admission::Admit);
     }
@@ -143,7 +143,7 @@ mod tests {
     #[test]
     fn ramp_restarts_after_an_ejection() {
         let s = InstanceState::new(false);
-        let e = s.outlier.record(Outcome::ConnectFailure, || 100, &Default::default(), || true).unwrap();
+        let e = s.outlier.record(Outcome::ConnectFailure, || 100, &Default::default(), |_| true).unwrap();
         let w = Some(Duration::from_secs(10));
         assert_eq!(s.ramp(e.until_ms - 1, w), None, "still out: not ramping");
         assert_eq!(s.ramp(e.until_ms + 5000, w), Some(0.5));

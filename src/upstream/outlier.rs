@@ -101,7 +101,7 @@ impl Outlier {
         self.failures.load(Ordering::Relaxed)
     }
 
-    /// Records one outcome. When it reaches a threshold and `may_eject()` agrees (the
+    /// Records one outcome. When it reaches a threshold and `may_eject(now_ms)` agrees (the
     /// service's cap on ejected instances), the instance is ejected and the ejection
     /// returned. Concurrent failures eject once: the counter is reset by whoever
     /// ejects, and an instance already out is not ejected again.
@@ -114,7 +114,7 @@ impl Outlier {
         outcome: Outcome,
         now_ms: impl FnOnce() -> u64,
         policy: &OutlierPolicy,
-        may_eject: impl FnOnce() -> bool,
+        may_eject: impl FnOnce(u64) -> bool,
     ) -> Option<Ejection> {
         if !outcome.is_failure() {
             for counter in [&self.failures, &self.connect_failures] {
@@ -154,7 +154,7 @@ impl Outlier {
         } else {
             return None;
         };
-        if !may_eject() {
+        if !may_eject(now_ms) {
             return None;
         }
         let times = self.times_ejected.load(Ordering::Relaxed) + 1;
@@ -193,9 +193,9 @@ mod tests {
     fn five_failures_in_a_row_eject_for_the_base_time() {
         let o = Outlier::default();
         for i in 0..4 {
-            assert_eq!(o.record(Outcome::Status(503), || 1000 + i, &policy(), || true), None);
+            assert_eq!(o.record(Outcome::Status(503), || 1000 + i, &policy(), |_| true), None);
         }
-        let e = o.record(Outcome::Timeout, || 1005, &policy(), || true).expect("ejected");
+        let e = o.record(Outcome::Timeout, || 1005, &policy(), |_| true).expect("ejected");
         assert_eq!((e.until_ms, e.reason, e.times), (31_005, EjectReason::Failures, 1));
         assert!(o.is_ejected(31_004));
         assert!(!o.is_ejected(31_005));
@@ -205,21 +205,21 @@ mod tests {
     fn a_success_resets_the_streak() {
         let o = Outlier::default();
         for _ in 0..4 {
-            o.record(Outcome::Reset, || 1, &policy(), || true);
+            o.record(Outcome::Reset, || 1, &policy(), |_| true);
         }
-        o.record(Outcome::Success, || 2, &policy(), || true);
+        o.record(Outcome::Success, || 2, &policy(), |_| true);
         for _ in 0..4 {
-            assert_eq!(o.record(Outcome::Reset, || 3, &policy(), || true), None);
+            assert_eq!(o.record(Outcome::Reset, || 3, &policy(), |_| true), None);
         }
     }
 
     #[test]
     fn a_connect_failure_ejects_at_once() {
         let o = Outlier::default();
-        let e = o.record(Outcome::ConnectFailure, || 10, &policy(), || true).expect("ejected");
+        let e = o.record(Outcome::ConnectFailure, || 10, &policy(), |_| true).expect("ejected");
         assert_eq!(e.reason, EjectReason::ConnectFailures);
         // Already out: further failures do not extend or re-eject.
-        assert_eq!(o.record(Outcome::ConnectFailure, || 11, &policy(), || true), None);
+        assert_eq!(o.record(Outcome::ConnectFailure, || 11, &policy(), |_| true), None);
         assert_eq!(o.ejected_until(), 30_010);
     }
 
@@ -230,7 +230,7 @@ mod tests {
         let mut now = 0;
         let mut lengths = Vec::new();
         for _ in 0..4 {
-            let e = o.record(Outcome::ConnectFailure, || now, &p, || true).expect("ejected");
+            let e = o.record(Outcome::ConnectFailure, || now, &p, |_| true).expect("ejected");
             lengths.push((e.until_ms - now) / 1000);
             now = e.until_ms; // back, and failing again at once
         }
@@ -240,7 +240,7 @@ mod tests {
     #[test]
     fn the_cap_on_ejected_instances_holds() {
         let o = Outlier::default();
-        assert_eq!(o.record(Outcome::ConnectFailure, || 1, &policy(), || false), None);
+        assert_eq!(o.record(Outcome::ConnectFailure, || 1, &policy(), |_| false), None);
         assert!(!o.is_ejected(1));
         assert!(may_eject(0, 3, 50));
         assert!(!may_eject(1, 3, 50), "a second of three is more than half");
@@ -254,18 +254,18 @@ mod tests {
         let p = OutlierPolicy { enabled: false, ..policy() };
         let o = Outlier::default();
         for _ in 0..100 {
-            assert_eq!(o.record(Outcome::ConnectFailure, || 1, &p, || true), None);
+            assert_eq!(o.record(Outcome::ConnectFailure, || 1, &p, |_| true), None);
         }
     }
 
     #[test]
     fn a_healthy_stretch_forgets_an_ejection() {
         let o = Outlier::default();
-        o.record(Outcome::ConnectFailure, || 0, &policy(), || true).expect("ejected");
+        o.record(Outcome::ConnectFailure, || 0, &policy(), |_| true).expect("ejected");
         assert_eq!(o.times_ejected(), 1);
-        o.record(Outcome::Success, || 30_000 + 30_001, &policy(), || true);
+        o.record(Outcome::Success, || 30_000 + 30_001, &policy(), |_| true);
         assert_eq!(o.times_ejected(), 0);
-        let e = o.record(Outcome::ConnectFailure, || 70_000, &policy(), || true).expect("ejected");
+        let e = o.record(Outcome::ConnectFailure, || 70_000, &policy(), |_| true).expect("ejected");
         assert_eq!(e.until_ms - 70_000, 30_000);
     }
 }

@@ -340,7 +340,7 @@ mod tests {
         let s = t.service("p").unwrap();
         let policy = crate::config::OutlierPolicy::default();
         for e in &s.live {
-            e.state.outlier.record(Outcome::ConnectFailure, now_ms, &policy, || true);
+            e.state.outlier.record(Outcome::ConnectFailure, now_ms, &policy, |_| true);
         }
         let mut c = s.candidates(Pick::RoundRobin, now_ms());
         let ids: Vec<&str> = c.by_ref().map(|e| &*e.id).collect();

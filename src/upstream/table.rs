@@ -150,8 +150,7 @@ impl Service {
     pub fn observe(&self, endpoint: &Endpoint, outcome: Outcome) {
         // The clock is read where it is needed: a success usually needs none.
         let policy = &self.policy.outlier;
-        let may_eject = || {
-            let now = now_ms();
+        let may_eject = |now| {
             let ejected = self.live.iter().filter(|e| e.state.outlier.is_ejected(now)).count();
             outlier::may_eject(ejected, self.live.len(), policy.max_ejected_percent)
         };

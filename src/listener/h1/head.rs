@@ -139,8 +139,8 @@ pub enum Framing {
 
 /// Writes the response head into `dst` and says how its body follows: the
 /// upstream's header lines kept as bytes (`raw`) first, then the map's. `date`
-/// appends the current `Date` value, called only when the response has none (a
-/// clock read saved for the usual upstream response, which has one); `keep` is
+/// appends a `Date` line of the current time, called only when the response has
+/// none (a clock read saved for the usual upstream response, which has one); `keep` is
 /// what the client asked for and `closing` says the server will close after
 /// this response (drain): the head then says `Connection: close`. Returns the
 /// framing and whether the connection may stay open after the body.
@@ -202,9 +202,7 @@ pub fn response<B>(
         encode_line(dst, b"connection", b"keep-alive");
     }
     if !has_date {
-        dst.extend_from_slice(b"date: ");
         date(dst);
-        dst.extend_from_slice(b"\r\n");
     }
     dst.extend_from_slice(b"\r\n");
     (framing, alive)
@@ -301,7 +299,7 @@ mod tests {
         closing: bool,
     ) -> (String, Framing, bool) {
         let mut dst = Vec::new();
-        let date = |d: &mut Vec<u8>| d.extend_from_slice(b"Tue, 01 Dec 2026 19:00:00 GMT");
+        let date = |d: &mut Vec<u8>| encode_line(d, b"date", b"Tue, 01 Dec 2026 19:00:00 GMT");
         let (framing, alive) = response(&mut dst, res, raw, &hint, keep, closing, date);
         (String::from_utf8(dst).unwrap(), framing, alive)
     }

@@ -36,7 +36,7 @@ use super::accept::DrainSignal;
 use super::watchdog::ConnState;
 use crate::http::respond::{raw_headers, ProxyBody};
 use crate::http::{Client, HttpProxy};
-use crate::upstream::conn::h1::{chunk_start, last_chunk};
+use crate::upstream::conn::h1::{chunk_start, encode_line, last_chunk};
 
 /// What a read asks the socket for once a head is under way (hyper's first read is as large).
 const READ_SIZE: usize = 8192;
@@ -214,7 +214,7 @@ where
         &response.body().size_hint(),
         keep,
         closing,
-        |dst| date::with_now(|now| dst.extend_from_slice(now)),
+        |dst| date::with_now(|now| encode_line(dst, b"date", now)),
     );
     let mut body = response.into_body();
     let mut sent: u64 = 0;
