@@ -13,7 +13,7 @@ use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use support::{
-    admin_get, client, get, http_config, metric, request, wait_until, write_instances, Backend, TestGateway,
+    admin_get, client, get, h2c_client, http_config, metric, request, wait_until, write_instances, Backend, TestGateway,
 };
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -85,16 +85,22 @@ async fn hop_by_hop_headers_are_removed_from_responses() {
     let gw = TestGateway::start(&http_config("[[listener.route]]\nservice = \"hops\"\n")).await;
     write_instances(&gw.instances_path(), &[("hops", "1", b.addr, &[])]);
     gw.wait_live("hops", 1).await;
-    let req = http::Request::get(gw.url("/hop-by-hop")).body(Default::default()).unwrap();
-    let res = client().request(req).await.unwrap();
-    assert_eq!(res.status(), 200);
-    let h = res.headers();
-    assert_eq!(h.get("x-end-to-end").map(|v| v.to_str().unwrap()), Some("kept"), "{h:?}");
-    for gone in ["x-named-by-connection", "keep-alive", "proxy-authenticate", "upgrade"] {
-        assert!(h.get(gone).is_none(), "{gone} passed through: {h:?}");
+    // HTTP/1.1 clients get the response's lines as bytes; h2c ones a header map.
+    for (client, proto) in [(client(), "http/1.1"), (h2c_client(), "h2c")] {
+        for path in ["/hop-by-hop", "/hop-by-hop-unnamed"] {
+            let req = http::Request::get(gw.url(path)).body(Default::default()).unwrap();
+            let res = client.request(req).await.unwrap();
+            assert_eq!(res.status(), 200, "{proto} {path}");
+            let h = res.headers();
+            assert_eq!(h.get("x-end-to-end").map(|v| v.to_str().unwrap()), Some("kept"), "{proto} {path}: {h:?}");
+            for gone in ["x-named-by-connection", "keep-alive", "proxy-authenticate", "proxy-authorization", "upgrade"]
+            {
+                assert!(h.get(gone).is_none(), "{proto} {path}: {gone} passed through: {h:?}");
+            }
+            // hyper may add its own `connection: keep-alive`, but never the backend's token.
+            assert!(h.get_all("connection").iter().all(|v| !v.to_str().unwrap().contains("x-named")), "{h:?}");
+        }
     }
-    // hyper may add its own `connection: keep-alive`, but never the backend's token.
-    assert!(h.get_all("connection").iter().all(|v| !v.to_str().unwrap().contains("x-named")), "{h:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -141,14 +141,13 @@ impl Admission {
     fn canonicalise<B>(&self, req: &mut Request<B>) -> Result<(), CanonError> {
         let needs_host = req.version() >= Version::HTTP_11;
         let authority = req.uri().authority().map(|a| a.as_str());
-        canonical_host(authority, req.headers().get_all(header::HOST).iter().map(|v| v.as_bytes()), needs_host)?;
+        // Looked up once: `GetAll` iterates the same entries again without a second lookup.
+        let hosts = req.headers().get_all(header::HOST);
+        canonical_host(authority, hosts.iter().map(|v| v.as_bytes()), needs_host)?;
         // The forwarded Host is the host that was routed on: the authority, when there is one.
-        if let Some(a) = authority {
-            if req.headers().get(header::HOST).is_none_or(|h| h.as_bytes() != a.as_bytes()) {
-                if let Ok(v) = HeaderValue::from_str(a) {
-                    req.headers_mut().insert(header::HOST, v);
-                }
-            }
+        let replace = authority.filter(|a| hosts.iter().next().is_none_or(|h| h.as_bytes() != a.as_bytes()));
+        if let Some(v) = replace.and_then(|a| HeaderValue::from_str(a).ok()) {
+            req.headers_mut().insert(header::HOST, v);
         }
         if self.normalize_path {
             let normal = match normalize_path(req.uri().path())? {

@@ -364,7 +364,6 @@ impl HttpProxy {
 
         // Rewrite: hop-by-hop headers, Host, X-Forwarded-*.
         let on_client_upgrade = upgrade.is_some().then(|| hyper::upgrade::on(&mut req));
-        let original_host = req.uri().authority().and_then(|a| HeaderValue::from_str(a.as_str()).ok());
         let (parts, body) = req.into_parts();
         let mut headers = parts.headers;
         if present.has(Present::HOP_BY_HOP) {
@@ -379,7 +378,8 @@ impl HttpProxy {
             sent_host.is_some() && (!present.has(Present::HOP_BY_HOP) || headers.contains_key(header::HOST));
         let host = match sent_host {
             Some(h) if host_sent => h,
-            _ => original_host.unwrap_or_else(|| HeaderValue::from_static("localhost")),
+            _ => (parts.uri.authority().and_then(|a| HeaderValue::from_str(a.as_str()).ok()))
+                .unwrap_or_else(|| HeaderValue::from_static("localhost")),
         };
         let forwarded_for = forwarded_for(&headers, present.has(Present::FORWARDED_FOR), client.ip);
         let head = OutgoingHead {
@@ -445,7 +445,9 @@ impl HttpProxy {
                     }
                     _ => None,
                 };
-                strip_hop_by_hop(res.headers_mut());
+                if respond::may_hold_hop_by_hop(res.body()) {
+                    strip_hop_by_hop(res.headers_mut());
+                }
                 if let Some(protocol) = upgraded {
                     upgrade::restore(res.headers_mut(), protocol);
                 }

@@ -33,6 +33,15 @@ pub fn raw_headers_mut(body: &mut ProxyBody) -> Option<&mut RawHeaders> {
     }
 }
 
+/// Whether an upstream response's header map may hold a hop-by-hop header:
+/// always for hyper's, as the in-task HTTP/1.1 exchange's parse found for its own.
+pub fn may_hold_hop_by_hop(body: &ResponseBody) -> bool {
+    match body {
+        Either::Right(h1) => h1.may_hold_hop_by_hop(),
+        Either::Left(_) => true,
+    }
+}
+
 /// A local answer with a plain-text body.
 pub fn text(status: StatusCode, reason: impl Into<Bytes>) -> Response<ProxyBody> {
     let mut res = Response::new(Either::Right(Full::new(reason.into())));

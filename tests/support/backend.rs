@@ -2,7 +2,8 @@
 //! `/slow/MS` answers after MS milliseconds; `/bytes/N` streams N bytes;
 //! `/echo` streams the request body back; `/headers` lists the request headers
 //! and version; `/hop-by-hop` answers with hop-by-hop response headers (for the
-//! gateway to strip); anything else answers with the backend's name.
+//! gateway to strip), some named by its `Connection`, `/hop-by-hop-unnamed` with
+//! ones it does not name; anything else answers with the backend's name.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -123,6 +124,15 @@ async fn answer(name: Bytes, req: Request<Incoming>) -> Result<Response<Body>, I
             .header("x-named-by-connection", "1")
             .header("keep-alive", "timeout=5")
             .header("proxy-authenticate", "Basic")
+            .header("upgrade", "h2c")
+            .header("x-end-to-end", "kept")
+            .body(full(name))
+            .unwrap()
+    } else if path == "/hop-by-hop-unnamed" {
+        // Hop-by-hop headers that no `Connection` names: removed by name.
+        Response::builder()
+            .header("proxy-authenticate", "Basic")
+            .header("proxy-authorization", "Basic eA==")
             .header("upgrade", "h2c")
             .header("x-end-to-end", "kept")
             .body(full(name))

@@ -329,7 +329,8 @@ impl H1Pool {
                         max: settings.max_idle,
                         idle_timeout: settings.idle_timeout,
                     });
-                    let body = H1Body::new(conn, head.framing, head.keep_alive, back, upload).with_raw(head.raw);
+                    let body = H1Body::new(conn, head.framing, head.keep_alive, back, upload)
+                        .with_head(head.raw, head.hop_by_hop);
                     let mut res = Response::new(body);
                     *res.status_mut() = head.status;
                     *res.version_mut() = head.version;

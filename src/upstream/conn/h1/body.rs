@@ -32,6 +32,8 @@ pub struct H1Body {
     /// than in the response's extensions, which would cost two allocations.
     /// Boxed: the response is moved through every layer of the request path.
     raw: Option<Box<RawHeaders>>,
+    /// The response's header map may hold a hop-by-hop header ([`super::parse::Head::hop_by_hop`]).
+    hop_by_hop: bool,
 }
 
 #[derive(Debug)]
@@ -78,7 +80,7 @@ impl H1Body {
         let state = match framing {
             Framing::Empty => {
                 let reading = Reading { conn, state: State::Length(0), keep_alive, back, upload };
-                let mut body = H1Body { reading: Some(Box::new(reading)), raw: None };
+                let mut body = H1Body { reading: Some(Box::new(reading)), raw: None, hop_by_hop: false };
                 body.finish();
                 return body;
             }
@@ -87,13 +89,22 @@ impl H1Body {
             Framing::Close => State::Close,
             Framing::Upgrade => State::Upgrade,
         };
-        H1Body { reading: Some(Box::new(Reading { conn, state, keep_alive, back, upload })), raw: None }
+        let reading = Reading { conn, state, keep_alive, back, upload };
+        H1Body { reading: Some(Box::new(reading)), raw: None, hop_by_hop: false }
     }
 
-    /// The body of a response whose header lines were kept as bytes.
-    pub(super) fn with_raw(mut self, raw: Option<Box<RawHeaders>>) -> H1Body {
+    /// With what the response head's parse found: its lines kept as bytes, if
+    /// they were, and whether its map may hold a hop-by-hop header.
+    pub(super) fn with_head(mut self, raw: Option<Box<RawHeaders>>, hop_by_hop: bool) -> H1Body {
         self.raw = raw;
+        self.hop_by_hop = hop_by_hop;
         self
+    }
+
+    /// Whether the response's header map may hold a hop-by-hop header: when not,
+    /// removing them has nothing to do.
+    pub fn may_hold_hop_by_hop(&self) -> bool {
+        self.hop_by_hop
     }
 
     /// The response's header lines kept as bytes ([`RawHeaders`]), if any.

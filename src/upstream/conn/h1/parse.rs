@@ -47,6 +47,10 @@ pub struct Head {
     /// When the request asked for it ([`RequestKind::raw`]): the forwarded lines
     /// as bytes, `headers` holding only those the gateway removes by name (`TE`).
     pub raw: Option<Box<RawHeaders>>,
+    /// `headers` may hold a hop-by-hop header (a `Connection` that names others,
+    /// `TE`, `Upgrade`, `Proxy-Authenticate`, `Proxy-Authorization`): when not,
+    /// the request path's hop-by-hop pass has nothing to do.
+    pub hop_by_hop: bool,
 }
 
 /// A response's forwarded header lines as bytes, for the gateway's own HTTP/1.1
@@ -172,6 +176,36 @@ fn dropped_when_raw(name: &[u8]) -> bool {
         || name_is(name, b"x-request-id")
 }
 
+/// Hop-by-hop names that pass the parse and that the request path removes
+/// (`http::headers::strip_hop_by_hop`; `Connection`'s own are seen apart).
+fn removed_by_name(name: &[u8]) -> bool {
+    kept_in_map(name)
+        || name_is(name, b"upgrade")
+        || name_is(name, b"proxy-authenticate")
+        || name_is(name, b"proxy-authorization")
+}
+
+/// The `HeaderName` of a name usual in responses, without `HeaderName::from_bytes`'s
+/// lower-casing copy and its match over every standard name (~110 instructions a
+/// name): most response heads are made of these.
+fn standard_name(name: &[u8]) -> Option<HeaderName> {
+    let known = match name.len() {
+        4 if name_is(name, b"date") => header::DATE,
+        4 if name_is(name, b"etag") => header::ETAG,
+        4 if name_is(name, b"vary") => header::VARY,
+        6 if name_is(name, b"server") => header::SERVER,
+        8 if name_is(name, b"location") => header::LOCATION,
+        10 if name_is(name, b"set-cookie") => header::SET_COOKIE,
+        12 if name_is(name, b"content-type") => header::CONTENT_TYPE,
+        13 if name_is(name, b"cache-control") => header::CACHE_CONTROL,
+        13 if name_is(name, b"last-modified") => header::LAST_MODIFIED,
+        14 if name_is(name, b"content-length") => header::CONTENT_LENGTH,
+        16 if name_is(name, b"content-encoding") => header::CONTENT_ENCODING,
+        _ => return None,
+    };
+    Some(known)
+}
+
 /// Whether a header name that httparse accepted (a token) is `lower`, a name in
 /// lower case letters and `-`. Eight bytes at a time with the case bit set: of
 /// the token characters, that changes only upper-case letters (to theirs) and
@@ -250,6 +284,7 @@ fn one_head(buf: &mut BytesMut, req: RequestKind) -> Result<Option<Head>, H1Erro
     let mut close = false;
     let mut keep_alive_token = false;
     let mut connection_names_other = false;
+    let mut other_hop = false;
     let mut lines = Lines::new();
     for h in res.headers.iter() {
         let value = h.value;
@@ -285,8 +320,11 @@ fn one_head(buf: &mut BytesMut, req: RequestKind) -> Result<Option<Head>, H1Erro
             }
             // Kept only when it names other headers: the proxy's hop-by-hop pass removes those.
             connection_names_other
+        } else if name_is(h.name.as_bytes(), b"keep-alive") || name_is(h.name.as_bytes(), b"proxy-connection") {
+            false
         } else {
-            !(name_is(h.name.as_bytes(), b"keep-alive") || name_is(h.name.as_bytes(), b"proxy-connection"))
+            other_hop |= removed_by_name(h.name.as_bytes());
+            true
         };
         if keep {
             lines.push(Line { name: place(base, h.name.as_bytes()), value: place(base, value) });
@@ -320,8 +358,11 @@ fn one_head(buf: &mut BytesMut, req: RequestKind) -> Result<Option<Head>, H1Erro
     let room = if raw.is_some() { 0 } else { 3 };
     let mut headers = HeaderMap::with_capacity(lines.len() + room);
     for line in lines.iter() {
-        let name = HeaderName::from_bytes(&bytes[line.name.0 as usize..line.name.1 as usize])
-            .map_err(|_| H1Error::Invalid("header name"))?;
+        let name = &bytes[line.name.0 as usize..line.name.1 as usize];
+        let name = match standard_name(name) {
+            Some(known) => known,
+            None => HeaderName::from_bytes(name).map_err(|_| H1Error::Invalid("header name"))?,
+        };
         // httparse accepted the value (HTAB, SP, VCHAR, obs-text): the bytes are shared, not copied.
         let value = HeaderValue::from_maybe_shared(bytes.slice(line.value.0 as usize..line.value.1 as usize))
             .map_err(|_| H1Error::Invalid("header value"))?;
@@ -352,7 +393,8 @@ fn one_head(buf: &mut BytesMut, req: RequestKind) -> Result<Option<Head>, H1Erro
         && framing != Framing::Close
         && framing != Framing::Upgrade
         && (version == Version::HTTP_11 || keep_alive_token);
-    Ok(Some(Head { status, version, headers, framing, keep_alive, raw }))
+    let hop_by_hop = connection_names_other || other_hop;
+    Ok(Some(Head { status, version, headers, framing, keep_alive, raw, hop_by_hop }))
 }
 
 /// The lines of `bytes` (a response head) as a [`RawHeaders`], except
@@ -569,6 +611,50 @@ mod tests {
         // a Connection naming another header stays, for the proxy to act on
         let h = ok("HTTP/1.1 200 OK\r\nConnection: x-secret\r\nX-Secret: 1\r\ncontent-length: 0\r\n\r\n");
         assert_eq!(h.headers["connection"], "x-secret");
+    }
+
+    #[test]
+    fn a_map_says_whether_it_may_hold_a_hop_by_hop_header() {
+        // The usual head: its hop-by-hop lines are dropped here, nothing is left to strip.
+        let usual = "HTTP/1.1 200 OK\r\nServer: s\r\nConnection: keep-alive\r\nKeep-Alive: timeout=5\r\ncontent-length: 0\r\n\r\n";
+        assert!(!ok(usual).hop_by_hop);
+        assert!(!ok("HTTP/1.1 200 OK\r\nConnection: close, Keep-Alive\r\ncontent-length: 0\r\n\r\n").hop_by_hop);
+        for kept in
+            ["Connection: x-a", "TE: trailers", "Upgrade: h2c", "Proxy-Authenticate: Basic", "proxy-authorization: x"]
+        {
+            let h = ok(&format!("HTTP/1.1 200 OK\r\n{kept}\r\ncontent-length: 0\r\n\r\n"));
+            assert!(h.hop_by_hop, "{kept}");
+        }
+        // Kept as bytes, the map holds only `TE`: it says so too.
+        assert!(!parse(usual, RAW).unwrap().unwrap().hop_by_hop);
+        assert!(parse("HTTP/1.1 200 OK\r\nTE: x\r\ncontent-length: 0\r\n\r\n", RAW).unwrap().unwrap().hop_by_hop);
+    }
+
+    #[test]
+    fn usual_names_are_the_standard_header_names_in_any_case() {
+        let names = [
+            "date",
+            "ETag",
+            "vary",
+            "Server",
+            "location",
+            "Set-Cookie",
+            "content-type",
+            "Cache-Control",
+            "LAST-MODIFIED",
+            "Content-Length",
+            "content-encoding",
+        ];
+        for name in names {
+            let known = standard_name(name.as_bytes());
+            assert_eq!(known, Some(HeaderName::from_bytes(name.as_bytes()).unwrap()), "{name}");
+        }
+        for other in ["dates", "x-date", "server-timing", "content-typ", "", "e-tag"] {
+            assert_eq!(standard_name(other.as_bytes()), None, "{other}");
+        }
+        let h = ok("HTTP/1.1 200 OK\r\nCONTENT-TYPE: text/plain\r\nX-Other: 1\r\nDate: d\r\ncontent-length: 0\r\n\r\n");
+        let names: Vec<_> = h.headers.keys().map(|n| n.as_str()).collect();
+        assert_eq!(names, ["content-type", "x-other", "date", "content-length"]);
     }
 
     const RAW: RequestKind = RequestKind { head: false, upgrade: false, raw: true };
