@@ -420,8 +420,10 @@ impl hyper::service::Service<Request<Incoming>> for ClientService {
 
     fn call(&self, mut req: Request<Incoming>) -> Responding {
         let proxy = self.proxy.load_full();
-        let exchange = self.conn.start_request(req.version() == http::Version::HTTP_2);
-        if req.headers().contains_key(header::UPGRADE) {
+        let h2 = req.version() == http::Version::HTTP_2;
+        let exchange = self.conn.start_request(h2);
+        // HTTP/2 has no `Upgrade` (RFC 9113 §8.2.2: h2 refuses it as malformed).
+        if !h2 && req.headers().contains_key(header::UPGRADE) {
             // Only then: an extension costs an allocation per request.
             req.extensions_mut().insert(RelayHook(self.conn.clone() as Arc<dyn Relayed>));
         }
