@@ -509,6 +509,14 @@ main() {
       printf '| %s | %s | %s | %s | %s | %s |\n' "$1" "${arr[nginx]:-—}" "${arr[haproxy]:-—}" "${arr[switchyard]:-—}" \
         "$(ratio "${arr[switchyard]:-}" "${arr[nginx]:-}")" "$(ratio "${arr[switchyard]:-}" "${arr[haproxy]:-}")"
     }
+    spread() { # LABEL ARRAY-NAME WORKERS: each proxy's rounds as "lowest – highest"
+      local -n all=$2
+      local name cells=()
+      for name in nginx haproxy switchyard; do
+        cells+=("$(tr -s ' ' '\n' <<<"${all[$name-$3]:-}" | sed '/^$/d' | sort -g | sed -n '1p;$p' | paste -sd' ' | awk '{ print ($2 == "" ? "—" : $1 " – " $2) }')")
+      done
+      printf '| %s | %s | %s | %s | | |\n' "$1" "${cells[@]}"
+    }
     printf '| %s | nginx | HAProxy | switchyard | sw/nginx | sw/HAProxy |\n|---|---:|---:|---:|---:|---:|\n' "$PROTO"
     [[ " $MODES " != *" ir "* ]] || row "user instructions / request" IR
     [[ " $MODES " != *" ir "* || -z "${MEMCPY[switchyard]:-}" ]] || printf '| memcpy/memmove instructions / request | | | %s | | |\n' "${MEMCPY[switchyard]}"
@@ -533,7 +541,9 @@ main() {
           P99[$name]=$(median "${P99_ALL[$name-$w]}")
         done
         row "wrk req/s, W=$w (median of $ROUNDS)" RPS
-        row "wrk p99 ms, W=$w" P99
+        spread "  rounds, lowest – highest" RPS_ALL "$w"
+        row "wrk p99 ms, W=$w (median of the rounds')" P99
+        spread "  rounds, lowest – highest" P99_ALL "$w"
       done
     fi
     if [[ -n "$SCALE_LINE" ]]; then
