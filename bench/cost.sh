@@ -29,7 +29,8 @@
 #         make one GET and stay open; (RSS with them − RSS before) / IDLE_CONNS; then all
 #         close and RSS is read again 2 s later ("after spike"), next to the RSS at start.
 #   rps   req/s with wrk (h1 only) at WORKERS_LIST ("1 2") workers per proxy, ROUNDS rounds
-#         interleaved, medians (this one does swing with the machine's load).
+#         interleaved: the medians of req/s and of the rounds' p99, each with the proxy's
+#         lowest – highest round under it (this one does swing with the machine's load).
 #   scale switchyard only: SCALE_SERVICES (10,000) × SCALE_INSTANCES (10) in the instances
 #         file; time to /readyz, RSS, one /metrics scrape (time, size) and the latency of
 #         SCALE_PROBES proxied requests sent while scrapes run back to back, vs as many
