@@ -10,6 +10,7 @@
 
 pub mod families;
 pub mod process;
+pub mod shard;
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 

@@ -134,6 +134,15 @@ impl Histogram {
         self.count.fetch_add(1, Ordering::Relaxed);
     }
 
+    /// Adds `other`'s observations to these: the shards of one series summed for a scrape.
+    pub fn absorb(&self, other: &Histogram) {
+        for (mine, theirs) in self.buckets.iter().zip(&other.buckets) {
+            mine.fetch_add(theirs.load(Ordering::Relaxed), Ordering::Relaxed);
+        }
+        self.sum_ns.fetch_add(other.sum_ns.load(Ordering::Relaxed), Ordering::Relaxed);
+        self.count.fetch_add(other.count.load(Ordering::Relaxed), Ordering::Relaxed);
+    }
+
     /// `name_bucket{labels,le=..}` (cumulative), `name_sum`, `name_count`.
     pub fn write(&self, out: &mut String, name: &str, labels: &[(&str, &str)]) {
         let mut cumulative = 0u64;

@@ -13,11 +13,16 @@
 //!
 //! Cardinality is bounded by configuration: listeners × status codes (100..=599,
 //! others as `code="other"`) × 8 method classes × 3 protocols per service.
+//!
+//! The series every request updates (request counts, request and upstream
+//! latency) are kept per shard (`metrics::shard`: one per core) and summed at
+//! scrape, so that workers never write the same cache line per request; a shard's
+//! set is made the first time its thread counts for the service.
 
 use std::collections::{HashMap, HashSet};
 use std::hash::BuildHasherDefault;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, LazyLock, Mutex, RwLock};
+use std::sync::{Arc, LazyLock, Mutex, OnceLock, RwLock};
 
 use arc_swap::ArcSwapOption;
 use http::{Method, StatusCode, Version};
@@ -27,6 +32,7 @@ use super::conn::UpstreamError;
 use super::outlier::EjectReason;
 use crate::metrics as m;
 use crate::metrics::families::{self, write_sample, Group, Histogram};
+use crate::metrics::shard;
 
 /// The labels of a request that the service does not know: where it came in and how.
 /// Plain `&'static str`s: copying them touches no reference count, which every worker
@@ -91,11 +97,11 @@ struct RequestKey {
 
 /// The series of a service that has had traffic (or health checks): created
 /// together, every counter at zero, at the first event of any kind.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 struct Traffic {
-    requests: RwLock<HashMap<RequestKey, AtomicU64, BuildHasherDefault<Fnv1a>>>,
-    total: Histogram,
-    upstream: Histogram,
+    /// The per-request series, one set per shard ([`shard::index`]), each made at
+    /// its shard's first request: summed at scrape.
+    hot: Box<[OnceLock<Box<Hot>>]>,
     errors: [AtomicU64; UpstreamError::ALL.len()],
     retries: [AtomicU64; RetryReason::ALL.len()],
     budget_exhausted: AtomicU64,
@@ -108,6 +114,44 @@ struct Traffic {
     checks: [AtomicU64; 2],
     /// healthy, unhealthy.
     health_changes: [AtomicU64; 2],
+}
+
+impl Default for Traffic {
+    fn default() -> Traffic {
+        Traffic {
+            hot: (0..shard::count()).map(|_| OnceLock::new()).collect(),
+            errors: Default::default(),
+            retries: Default::default(),
+            budget_exhausted: Default::default(),
+            ejections: Default::default(),
+            panic: Default::default(),
+            overflow: Default::default(),
+            checks: Default::default(),
+            health_changes: Default::default(),
+        }
+    }
+}
+
+impl Traffic {
+    /// This thread's shard of the per-request series.
+    fn hot(&self) -> &Hot {
+        self.hot[shard::index()].get_or_init(Default::default)
+    }
+
+    /// The shards made so far.
+    fn shards(&self) -> impl Iterator<Item = &Hot> {
+        self.hot.iter().filter_map(|h| h.get().map(|h| &**h))
+    }
+}
+
+/// A shard of the series each request updates. Aligned to two cache lines (the
+/// adjacent-line prefetcher pairs them): no two shards share one.
+#[derive(Debug, Default)]
+#[repr(align(128))]
+struct Hot {
+    requests: RwLock<HashMap<RequestKey, AtomicU64, BuildHasherDefault<Fnv1a>>>,
+    total: Histogram,
+    upstream: Histogram,
 }
 
 /// One-label counter families: (family, label name, label values, which counters).
@@ -208,22 +252,23 @@ impl ServiceStats {
         self.with_traffic(|traffic| {
             let code = status.as_u16();
             let key = RequestKey { labels: *labels, code: if (100..=599).contains(&code) { code } else { 0 } };
-            traffic.total.record(seconds);
+            let hot = traffic.hot();
+            hot.total.record(seconds);
             {
-                let requests = traffic.requests.read().unwrap_or_else(|e| e.into_inner());
+                let requests = hot.requests.read().unwrap_or_else(|e| e.into_inner());
                 if let Some(n) = requests.get(&key) {
                     n.fetch_add(1, Ordering::Relaxed);
                     return;
                 }
             }
-            let mut requests = traffic.requests.write().unwrap_or_else(|e| e.into_inner());
+            let mut requests = hot.requests.write().unwrap_or_else(|e| e.into_inner());
             requests.entry(key).or_default().fetch_add(1, Ordering::Relaxed);
         })
     }
 
     /// Time from sending the request upstream to its response head.
     pub fn upstream_time(&self, seconds: f64) {
-        self.with_traffic(|t| t.upstream.record(seconds));
+        self.with_traffic(|t| t.hot().upstream.record(seconds));
     }
 
     pub fn error(&self, kind: UpstreamError) {
@@ -297,9 +342,14 @@ impl Group for ServiceStats {
         let Some(traffic) = self.traffic.load_full() else { return };
         match family {
             m::REQUESTS => {
-                let requests = traffic.requests.read().unwrap_or_else(|e| e.into_inner());
-                let mut rows: Vec<(&RequestKey, u64)> =
-                    requests.iter().map(|(k, v)| (k, v.load(Ordering::Relaxed))).collect();
+                let mut summed: HashMap<RequestKey, u64> = HashMap::new();
+                for hot in traffic.shards() {
+                    let requests = hot.requests.read().unwrap_or_else(|e| e.into_inner());
+                    for (key, n) in requests.iter() {
+                        *summed.entry(key.clone()).or_default() += n.load(Ordering::Relaxed);
+                    }
+                }
+                let mut rows: Vec<(&RequestKey, u64)> = summed.iter().map(|(k, &n)| (k, n)).collect();
                 rows.sort_by(|a, b| {
                     (&a.0.labels.listener, a.0.code, a.0.labels.method, a.0.labels.protocol).cmp(&(
                         &b.0.labels.listener,
@@ -320,8 +370,13 @@ impl Group for ServiceStats {
                     write_sample(out, family, &labels, n as f64);
                 }
             }
-            m::REQUEST_DURATION => traffic.total.write(out, family, &[("service", service)]),
-            m::UPSTREAM_DURATION => traffic.upstream.write(out, family, &[("service", service)]),
+            m::REQUEST_DURATION | m::UPSTREAM_DURATION => {
+                let summed = Histogram::default();
+                for hot in traffic.shards() {
+                    summed.absorb(if family == m::REQUEST_DURATION { &hot.total } else { &hot.upstream });
+                }
+                summed.write(out, family, &[("service", service)]);
+            }
             m::UPSTREAM_ERRORS => {
                 for kind in UpstreamError::ALL {
                     let n = traffic.errors[kind as usize].load(Ordering::Relaxed);
@@ -398,5 +453,35 @@ mod tests {
         assert!(text.contains("switchyard_request_duration_seconds_count{service=\"stats-test\"} 3\n"), "{text}");
         s.forget();
         assert!(!rendered().contains("stats-test"), "forgotten service still rendered");
+    }
+
+    #[test]
+    fn what_many_threads_count_is_summed_across_their_shards() {
+        let s = ServiceStats::of("stats-shards");
+        let labels = RequestLabels::new("web", &Method::GET, Version::HTTP_11, false);
+        std::thread::scope(|scope| {
+            for _ in 0..4 {
+                scope.spawn(|| {
+                    for _ in 0..25 {
+                        s.response(&labels, StatusCode::OK, 0.002);
+                        s.upstream_time(0.001);
+                    }
+                });
+            }
+        });
+        let made = s.traffic.load_full().unwrap().shards().count();
+        assert!(made <= shard::count() && (made > 1 || shard::count() == 1), "{made} of {}", shard::count());
+        let text = rendered();
+        for want in [
+            "switchyard_requests_total{listener=\"web\",service=\"stats-shards\",code=\"200\",method=\"GET\",protocol=\"http1\"} 100\n",
+            "switchyard_request_duration_seconds_count{service=\"stats-shards\"} 100\n",
+            "switchyard_request_duration_seconds_sum{service=\"stats-shards\"} 0.2\n",
+            "switchyard_request_duration_seconds_bucket{service=\"stats-shards\",le=\"+Inf\"} 100\n",
+            "switchyard_upstream_duration_seconds_count{service=\"stats-shards\"} 100\n",
+            "switchyard_upstream_duration_seconds_sum{service=\"stats-shards\"} 0.1\n",
+        ] {
+            assert!(text.contains(want), "{want}\n{text}");
+        }
+        s.forget();
     }
 }
