@@ -17,4 +17,5 @@ pub mod logging;
 pub mod metrics;
 pub mod register;
 pub mod server;
+pub mod shard;
 pub mod upstream;

@@ -10,7 +10,6 @@
 
 pub mod families;
 pub mod process;
-pub mod shard;
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 

@@ -210,6 +210,50 @@ async fn keep_alive_reuses_one_connection() {
     assert!(!reqs[0].1.contains("content-length"), "a GET without a body says no length: {:?}", reqs[0].1);
 }
 
+/// Idle connections are kept per core (`switchyard::shard`): one put back by a
+/// request on one thread is taken by the next request on another thread, whose own
+/// stack is empty, instead of a new connection being opened.
+#[test]
+fn a_connection_put_back_on_one_core_is_reused_from_another() {
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+    let be = rt.block_on(RawBackend::start(vec![
+        reply("HTTP/1.1 200 OK\r\nContent-Length: 3\r\n\r\none"),
+        reply("HTTP/1.1 200 OK\r\nContent-Length: 3\r\n\r\ntwo"),
+    ]));
+    let pool = H1Pool::new(&be.addr.to_string());
+    let (rt, pool) = (&rt, &pool);
+    std::thread::scope(|scope| {
+        // `block_on` polls the request on the calling thread: its body's end puts the
+        // connection on that thread's stack.
+        let first = scope
+            .spawn(move || {
+                let shard = switchyard::shard::index();
+                (shard, rt.block_on(get(pool, Method::GET, "/1")).unwrap().2)
+            })
+            .join()
+            .unwrap();
+        assert_eq!(first.1, "one");
+        assert_eq!(pool.idle(), 1, "counted whichever stack holds it");
+        // A thread on another shard (each new thread takes the next; others may take some in between).
+        let first_shard = first.0;
+        let other = (0..16)
+            .map(|_| {
+                scope
+                    .spawn(move || {
+                        let shard = switchyard::shard::index();
+                        let differs = shard != first_shard || switchyard::shard::count() == 1;
+                        differs.then(|| rt.block_on(get(pool, Method::GET, "/2")).unwrap().2)
+                    })
+                    .join()
+                    .unwrap()
+            })
+            .find_map(|answer| answer);
+        assert_eq!(other.as_deref(), Some("two"), "no thread on another shard in 16");
+    });
+    assert_eq!(be.connections(), 1, "the second request took the first's connection");
+    assert_eq!(pool.idle(), 1);
+}
+
 #[tokio::test]
 async fn connection_close_is_not_reused() {
     let be = RawBackend::start(vec![

@@ -15,7 +15,7 @@
 //! others as `code="other"`) × 8 method classes × 3 protocols per service.
 //!
 //! The series every request updates (request counts, request and upstream
-//! latency) are kept per shard (`metrics::shard`: one per core) and summed at
+//! latency) are kept per shard (`crate::shard`: one per core) and summed at
 //! scrape, so that workers never write the same cache line per request; a shard's
 //! set is made the first time its thread counts for the service.
 
@@ -32,7 +32,7 @@ use super::conn::UpstreamError;
 use super::outlier::EjectReason;
 use crate::metrics as m;
 use crate::metrics::families::{self, write_sample, Group, Histogram};
-use crate::metrics::shard;
+use crate::shard;
 
 /// The labels of a request that the service does not know: where it came in and how.
 /// Plain `&'static str`s: copying them touches no reference count, which every worker

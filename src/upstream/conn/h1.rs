@@ -15,7 +15,6 @@ mod body;
 mod parse;
 mod upload;
 
-use super::slot::Slot;
 use std::future::poll_fn;
 use std::io;
 use std::pin::Pin;
@@ -32,6 +31,9 @@ use http_body_util::{Either, Empty, Full, StreamBody};
 use tokio::io::{AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::Notify;
+
+use super::slot::Slot;
+use crate::shard;
 
 pub use body::{H1Body, H1Upgraded};
 pub use parse::{length, tokens, RawHeaders, MAX_CHUNK_LINE, MAX_HEAD, MAX_HEADERS};
@@ -130,7 +132,8 @@ impl<L: Replay, R: Replay> Replay for Either<L, R> {
 #[derive(Debug, Clone, Copy)]
 pub struct H1Settings {
     pub connect_timeout: Duration,
-    /// Idle connections kept per instance.
+    /// Idle connections kept per instance and per worker (`crate::shard`), as
+    /// nginx's `keepalive` is per worker process.
     pub max_idle: usize,
     /// How long an unused connection is kept (`timeouts.upstream_idle`).
     pub idle_timeout: Duration,
@@ -179,9 +182,13 @@ struct Idle {
 }
 
 /// What the pool's connections and their bodies share.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 struct Shared {
-    idle: Mutex<Vec<Idle>>,
+    /// Idle connections, a stack per core (`crate::shard`): a worker puts a
+    /// connection back on its own and takes from its own first, so the usual
+    /// request locks a mutex no other worker touches; another's stack is looked in
+    /// only when its own is empty.
+    idle: Box<[IdleStack]>,
     /// Open connections: idle, busy, or being made. Shared with the instance's
     /// other HTTP/1.1 connections (hyper's, for upgrades) so the cap covers both.
     open: Arc<AtomicUsize>,
@@ -189,6 +196,17 @@ struct Shared {
     freed: Arc<Notify>,
     /// The instance is draining or gone: no connection is kept idle.
     retired: AtomicBool,
+}
+
+/// One core's idle connections, most recently used on top; on cache lines of its own.
+#[derive(Debug, Default)]
+#[repr(align(128))]
+struct IdleStack(Mutex<Vec<Idle>>);
+
+impl IdleStack {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Vec<Idle>> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner())
+    }
 }
 
 /// Where a finished response body puts its connection back.
@@ -206,7 +224,7 @@ impl Return {
         }
         let now = Instant::now();
         {
-            let mut idle = self.shared.idle.lock().unwrap_or_else(|e| e.into_inner());
+            let mut idle = self.shared.idle[shard::index()].lock();
             // The oldest entry is at the bottom of the stack; expire it here, as checkout only sees the top.
             if idle.first().is_some_and(|e| now.duration_since(e.since) > self.idle_timeout) {
                 idle.remove(0);
@@ -244,20 +262,23 @@ impl H1Pool {
     /// A pool whose open connections are counted in `open` (and signalled on
     /// `freed`) together with others of the same instance.
     pub fn sharing(addr: &str, open: Arc<AtomicUsize>, freed: Arc<Notify>) -> H1Pool {
-        let shared = Shared { idle: Mutex::default(), open, freed, retired: AtomicBool::new(false) };
+        let idle = (0..shard::count()).map(|_| IdleStack::default()).collect();
+        let shared = Shared { idle, open, freed, retired: AtomicBool::new(false) };
         H1Pool { addr: addr.into(), shared: Arc::new(shared) }
     }
 
-    /// Idle connections now (for tests and the admin view).
+    /// Idle connections now, on every core's stack (for tests and the admin view).
     pub fn idle(&self) -> usize {
-        self.shared.idle.lock().unwrap_or_else(|e| e.into_inner()).len()
+        self.shared.idle.iter().map(|stack| stack.lock().len()).sum()
     }
 
     /// Closes every idle connection; with `retire`, none are kept from now on.
     pub fn retire(&self, retire: bool) {
         self.shared.retired.store(retire, Ordering::Relaxed);
         if retire {
-            self.shared.idle.lock().unwrap_or_else(|e| e.into_inner()).clear();
+            for stack in &self.shared.idle {
+                stack.lock().clear();
+            }
         }
     }
 
@@ -382,14 +403,15 @@ impl H1Pool {
         }
     }
 
-    /// The most recently used idle connection that still looks open.
+    /// The most recently used idle connection that still looks open: from this
+    /// core's stack, else from the others' (one another worker put back).
     fn checkout(&self, settings: H1Settings) -> Option<Conn> {
-        loop {
-            let entry = self.shared.idle.lock().unwrap_or_else(|e| e.into_inner()).pop()?;
-            if entry.since.elapsed() <= settings.idle_timeout && looks_open(&entry.conn.io) {
-                return Some(entry.conn);
-            }
-        }
+        let stacks = &self.shared.idle;
+        let mine = shard::index();
+        take(&stacks[mine], settings).or_else(|| {
+            let mut others = stacks.iter().enumerate().filter(|&(i, _)| i != mine);
+            others.find_map(|(_, stack)| take(stack, settings))
+        })
     }
 
     /// Connects in the place `lease` reserved (given back if this fails).
@@ -403,6 +425,17 @@ impl H1Pool {
         };
         let _ = io.set_nodelay(true);
         Ok(Conn { io, buf: BytesMut::new(), _slot: slot })
+    }
+}
+
+/// The most recently used connection of `stack` that still looks open; stale ones
+/// on top of it are closed (outside the lock, which is held for each pop only).
+fn take(stack: &IdleStack, settings: H1Settings) -> Option<Conn> {
+    loop {
+        let entry = stack.lock().pop()?;
+        if entry.since.elapsed() <= settings.idle_timeout && looks_open(&entry.conn.io) {
+            return Some(entry.conn);
+        }
     }
 }
 

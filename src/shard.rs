@@ -1,15 +1,15 @@
-//! Which shard of a per-request counter the current thread writes. A series that
-//! every request updates (a service's request counts and latency histograms) is
-//! kept once per shard and summed at scrape, so that workers on different cores
-//! never write the same cache line per request: with one shared atomic, each
-//! increment on a 16-core machine would pull the line from the core that last
-//! wrote it (~100–200 cycles), for every request of a busy service.
+//! Per-core shards: which one the current thread uses. State that every request
+//! updates — a service's request counts and latency histograms, an instance's idle
+//! upstream connections — is kept once per shard, so that workers on different
+//! cores never write the same cache line per request: with one shared atomic or
+//! lock, each update on a 16-core machine would pull the line from the core that
+//! last wrote it (~100–200 cycles), for every request of a busy service.
 //!
 //! There are as many shards as cores this process may run on (its CPU affinity,
-//! at most [`MAX`]); a thread takes the next index the first time it counts and
-//! keeps it. Tokio's workers are the threads that count: with `workers` ≤ cores
+//! at most [`MAX`]); a thread takes the next index the first time it asks and
+//! keeps it. Tokio's workers are the threads that ask: with `workers` ≤ cores
 //! each has a shard of its own. A thread beyond that shares one, which stays
-//! correct (the shards are atomics) and only costs what a shared counter costs.
+//! correct (a shard is atomics or a lock) and only costs what sharing costs.
 
 use std::cell::Cell;
 use std::sync::atomic::{AtomicUsize, Ordering};
