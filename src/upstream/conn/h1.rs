@@ -19,7 +19,7 @@ use std::future::poll_fn;
 use std::io;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::task::{ready, Context, Poll};
 use std::time::{Duration, Instant};
 
@@ -187,8 +187,10 @@ struct Shared {
     /// Idle connections, a stack per core (`crate::shard`): a worker puts a
     /// connection back on its own and takes from its own first, so the usual
     /// request locks a mutex no other worker touches; another's stack is looked in
-    /// only when its own is empty.
-    idle: Box<[IdleStack]>,
+    /// only when its own is empty. Made at the first connection put back: an
+    /// instance that never served a request (10,000 services × 10 instances, most
+    /// idle) holds a pointer, not a stack per core.
+    idle: OnceLock<Box<[IdleStack]>>,
     /// Open connections: idle, busy, or being made. Shared with the instance's
     /// other HTTP/1.1 connections (hyper's, for upgrades) so the cap covers both.
     open: Arc<AtomicUsize>,
@@ -198,9 +200,9 @@ struct Shared {
     retired: AtomicBool,
 }
 
-/// One core's idle connections, most recently used on top; on cache lines of its own.
+/// One core's idle connections, most recently used on top; on a cache line of its own.
 #[derive(Debug, Default)]
-#[repr(align(128))]
+#[repr(align(64))]
 struct IdleStack(Mutex<Vec<Idle>>);
 
 impl IdleStack {
@@ -224,7 +226,8 @@ impl Return {
         }
         let now = Instant::now();
         {
-            let mut idle = self.shared.idle[shard::index()].lock();
+            let stacks = self.shared.idle.get_or_init(|| (0..shard::count()).map(|_| IdleStack::default()).collect());
+            let mut idle = stacks[shard::index()].lock();
             // The oldest entry is at the bottom of the stack; expire it here, as checkout only sees the top.
             if idle.first().is_some_and(|e| now.duration_since(e.since) > self.idle_timeout) {
                 idle.remove(0);
@@ -262,21 +265,20 @@ impl H1Pool {
     /// A pool whose open connections are counted in `open` (and signalled on
     /// `freed`) together with others of the same instance.
     pub fn sharing(addr: &str, open: Arc<AtomicUsize>, freed: Arc<Notify>) -> H1Pool {
-        let idle = (0..shard::count()).map(|_| IdleStack::default()).collect();
-        let shared = Shared { idle, open, freed, retired: AtomicBool::new(false) };
+        let shared = Shared { idle: OnceLock::new(), open, freed, retired: AtomicBool::new(false) };
         H1Pool { addr: addr.into(), shared: Arc::new(shared) }
     }
 
     /// Idle connections now, on every core's stack (for tests and the admin view).
     pub fn idle(&self) -> usize {
-        self.shared.idle.iter().map(|stack| stack.lock().len()).sum()
+        self.shared.idle.get().map_or(0, |stacks| stacks.iter().map(|stack| stack.lock().len()).sum())
     }
 
     /// Closes every idle connection; with `retire`, none are kept from now on.
     pub fn retire(&self, retire: bool) {
         self.shared.retired.store(retire, Ordering::Relaxed);
         if retire {
-            for stack in &self.shared.idle {
+            for stack in self.shared.idle.get().into_iter().flatten() {
                 stack.lock().clear();
             }
         }
@@ -406,7 +408,7 @@ impl H1Pool {
     /// The most recently used idle connection that still looks open: from this
     /// core's stack, else from the others' (one another worker put back).
     fn checkout(&self, settings: H1Settings) -> Option<Conn> {
-        let stacks = &self.shared.idle;
+        let stacks = self.shared.idle.get()?;
         let mine = shard::index();
         take(&stacks[mine], settings).or_else(|| {
             let mut others = stacks.iter().enumerate().filter(|&(i, _)| i != mine);
