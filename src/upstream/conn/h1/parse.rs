@@ -166,23 +166,17 @@ fn kept_in_map(name: &[u8]) -> bool {
     name_is(name, b"te")
 }
 
-/// Hop-by-hop names the proxy removes from responses (`http::headers`), and the
-/// `x-request-id` it replaces with the request's ([`RawHeaders::request_id`]),
-/// dropped here when the lines are kept as bytes.
-fn dropped_when_raw(name: &[u8]) -> bool {
-    name_is(name, b"proxy-authenticate")
-        || name_is(name, b"proxy-authorization")
-        || name_is(name, b"upgrade")
-        || name_is(name, b"x-request-id")
+/// Hop-by-hop names, besides `TE` ([`kept_in_map`]), that pass the parse and that
+/// the proxy removes from responses by name (`http::headers::strip_hop_by_hop`;
+/// `Connection` and the names it lists are seen apart).
+fn hop_by_hop_by_name(name: &[u8]) -> bool {
+    name_is(name, b"proxy-authenticate") || name_is(name, b"proxy-authorization") || name_is(name, b"upgrade")
 }
 
-/// Hop-by-hop names that pass the parse and that the request path removes
-/// (`http::headers::strip_hop_by_hop`; `Connection`'s own are seen apart).
-fn removed_by_name(name: &[u8]) -> bool {
-    kept_in_map(name)
-        || name_is(name, b"upgrade")
-        || name_is(name, b"proxy-authenticate")
-        || name_is(name, b"proxy-authorization")
+/// Those, and the `x-request-id` the proxy replaces with the request's
+/// ([`RawHeaders::request_id`]): dropped here when the lines are kept as bytes.
+fn dropped_when_raw(name: &[u8]) -> bool {
+    hop_by_hop_by_name(name) || name_is(name, b"x-request-id")
 }
 
 /// The `HeaderName` of a name usual in responses, without `HeaderName::from_bytes`'s
@@ -323,7 +317,7 @@ fn one_head(buf: &mut BytesMut, req: RequestKind) -> Result<Option<Head>, H1Erro
         } else if name_is(h.name.as_bytes(), b"keep-alive") || name_is(h.name.as_bytes(), b"proxy-connection") {
             false
         } else {
-            other_hop |= removed_by_name(h.name.as_bytes());
+            other_hop |= kept_in_map(h.name.as_bytes()) || hop_by_hop_by_name(h.name.as_bytes());
             true
         };
         if keep {
