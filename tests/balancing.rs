@@ -32,7 +32,18 @@ async fn round_robin_spreads_evenly() {
     );
     gw.wait_live("s", 3).await;
     let seen = counts(&gw, 300, "/").await;
-    assert_eq!(seen, HashMap::from([("b1".into(), 100), ("b2".into(), 100), ("b3".into(), 100)]));
+    // Each worker rotates exactly on its own (a cursor per core): over the two
+    // workers' shares an instance is at most one request off its third.
+    within(&seen, &[("b1", 100), ("b2", 100), ("b3", 100)], 1);
+}
+
+/// Every backend of `expected` got its count ± `off`, and no other answered.
+fn within(seen: &HashMap<String, usize>, expected: &[(&str, usize)], off: usize) {
+    assert_eq!(seen.len(), expected.len(), "{seen:?}");
+    for &(name, n) in expected {
+        let got = seen.get(name).copied().unwrap_or(0);
+        assert!(got.abs_diff(n) <= off, "{name}: {got}, expected {n} ± {off}: {seen:?}");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -49,7 +60,9 @@ async fn weighted_follows_weights() {
     );
     gw.wait_live("s", 3).await;
     let seen = counts(&gw, 600, "/").await;
-    assert_eq!(seen, HashMap::from([("b1".into(), 100), ("b2".into(), 200), ("b3".into(), 300)]));
+    // nginx's smooth sequence for 1:2:3 (c b a c b c) puts every instance within one
+    // of its share in any run of picks; two workers walk it each on their own.
+    within(&seen, &[("b1", 100), ("b2", 200), ("b3", 300)], 2);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

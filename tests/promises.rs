@@ -103,23 +103,34 @@ async fn hop_by_hop_headers_are_removed_from_responses() {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+// One worker: each core has a cursor of its own, and the exact sequence is one core's.
+#[tokio::test(flavor = "multi_thread", worker_threads = 1)]
 async fn round_robin_continues_across_a_table_swap() {
-    let b = [Backend::start("b1").await, Backend::start("b2").await, Backend::start("b3").await];
+    let b = [
+        Backend::start("b1").await,
+        Backend::start("b2").await,
+        Backend::start("b3").await,
+        Backend::start("b4").await,
+    ];
     let gw = TestGateway::start(&http_config("[[listener.route]]\nservice = \"rr\"\n")).await;
-    let three = [("rr", "1", b[0].addr, &[][..]), ("rr", "2", b[1].addr, &[][..]), ("rr", "3", b[2].addr, &[][..])];
-    write_instances(&gw.instances_path(), &three[..2]);
-    gw.wait_live("rr", 2).await;
+    let at = |i: usize| ("rr", ["1", "2", "3", "4"][i], b[i].addr, &[][..]);
+    write_instances(&gw.instances_path(), &[at(0), at(1), at(2)]);
+    gw.wait_live("rr", 3).await;
     let c = client();
     let first = get(&c, &gw.url("/")).await.1;
-    // A third instance joins: the cursor (now 1) goes on, so the next pick is
-    // instance 2 of 3; a cursor reset by the swap would pick instance 1 again.
-    write_instances(&gw.instances_path(), &three);
-    gw.wait_live("rr", 3).await;
-    assert_eq!(first, "b1");
+    let from = ["b1", "b2", "b3"].iter().position(|b| *b == first).expect("one of the three");
+    // Instance 3 is replaced by 4 (ids 1, 2, 4: three again): the cursor goes on
+    // from the instance after `first`, where a cursor reset by the swap would
+    // start where the worker's first did and pick `first`'s position again.
+    write_instances(&gw.instances_path(), &[at(0), at(1), at(3)]);
+    wait_until("instances 1, 2 and 4", Duration::from_secs(10), async || {
+        gw.table.load().service("rr").is_some_and(|s| s.live.iter().map(|e| &*e.id).eq(["1", "2", "4"]))
+    })
+    .await;
+    let now = ["b1", "b2", "b4"];
     let next = get(&c, &gw.url("/")).await.1;
-    assert_eq!(next, "b2", "the rotation restarted at the first instance after the swap");
-    assert_eq!(get(&c, &gw.url("/")).await.1, "b3");
+    assert_eq!(next, now[(from + 1) % 3], "the rotation restarted after the swap (first: {first})");
+    assert_eq!(get(&c, &gw.url("/")).await.1, now[(from + 2) % 3]);
 }
 
 async fn spread(reqs: impl Iterator<Item = http::Request<http_body_util::Full<bytes::Bytes>>>) -> Vec<String> {

@@ -19,7 +19,7 @@ use bytes::Bytes;
 use http::{HeaderMap, Method};
 use http_body::Frame;
 use http_body_util::{BodyExt, Empty, Full, StreamBody};
-use switchyard::upstream::conn::h1::{H1Error, H1Pool, H1Settings, Replay, RequestHead};
+use switchyard::upstream::conn::h1::{H1Error, H1Limits, H1Pool, H1Settings, Replay, RequestHead};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
@@ -252,6 +252,51 @@ fn a_connection_put_back_on_one_core_is_reused_from_another() {
     });
     assert_eq!(be.connections(), 1, "the second request took the first's connection");
     assert_eq!(pool.idle(), 1);
+}
+
+/// At the cap (`max_connections = 1`) a second request waits; the first's
+/// connection, put back when its body is read, wakes it and carries it: one
+/// connection for both. (A put back wakes only announced waiters: this is the
+/// wake that must not be skipped.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_waiting_at_the_cap_is_woken_by_a_connection_put_back() {
+    let be = RawBackend::start(vec![
+        reply("HTTP/1.1 200 OK\r\nContent-Length: 3\r\n\r\none"),
+        reply("HTTP/1.1 200 OK\r\nContent-Length: 3\r\n\r\ntwo"),
+    ])
+    .await;
+    let pool = Arc::new(H1Pool::new(&be.addr.to_string()));
+    let pending = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let send_capped = |pool: Arc<H1Pool>, pending: Arc<std::sync::atomic::AtomicUsize>, path: &'static str| async move {
+        let mut headers = HeaderMap::new();
+        headers.insert("host", "backend".parse().unwrap());
+        let method = Method::GET;
+        let head = RequestHead {
+            method: &method,
+            target: path,
+            headers: &headers,
+            extra: &[],
+            skip: &[],
+            raw_response: false,
+        };
+        let limits = H1Limits { max_connections: 1, max_pending: 8, pending: &pending };
+        let res = pool.send_limited(head, Empty::<Bytes>::new(), SETTINGS, limits).await.map_err(|e| e.error).unwrap();
+        res.into_body()
+    };
+    // The first response's body is not read yet: its connection is busy.
+    let first = tokio::time::timeout(LIMIT, send_capped(pool.clone(), pending.clone(), "/1")).await.expect("first");
+    let second = tokio::spawn(send_capped(pool.clone(), pending.clone(), "/2"));
+    support::wait_until("the second request waiting", LIMIT, async || {
+        pending.load(std::sync::atomic::Ordering::Relaxed) == 1
+    })
+    .await;
+    assert!(!second.is_finished(), "it waits for the only connection");
+    let one = tokio::time::timeout(LIMIT, first.collect()).await.expect("first body").unwrap().to_bytes();
+    assert_eq!(&one[..], b"one");
+    let body = tokio::time::timeout(LIMIT, second).await.expect("the waiting request was woken").unwrap();
+    let two = tokio::time::timeout(LIMIT, body.collect()).await.expect("second body").unwrap().to_bytes();
+    assert_eq!(&two[..], b"two");
+    assert_eq!(be.connections(), 1, "the second request took the first's connection");
 }
 
 #[tokio::test]

@@ -332,7 +332,7 @@ pub fn upstreams_json(table: &Table) -> String {
                 serde_json::json!({
                     "live": service.live.len(),
                     "admitted": admitted,
-                    "active": service.state.active.load(Ordering::Relaxed),
+                    "active": service.state.active(),
                     "retrying": service.state.retrying.load(Ordering::Relaxed),
                     "pending": service.state.pending.load(Ordering::Relaxed),
                     "instances": instances,

@@ -125,7 +125,7 @@ pub async fn send(
     mut timer: Option<Pin<&mut Sleep>>,
 ) -> Result<Response<ResponseBody>, Failed> {
     let state = &service.state;
-    let _active = Count::new(&state.active);
+    let _active = Count::new(&state.local().active);
     let mut _retrying: Option<Count<'_>> = None;
     let deadline = started + plan.deadline;
     let limits = SendLimits {
@@ -229,7 +229,7 @@ pub async fn send(
         if plan::budgeted(end) && _retrying.is_none() {
             // A retry of a request that reached an instance adds load: only within budget.
             // Check and take a slot in one step, so concurrent requests cannot overshoot it.
-            let active = state.active.load(Ordering::Relaxed);
+            let active = state.active();
             let budget = &service.policy.retry_budget;
             let taken = state.retrying.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |retrying| {
                 plan::budget_allows(active, retrying, budget).then_some(retrying + 1)

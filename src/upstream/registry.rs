@@ -284,11 +284,49 @@ mod tests {
         let mut r = Registry::default();
         r.apply(Update::Replace { instances: vec![inst("a", "1", 1), inst("a", "2", 2)], revision: 1 });
         let t = r.build().table;
+        // This thread's cursor starts at its shard: instance `shard % 2` of two.
+        let shard = crate::shard::index();
         let first = t.service("a").unwrap().pick(Pick::RoundRobin).unwrap().id.clone();
+        assert_eq!(&*first, ["1", "2"][shard % 2]);
         r.apply(Update::Apply { changes: vec![Change::Put(inst("a", "3", 3))], revision: 2 });
         let t = r.build().table;
         let second = t.service("a").unwrap().pick(Pick::RoundRobin).unwrap().id.clone();
-        assert_ne!(first, second);
+        // The same cursor goes on (one further) over three; a fresh one would pick `shard % 3`.
+        assert_eq!(&*second, ["1", "2", "3"][(shard + 1) % 3]);
+    }
+
+    #[test]
+    fn each_core_rotates_on_its_own_from_its_own_start() {
+        let mut r = Registry::default();
+        r.apply(Update::Replace {
+            instances: vec![inst("a", "1", 1), inst("a", "2", 2), inst("a", "3", 3)],
+            revision: 1,
+        });
+        let t = r.build().table;
+        let s = t.service("a").unwrap();
+        let position = |e: &Arc<Endpoint>| s.live.iter().position(|l| Arc::ptr_eq(l, e)).unwrap();
+        // Threads one after another (each may take a shard of its own or share one).
+        let mut started: HashMap<usize, usize> = HashMap::new();
+        for _ in 0..crate::shard::count() + 1 {
+            let (shard, picks) = std::thread::scope(|scope| {
+                scope
+                    .spawn(|| {
+                        let picks: Vec<usize> = (0..7).map(|_| position(s.pick(Pick::RoundRobin).unwrap())).collect();
+                        (crate::shard::index(), picks)
+                    })
+                    .join()
+                    .unwrap()
+            });
+            for w in picks.windows(2) {
+                assert_eq!(w[1], (w[0] + 1) % 3, "a core's picks rotate exactly: {picks:?}");
+            }
+            // A shard's first pick is instance `shard` (so cores do not all start on the
+            // first one); a thread that shares a shard goes on from where it stopped.
+            let expected = started.get(&shard).map_or(shard % 3, |&last| (last + 1) % 3);
+            assert_eq!(picks[0], expected, "shard {shard}: {picks:?}");
+            started.insert(shard, picks[6]);
+        }
+        assert_eq!(s.state.local.made().count(), started.len(), "one cursor per shard that picked");
     }
 
     #[test]

@@ -22,7 +22,7 @@
 use std::collections::{HashMap, HashSet};
 use std::hash::BuildHasherDefault;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, LazyLock, Mutex, OnceLock, RwLock};
+use std::sync::{Arc, LazyLock, Mutex, RwLock};
 
 use arc_swap::ArcSwapOption;
 use http::{Method, StatusCode, Version};
@@ -32,7 +32,7 @@ use super::conn::UpstreamError;
 use super::outlier::EjectReason;
 use crate::metrics as m;
 use crate::metrics::families::{self, write_sample, Group, Histogram};
-use crate::shard;
+use crate::shard::PerShard;
 
 /// The labels of a request that the service does not know: where it came in and how.
 /// Plain `&'static str`s: copying them touches no reference count, which every worker
@@ -97,11 +97,11 @@ struct RequestKey {
 
 /// The series of a service that has had traffic (or health checks): created
 /// together, every counter at zero, at the first event of any kind.
-#[derive(Debug)]
+#[derive(Debug, Default)]
 struct Traffic {
-    /// The per-request series, one set per shard ([`shard::index`]), each made at
+    /// The per-request series, one set per shard ([`crate::shard::index`]), each made at
     /// its shard's first request: summed at scrape.
-    hot: Box<[OnceLock<Box<Hot>>]>,
+    hot: PerShard<Hot>,
     errors: [AtomicU64; UpstreamError::ALL.len()],
     retries: [AtomicU64; RetryReason::ALL.len()],
     budget_exhausted: AtomicU64,
@@ -116,38 +116,20 @@ struct Traffic {
     health_changes: [AtomicU64; 2],
 }
 
-impl Default for Traffic {
-    fn default() -> Traffic {
-        Traffic {
-            hot: (0..shard::count()).map(|_| OnceLock::new()).collect(),
-            errors: Default::default(),
-            retries: Default::default(),
-            budget_exhausted: Default::default(),
-            ejections: Default::default(),
-            panic: Default::default(),
-            overflow: Default::default(),
-            checks: Default::default(),
-            health_changes: Default::default(),
-        }
-    }
-}
-
 impl Traffic {
     /// This thread's shard of the per-request series.
     fn hot(&self) -> &Hot {
-        self.hot[shard::index()].get_or_init(Default::default)
+        self.hot.local()
     }
 
     /// The shards made so far.
     fn shards(&self) -> impl Iterator<Item = &Hot> {
-        self.hot.iter().filter_map(|h| h.get().map(|h| &**h))
+        self.hot.made()
     }
 }
 
-/// A shard of the series each request updates. Aligned to two cache lines (the
-/// adjacent-line prefetcher pairs them): no two shards share one.
+/// A shard of the series each request updates.
 #[derive(Debug, Default)]
-#[repr(align(128))]
 struct Hot {
     requests: RwLock<HashMap<RequestKey, AtomicU64, BuildHasherDefault<Fnv1a>>>,
     total: Histogram,
@@ -407,6 +389,7 @@ impl Group for ServiceStats {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::shard;
 
     #[test]
     fn a_listener_name_is_kept_once() {

@@ -4,7 +4,7 @@
 //! table off the request path and swaps it in.
 
 use std::collections::HashMap;
-use std::sync::atomic::AtomicUsize;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use arc_swap::ArcSwap;
@@ -15,6 +15,7 @@ use super::instance::{now_ms, Admission};
 use super::outlier::{self, Outcome};
 use super::stats::ServiceStats;
 use crate::config::ServicePolicy;
+use crate::shard::PerShard;
 
 pub type SharedTable = Arc<ArcSwap<Table>>;
 
@@ -33,29 +34,53 @@ impl Table {
     }
 }
 
-/// State of a service that outlives any one table: cursors and metric handles.
+/// State of a service that outlives any one table: cursors, counts and metric handles.
 #[derive(Debug)]
 pub struct ServiceState {
-    pub round_robin: AtomicUsize,
-    pub weighted: AtomicUsize,
+    /// What every request writes, once per core (`crate::shard`): workers on
+    /// different cores never write the same line for it.
+    pub local: PerShard<Local>,
     pub stats: Arc<ServiceStats>,
-    /// Requests of this service being sent now, and of them the retries: the retry budget.
-    pub active: AtomicUsize,
+    /// Requests of this service being retried now: with [`ServiceState::active`], the retry budget.
     pub retrying: AtomicUsize,
     /// Requests waiting for a connection slot (`max_pending`).
     pub pending: AtomicUsize,
 }
 
+/// One core's share of a service's per-request state.
+#[derive(Debug)]
+pub struct Local {
+    /// The rotation cursors: each core rotates on its own, as each nginx worker
+    /// does without a shared `zone`; a core's first pick is instance `shard`, so
+    /// that cores do not start together on the first one.
+    pub round_robin: AtomicUsize,
+    pub weighted: AtomicUsize,
+    /// Requests of this service being sent now from this core.
+    pub active: AtomicUsize,
+}
+
 impl ServiceState {
     pub fn new(name: &str) -> Self {
         ServiceState {
-            round_robin: AtomicUsize::new(0),
-            weighted: AtomicUsize::new(0),
+            local: PerShard::new(),
             stats: ServiceStats::of(name),
-            active: AtomicUsize::new(0),
             retrying: AtomicUsize::new(0),
             pending: AtomicUsize::new(0),
         }
+    }
+
+    /// This core's share (made at its first request).
+    pub fn local(&self) -> &Local {
+        self.local.local_or(|shard| Local {
+            round_robin: AtomicUsize::new(shard),
+            weighted: AtomicUsize::new(shard),
+            active: AtomicUsize::new(0),
+        })
+    }
+
+    /// Requests of this service being sent now, on every core.
+    pub fn active(&self) -> usize {
+        self.local.made().map(|l| l.active.load(Ordering::Relaxed)).sum()
     }
 }
 
@@ -114,12 +139,12 @@ impl Service {
         // landing on its neighbour.
         let (first, seed) = match (how, &self.weighted, &self.maglev) {
             (_, _, _) if n == 0 => (None, 0),
-            (Pick::Weighted, Some(w), _) => (w.pick(&self.state.weighted), fastrand::u64(..)),
+            (Pick::Weighted, Some(w), _) => (w.pick(&self.state.local().weighted), fastrand::u64(..)),
             (Pick::LeastRequest, _, _) => {
                 (balance::least_request::pick(n, |i| self.live[i].load.get()), fastrand::u64(..))
             }
             (Pick::Hash(key), _, Some(m)) => (m.pick(key), key >> 32),
-            _ => match balance::round_robin::pick_in_round(&self.state.round_robin, n) {
+            _ => match balance::round_robin::pick_in_round(&self.state.local().round_robin, n) {
                 Some((i, round)) => (Some(i), round),
                 None => (None, 0),
             },

@@ -5,7 +5,7 @@
 //! request, which needs a lock (or a per-worker copy) on the request path. The
 //! sequence it produces is periodic, though — after `sum(weights)` rounds every
 //! `current` is back to zero — so it is computed once per table change and the
-//! request path just walks it with a cursor shared across table swaps. Dividing the
+//! request path just walks it with a cursor (one per core) kept across table swaps. Dividing the
 //! weights by their gcd first gives the same interleaving with the shortest period.
 //!
 //! "Smooth" matters: weights {5, 1, 1} give `a a b a c a a`, not `a a a a a b c`,

@@ -30,9 +30,8 @@ use http_body::Body;
 use http_body_util::{Either, Empty, Full, StreamBody};
 use tokio::io::{AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
-use tokio::sync::Notify;
 
-use super::slot::Slot;
+use super::slot::{Freed, Slot};
 use crate::shard;
 
 pub use body::{H1Body, H1Upgraded};
@@ -195,7 +194,7 @@ struct Shared {
     /// other HTTP/1.1 connections (hyper's, for upgrades) so the cap covers both.
     open: Arc<AtomicUsize>,
     /// Signalled when a connection is returned or closes: waiters look again.
-    freed: Arc<Notify>,
+    freed: Arc<Freed>,
     /// The instance is draining or gone: no connection is kept idle.
     retired: AtomicBool,
 }
@@ -237,7 +236,7 @@ impl Return {
             }
             idle.push(Idle { conn, since: now });
         }
-        self.shared.freed.notify_waiters();
+        self.shared.freed.wake();
     }
 }
 
@@ -264,7 +263,7 @@ impl H1Pool {
 
     /// A pool whose open connections are counted in `open` (and signalled on
     /// `freed`) together with others of the same instance.
-    pub fn sharing(addr: &str, open: Arc<AtomicUsize>, freed: Arc<Notify>) -> H1Pool {
+    pub(super) fn sharing(addr: &str, open: Arc<AtomicUsize>, freed: Arc<Freed>) -> H1Pool {
         let shared = Shared { idle: OnceLock::new(), open, freed, retired: AtomicBool::new(false) };
         H1Pool { addr: addr.into(), shared: Arc::new(shared) }
     }
@@ -378,10 +377,11 @@ impl H1Pool {
         if let Some(conn) = self.checkout(settings) {
             return Ok(Some(conn));
         }
+        let announced = self.shared.freed.announce();
         let mut waiting: Option<Waiting<'_>> = None;
         loop {
             // Registered before looking, so a return between the look and the wait is not missed.
-            let freed = self.shared.freed.notified();
+            let freed = announced.notified();
             tokio::pin!(freed);
             freed.as_mut().enable();
             if let Some(conn) = self.checkout(settings) {

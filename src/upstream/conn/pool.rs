@@ -22,10 +22,9 @@ use hyper::client::conn::http1::{self, SendRequest};
 use hyper::client::conn::http2;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::net::TcpStream;
-use tokio::sync::Notify;
 
 use super::h1::{H1Body, H1Limits, H1Pool, H1Settings, RequestHead, SendError};
-use super::slot::Slot;
+use super::slot::{Freed, Slot};
 use super::UpstreamBody;
 
 #[derive(Debug, thiserror::Error)]
@@ -58,7 +57,7 @@ pub struct InstancePool {
     /// Open HTTP/1.1 connections (idle, busy or being made).
     open: Arc<AtomicUsize>,
     /// Signalled when a connection is returned or closes: waiters look again.
-    freed: Arc<Notify>,
+    freed: Arc<Freed>,
     retired: AtomicBool,
     /// HTTP/1.1 connections driven from the request's own task (`h1`), counted
     /// in the same `open`: plain requests use these; `idle` above holds hyper's,
@@ -114,7 +113,7 @@ enum Lease {
 
 impl InstancePool {
     pub fn new(addr: &str) -> InstancePool {
-        let (open, freed) = (Arc::new(AtomicUsize::new(0)), Arc::new(Notify::new()));
+        let (open, freed) = (Arc::new(AtomicUsize::new(0)), Arc::new(Freed::default()));
         InstancePool {
             addr: addr.into(),
             idle: Mutex::new(Vec::new()),
@@ -205,10 +204,11 @@ impl InstancePool {
     /// A ready connection, a reserved slot for a new one, or — at the cap — a wait
     /// for one to free up.
     async fn lease(&self, settings: PoolSettings, limits: SendLimits<'_>) -> Result<Lease, PoolError> {
+        let announced = self.freed.announce();
         let mut waiting: Option<PendingGuard<'_>> = None;
         loop {
             // Registered before looking, so a return between the look and the wait is not missed.
-            let freed = self.freed.notified();
+            let freed = announced.notified();
             tokio::pin!(freed);
             freed.as_mut().enable();
             if let Some(sender) = self.checkout(settings) {
@@ -279,7 +279,7 @@ impl InstancePool {
                 idle.push(Idle { sender, since: Instant::now() });
             }
         }
-        self.freed.notify_waiters();
+        self.freed.wake();
     }
 
     /// Sends `req` (absolute URI) as a stream of the instance's h2c connection,
