@@ -1,9 +1,9 @@
 //! One backend as the data path sees it: its address, what its metadata means
-//! (weight, zone, protocol, status), and its in-flight count, which survives
-//! table swaps so that `least_request` stays right while the table changes.
+//! (weight, zone, protocol, status), and what survives table swaps with it: its
+//! in-flight count (`load`, so that `least_request` and `max_inflight` stay
+//! right while the table changes), its pool and its health state.
 
 use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use http::uri::Authority;
@@ -12,6 +12,7 @@ use super::balance::weighted::MAX_WEIGHT;
 use super::conn::pool::InstancePool;
 use super::conn::Protocol;
 use super::instance::{Admission, InstanceState};
+use super::load::Load;
 use crate::config::ServicePolicy;
 use crate::discovery::Instance;
 
@@ -26,39 +27,6 @@ pub enum Status {
     Draining,
     /// Excluded.
     Down,
-}
-
-#[derive(Debug, Default)]
-pub struct Load {
-    inflight: AtomicUsize,
-}
-
-impl Load {
-    pub fn get(&self) -> usize {
-        self.inflight.load(Ordering::Relaxed)
-    }
-    /// Counts one request in flight until the guard drops. The guard borrows:
-    /// the request holds its endpoint anyway, and a clone of the `Arc` would be
-    /// two more writes per request on a line every worker writes.
-    pub fn start(&self) -> InflightGuard<'_> {
-        self.inflight.fetch_add(1, Ordering::Relaxed);
-        InflightGuard(self)
-    }
-
-    /// [`Load::start`] unless `max` are in flight already: checked and counted in
-    /// one step, so concurrent requests cannot overshoot a limit together.
-    pub fn try_start(&self, max: usize) -> Option<InflightGuard<'_>> {
-        self.inflight.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| (n < max).then_some(n + 1)).ok()?;
-        Some(InflightGuard(self))
-    }
-}
-
-pub struct InflightGuard<'a>(&'a Load);
-
-impl Drop for InflightGuard<'_> {
-    fn drop(&mut self) {
-        self.0.inflight.fetch_sub(1, Ordering::Relaxed);
-    }
 }
 
 #[derive(Debug)]
@@ -147,7 +115,7 @@ impl Endpoint {
 
     /// Whether this instance takes a new request now (see [`InstanceState::admits`]).
     pub fn admits(&self, now_ms: u64, policy: &ServicePolicy) -> Admission {
-        self.state.admits(now_ms, self.load.get(), policy)
+        self.state.admits(now_ms, self.load.full(policy.limits.max_inflight), policy)
     }
 }
 
@@ -199,16 +167,5 @@ mod tests {
         )
         .unwrap();
         assert_eq!((e.weight, w.len()), (1, 1));
-    }
-
-    #[test]
-    fn inflight_guard_counts() {
-        let load = Arc::new(Load::default());
-        let a = load.start();
-        let b = load.start();
-        assert_eq!(load.get(), 2);
-        drop(a);
-        drop(b);
-        assert_eq!(load.get(), 0);
     }
 }

@@ -55,7 +55,7 @@ impl InstanceState {
     }
 
     /// Whether the instance takes a new request at `now_ms` with `inflight` already running.
-    pub fn admits(&self, now_ms: u64, inflight: usize, policy: &ServicePolicy) -> Admission {
+    pub fn admits(&self, now_ms: u64, full: bool, policy: &ServicePolicy) -> Admission {
         if self.outlier.is_ejected(now_ms) {
             return Admission::Ejected;
         }
@@ -66,7 +66,7 @@ impl InstanceState {
             }
             _ => {}
         }
-        if inflight >= policy.limits.max_inflight {
+        if full {
             return Admission::Full;
         }
         Admission::Admit
@@ -91,21 +91,18 @@ impl InstanceState {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::{CheckKind, HealthCheck, InstanceLimits};
+    use crate::config::{CheckKind, HealthCheck};
     use crate::upstream::outlier::Outcome;
 
     #[test]
     fn admission_reasons() {
-        let policy = ServicePolicy {
-            limits: InstanceLimits { max_inflight: 2, ..InstanceLimits::default() },
-            ..ServicePolicy::default()
-        };
+        let policy = ServicePolicy::default();
         let s = InstanceState::new(false);
-        assert_eq!(s.admits(5, 1, &policy), Admission::Admit);
-        assert_eq!(s.admits(5, 2, &policy), Admission::Full);
+        assert_eq!(s.admits(5, false, &policy), Admission::Admit);
+        assert_eq!(s.admits(5, true, &policy), Admission::Full);
         s.outlier.record(Outcome::ConnectFailure, || 5, &policy.outlier, |_| true);
-        assert_eq!(s.admits(6, 0, &policy), Admission::Ejected);
-        assert_eq!(s.admits(30_005, 0, &policy), Admission::Admit);
+        assert_eq!(s.admits(6, false, &policy), Admission::Ejected);
+        assert_eq!(s.admits(30_005, false, &policy), Admission::Admit);
     }
 
     #[test]
@@ -121,11 +118,11 @@ mod tests {
         };
         let policy = ServicePolicy { health_check: Some(check.clone()), ..ServicePolicy::default() };
         let s = InstanceState::new(false);
-        assert_eq!(s.admits(1, 0, &policy), Admission::Unhealthy);
+        assert_eq!(s.admits(1, false, &policy), Admission::Unhealthy);
         s.health.record(true, &check);
-        assert_eq!(s.admits(1, 0, &policy), Admission::Admit);
+        assert_eq!(s.admits(1, false, &policy), Admission::Admit);
         s.health.record(false, &check);
-        assert_eq!(s.admits(1, 0, &policy), Admission::Unhealthy);
+        assert_eq!(s.admits(1, false, &policy), Admission::Unhealthy);
     }
 
     #[test]

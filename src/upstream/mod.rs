@@ -3,7 +3,7 @@
 //! applies discovery updates and builds each new table (`registry`), the task that
 //! swaps it in (`writer`), the pure pickers (`balance`), per-instance state that
 //! survives swaps (`instance`: `outlier` ejection, `health` checks, slow start,
-//! admission), per-service metric handles (`stats`) and the connections to
+//! admission; `load`: requests in flight and the `max_inflight` permits), per-service metric handles (`stats`) and the connections to
 //! instances (`conn`).
 
 pub(crate) mod balance;
@@ -11,6 +11,7 @@ pub mod conn;
 pub(crate) mod endpoint;
 pub(crate) mod health;
 pub(crate) mod instance;
+pub(crate) mod load;
 pub(crate) mod outlier;
 pub(crate) mod registry;
 pub(crate) mod stats;

@@ -6,8 +6,9 @@
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
 
-use super::endpoint::{Endpoint, Load, Status};
+use super::endpoint::{Endpoint, Status};
 use super::instance::InstanceState;
+use super::load::Load;
 use super::table::{Service, ServiceState, Table};
 use crate::config::ServicePolicy;
 use crate::discovery::{Change, Instance, Update};
