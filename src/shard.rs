@@ -34,6 +34,7 @@ pub fn count() -> usize {
 }
 
 /// This thread's shard, below [`count`].
+#[inline]
 pub fn index() -> usize {
     INDEX.with(|index| match index.get() {
         usize::MAX => {
@@ -62,6 +63,7 @@ impl<T> PerShard<T> {
     }
 
     /// This thread's `T`, made by `init(shard)` at the shard's first use.
+    #[inline]
     pub fn local_or(&self, init: impl FnOnce(usize) -> T) -> &T {
         let shard = index();
         &self.slots[shard].get_or_init(|| Box::new(Lines(init(shard)))).0

@@ -207,7 +207,7 @@ async fn ten_thousand_instances_in_a_thousand_services() {
     let gw = TestGateway::start(&gateway_config(&[etcd.url()], "")).await;
     wait_until("1,000 services in the table", Duration::from_secs(30), async || {
         let t = gw.table.load();
-        t.services.len() >= 1000 && t.services.values().map(|s| s.endpoints.len()).sum::<usize>() == 10_000
+        t.services.len() >= 1000 && t.services.values().map(|s| s.service.endpoints.len()).sum::<usize>() == 10_000
     })
     .await;
     eprintln!("MEASURE 10k instances / 1000 services loaded in {:?}", t0.elapsed());

@@ -291,7 +291,7 @@ pub fn upstreams_json(table: &Table) -> String {
     let services: serde_json::Map<String, serde_json::Value> = names
         .into_iter()
         .map(|name| {
-            let service = &table.services[name];
+            let service = &table.services[name].service;
             let instances: Vec<serde_json::Value> = service
                 .endpoints
                 .iter()

@@ -38,7 +38,8 @@ use crate::config::{Config, Route};
 use crate::metrics as m;
 use crate::upstream::conn::{OutgoingHead, ResponseBody, UpstreamError, Upstreams};
 use crate::upstream::stats::{intern, RequestLabels, ServiceStats};
-use crate::upstream::{Pick, Service, SharedTable};
+use crate::upstream::table::Pinned;
+use crate::upstream::{Pick, SharedTable};
 
 pub struct HttpProxy {
     router: Router,
@@ -251,7 +252,7 @@ impl HttpProxy {
         let sent_at = Instant::now();
         let sent = send::send(
             &self.upstreams,
-            &sending.service,
+            &sending.service.0,
             sending.how,
             &sending.plan,
             out,
@@ -301,7 +302,7 @@ impl HttpProxy {
             return Err(answered(&self.unrouted, &labels, start, respond::no_route(is_grpc)));
         };
         let table = self.table.load();
-        let service = match (table.service(target.service()), &target) {
+        let held = match (table.held(target.service()), &target) {
             (Some(s), _) => s,
             (None, Target::Host(_)) => {
                 return Err(answered(&self.unrouted, &labels, start, respond::no_route(is_grpc)))
@@ -323,7 +324,7 @@ impl HttpProxy {
                 "absolute-form request for a host this gateway does not serve\n",
                 is_grpc,
             );
-            return Err(answered(&service.state.stats, &labels, start, res));
+            return Err(answered(&held.service.state.stats, &labels, start, res));
         }
         // Plan: deadline, retry policy, whether the body is kept for a retry.
         let route = match &target {
@@ -331,7 +332,7 @@ impl HttpProxy {
             Target::Host(_) => None,
         };
         let how = target.pick(&view);
-        let service = service.clone();
+        let service = held.local();
         let path_and_query = match target.upstream_path(view.path) {
             // The whole path: nothing was stripped. (A prefix without a trailing `/`
             // leaves a borrowed rest that is shorter: "/api" of "/api/x" is "/x".)
@@ -455,8 +456,8 @@ impl HttpProxy {
                 self.own_response(&mut res, s.client_version);
                 // From the first send to the response head, retries included.
                 let now = Instant::now();
-                state.stats.upstream_time((now - sent_at).as_secs_f64());
-                state.stats.response(&s.labels, res.status(), (now - start).as_secs_f64());
+                let (seconds, upstream) = ((now - start).as_secs_f64(), (now - sent_at).as_secs_f64());
+                state.stats.proxied(&s.labels, res.status(), seconds, upstream);
                 res
             }
             Err(Failed::ClientBody) => answered(&state.stats, &s.labels, start, self.admit.malformed_body(s.is_grpc)),
@@ -482,7 +483,8 @@ struct Prepared {
 struct Sending {
     plan: plan::Plan,
     how: Pick,
-    service: Arc<Service>,
+    /// This core's reference to the service (`upstream::table::Held`).
+    service: Arc<Pinned>,
     labels: RequestLabels,
     is_grpc: bool,
     client_version: Version,

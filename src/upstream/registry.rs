@@ -9,7 +9,7 @@ use std::sync::Arc;
 use super::endpoint::{Endpoint, Status};
 use super::instance::InstanceState;
 use super::load::Load;
-use super::table::{Service, ServiceState, Table};
+use super::table::{Held, Service, ServiceState, Table};
 use crate::config::ServicePolicy;
 use crate::discovery::{Change, Instance, Update};
 use crate::upstream::conn::pool::InstancePool;
@@ -26,7 +26,7 @@ pub struct Registry {
     carried: HashMap<String, HashMap<String, Carried>>,
     /// Services that some route balances by hash: they get a Maglev table.
     hashed: HashSet<String>,
-    services: HashMap<Arc<str>, Arc<Service>>,
+    services: HashMap<Arc<str>, Arc<Held>>,
     dirty: HashSet<String>,
     /// `[[service]]` policies; other services get the defaults.
     policies: HashMap<String, Arc<ServicePolicy>>,
@@ -131,7 +131,7 @@ impl Registry {
         let mut rebuilt = Vec::with_capacity(self.dirty.len());
         for name in std::mem::take(&mut self.dirty) {
             let service = Arc::new(self.build_service(&name, &mut warnings));
-            self.services.insert(service.name.clone(), service.clone());
+            self.services.insert(service.name.clone(), Arc::new(Held::new(service.clone())));
             rebuilt.push(service);
         }
         self.version += 1;
@@ -328,6 +328,29 @@ mod tests {
             started.insert(shard, picks[6]);
         }
         assert_eq!(s.state.local.made().count(), started.len(), "one cursor per shard that picked");
+    }
+
+    #[test]
+    fn requests_hold_their_cores_reference_and_keep_a_retired_service() {
+        let mut r = Registry::default();
+        r.apply(Update::Replace { instances: vec![inst("a", "1", 1)], revision: 1 });
+        let t = r.build().table;
+        let held = t.held("a").unwrap();
+        let weak = Arc::downgrade(&held.service);
+        let first = held.local();
+        let requests: Vec<_> = (0..10).map(|_| held.local()).collect();
+        assert!(requests.iter().all(|p| Arc::ptr_eq(p, &first)), "one reference per core");
+        // The held service and this core's reference: ten requests did not touch its count.
+        assert_eq!(Arc::strong_count(&held.service), 2);
+        assert_eq!(Arc::strong_count(&first), 12, "the core's reference counts the requests");
+        // The service is rebuilt and every table dropped: the requests still hold it.
+        r.apply(Update::Replace { instances: vec![inst("a", "2", 2)], revision: 2 });
+        drop((t, r.build()));
+        drop(r);
+        assert_eq!(&*first.live[0].id, "1", "a request keeps the service it started with");
+        drop(requests);
+        drop(first);
+        assert!(weak.upgrade().is_none(), "freed with its last request");
     }
 
     #[test]

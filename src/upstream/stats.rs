@@ -136,6 +136,24 @@ struct Hot {
     upstream: Histogram,
 }
 
+impl Hot {
+    /// One response and its time since the request head arrived.
+    fn count(&self, labels: &RequestLabels, status: StatusCode, seconds: f64) {
+        let code = status.as_u16();
+        let key = RequestKey { labels: *labels, code: if (100..=599).contains(&code) { code } else { 0 } };
+        self.total.record(seconds);
+        {
+            let requests = self.requests.read().unwrap_or_else(|e| e.into_inner());
+            if let Some(n) = requests.get(&key) {
+                n.fetch_add(1, Ordering::Relaxed);
+                return;
+            }
+        }
+        let mut requests = self.requests.write().unwrap_or_else(|e| e.into_inner());
+        requests.entry(key).or_default().fetch_add(1, Ordering::Relaxed);
+    }
+}
+
 /// One-label counter families: (family, label name, label values, which counters).
 fn labelled<'t>(
     traffic: &'t Traffic,
@@ -228,29 +246,20 @@ impl ServiceStats {
         t
     }
 
-    /// A response sent to the client (by the upstream or by the gateway itself)
-    /// `seconds` after the request head arrived.
+    /// A response the gateway made itself, sent `seconds` after the request head arrived.
     pub fn response(&self, labels: &RequestLabels, status: StatusCode, seconds: f64) {
-        self.with_traffic(|traffic| {
-            let code = status.as_u16();
-            let key = RequestKey { labels: *labels, code: if (100..=599).contains(&code) { code } else { 0 } };
-            let hot = traffic.hot();
-            hot.total.record(seconds);
-            {
-                let requests = hot.requests.read().unwrap_or_else(|e| e.into_inner());
-                if let Some(n) = requests.get(&key) {
-                    n.fetch_add(1, Ordering::Relaxed);
-                    return;
-                }
-            }
-            let mut requests = hot.requests.write().unwrap_or_else(|e| e.into_inner());
-            requests.entry(key).or_default().fetch_add(1, Ordering::Relaxed);
-        })
+        self.with_traffic(|traffic| traffic.hot().count(labels, status, seconds))
     }
 
-    /// Time from sending the request upstream to its response head.
-    pub fn upstream_time(&self, seconds: f64) {
-        self.with_traffic(|t| t.hot().upstream.record(seconds));
+    /// An instance's response passed on, `seconds` after the request head
+    /// arrived and `upstream` after the request was first sent (retries
+    /// included): both in one look-up of the series.
+    pub fn proxied(&self, labels: &RequestLabels, status: StatusCode, seconds: f64, upstream: f64) {
+        self.with_traffic(|traffic| {
+            let hot = traffic.hot();
+            hot.upstream.record(upstream);
+            hot.count(labels, status, seconds);
+        })
     }
 
     pub fn error(&self, kind: UpstreamError) {
@@ -446,8 +455,7 @@ mod tests {
             for _ in 0..4 {
                 scope.spawn(|| {
                     for _ in 0..25 {
-                        s.response(&labels, StatusCode::OK, 0.002);
-                        s.upstream_time(0.001);
+                        s.proxied(&labels, StatusCode::OK, 0.002, 0.001);
                     }
                 });
             }

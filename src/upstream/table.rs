@@ -25,12 +25,53 @@ pub struct Table {
     pub version: u64,
     /// The discovery source's revision (etcd revision, or file generation).
     pub revision: u64,
-    pub services: HashMap<Arc<str>, Arc<Service>>,
+    pub services: HashMap<Arc<str>, Arc<Held>>,
 }
 
 impl Table {
     pub fn service(&self, name: &str) -> Option<&Arc<Service>> {
-        self.services.get(name)
+        self.services.get(name).map(|held| &held.service)
+    }
+
+    /// `name`'s service as a request holds it (see [`Held`]).
+    pub fn held(&self, name: &str) -> Option<&Held> {
+        self.services.get(name).map(|held| &**held)
+    }
+}
+
+/// A service as the tables hold it (shared by every table until the service is
+/// rebuilt), with a reference per core for the requests that need one across
+/// their awaits: cloning [`Held::local`] writes the count of this core's
+/// [`Pinned`], not the service's own, which every worker would write for every
+/// request of a busy service. A request that outlives its table keeps the
+/// service through its `Pinned`.
+#[derive(Debug)]
+pub struct Held {
+    pub service: Arc<Service>,
+    local: PerShard<Arc<Pinned>>,
+}
+
+/// One core's reference to a service (see [`Held`]). Aligned to a cache line:
+/// its `Arc`'s counts alone on theirs.
+#[derive(Debug)]
+#[repr(align(64))]
+pub struct Pinned(pub Arc<Service>);
+
+impl std::ops::Deref for Pinned {
+    type Target = Service;
+    fn deref(&self) -> &Service {
+        &self.0
+    }
+}
+
+impl Held {
+    pub fn new(service: Arc<Service>) -> Held {
+        Held { service, local: PerShard::new() }
+    }
+
+    /// This core's reference, made at its first request.
+    pub fn local(&self) -> Arc<Pinned> {
+        self.local.local_or(|_| Arc::new(Pinned(self.service.clone()))).clone()
     }
 }
 

@@ -183,13 +183,6 @@ struct Idle {
 /// What the pool's connections and their bodies share.
 #[derive(Debug)]
 struct Shared {
-    /// Idle connections, a stack per core (`crate::shard`): a worker puts a
-    /// connection back on its own and takes from its own first, so the usual
-    /// request locks a mutex no other worker touches; another's stack is looked in
-    /// only when its own is empty. Made at the first connection put back: an
-    /// instance that never served a request (10,000 services × 10 instances, most
-    /// idle) holds a pointer, not a stack per core.
-    idle: OnceLock<Box<[IdleStack]>>,
     /// Open connections: idle, busy, or being made. Shared with the instance's
     /// other HTTP/1.1 connections (hyper's, for upgrades) so the cap covers both.
     open: Arc<AtomicUsize>,
@@ -199,34 +192,41 @@ struct Shared {
     retired: AtomicBool,
 }
 
-/// One core's idle connections, most recently used on top; on a cache line of its own.
-#[derive(Debug, Default)]
+/// One core's idle connections, most recently used on top. A response body holds
+/// the stack of the core that sent its request (an `Arc` whose count, like the
+/// stack, only that core writes per request) to put its connection back on.
+/// Aligned to a cache line: the `Arc`'s counts and the stack each on lines of
+/// their own, no two cores' on one.
+#[derive(Debug)]
 #[repr(align(64))]
-struct IdleStack(Mutex<Vec<Idle>>);
+struct IdleStack {
+    idle: Mutex<Vec<Idle>>,
+    shared: Arc<Shared>,
+}
 
 impl IdleStack {
     fn lock(&self) -> std::sync::MutexGuard<'_, Vec<Idle>> {
-        self.0.lock().unwrap_or_else(|e| e.into_inner())
+        self.idle.lock().unwrap_or_else(|e| e.into_inner())
     }
 }
 
 /// Where a finished response body puts its connection back.
 #[derive(Debug)]
 struct Return {
-    shared: Arc<Shared>,
+    stack: Arc<IdleStack>,
     max: usize,
     idle_timeout: Duration,
 }
 
 impl Return {
     fn put(self, conn: Conn) {
-        if self.shared.retired.load(Ordering::Relaxed) {
+        let shared = &self.stack.shared;
+        if shared.retired.load(Ordering::Relaxed) {
             return;
         }
         let now = Instant::now();
         {
-            let stacks = self.shared.idle.get_or_init(|| (0..shard::count()).map(|_| IdleStack::default()).collect());
-            let mut idle = stacks[shard::index()].lock();
+            let mut idle = self.stack.lock();
             // The oldest entry is at the bottom of the stack; expire it here, as checkout only sees the top.
             if idle.first().is_some_and(|e| now.duration_since(e.since) > self.idle_timeout) {
                 idle.remove(0);
@@ -236,7 +236,7 @@ impl Return {
             }
             idle.push(Idle { conn, since: now });
         }
-        self.shared.freed.wake();
+        shared.freed.wake();
     }
 }
 
@@ -249,11 +249,18 @@ impl Drop for Waiting<'_> {
     }
 }
 
-/// One instance's HTTP/1.1 connections. Its lock is held for a push or a pop, never across an `.await`.
+/// One instance's HTTP/1.1 connections. Its locks are held for a push or a pop, never across an `.await`.
 #[derive(Debug)]
 pub struct H1Pool {
     addr: Box<str>,
     shared: Arc<Shared>,
+    /// Idle connections, a stack per core (`crate::shard`): a worker puts a
+    /// connection back on its own and takes from its own first, so the usual
+    /// request locks a mutex no other worker touches; another's stack is looked in
+    /// only when its own is empty. Made at the first response that keeps its
+    /// connection: an instance that never served a request (10,000 services × 10
+    /// instances, most idle) holds a pointer, not a stack per core.
+    stacks: OnceLock<Box<[Arc<IdleStack>]>>,
 }
 
 impl H1Pool {
@@ -264,20 +271,20 @@ impl H1Pool {
     /// A pool whose open connections are counted in `open` (and signalled on
     /// `freed`) together with others of the same instance.
     pub(super) fn sharing(addr: &str, open: Arc<AtomicUsize>, freed: Arc<Freed>) -> H1Pool {
-        let shared = Shared { idle: OnceLock::new(), open, freed, retired: AtomicBool::new(false) };
-        H1Pool { addr: addr.into(), shared: Arc::new(shared) }
+        let shared = Shared { open, freed, retired: AtomicBool::new(false) };
+        H1Pool { addr: addr.into(), shared: Arc::new(shared), stacks: OnceLock::new() }
     }
 
     /// Idle connections now, on every core's stack (for tests and the admin view).
     pub fn idle(&self) -> usize {
-        self.shared.idle.get().map_or(0, |stacks| stacks.iter().map(|stack| stack.lock().len()).sum())
+        self.stacks.get().map_or(0, |stacks| stacks.iter().map(|stack| stack.lock().len()).sum())
     }
 
     /// Closes every idle connection; with `retire`, none are kept from now on.
     pub fn retire(&self, retire: bool) {
         self.shared.retired.store(retire, Ordering::Relaxed);
         if retire {
-            for stack in self.shared.idle.get().into_iter().flatten() {
+            for stack in self.stacks.get().into_iter().flatten() {
                 stack.lock().clear();
             }
         }
@@ -347,7 +354,7 @@ impl H1Pool {
             match exchange(conn, &encoded, &mut body, framing, kind).await {
                 Ok(Exchanged { conn, head, upload }) => {
                     let back = head.keep_alive.then(|| Return {
-                        shared: self.shared.clone(),
+                        stack: self.stack().clone(),
                         max: settings.max_idle,
                         idle_timeout: settings.idle_timeout,
                     });
@@ -408,12 +415,21 @@ impl H1Pool {
     /// The most recently used idle connection that still looks open: from this
     /// core's stack, else from the others' (one another worker put back).
     fn checkout(&self, settings: H1Settings) -> Option<Conn> {
-        let stacks = self.shared.idle.get()?;
+        let stacks = self.stacks.get()?;
         let mine = shard::index();
         take(&stacks[mine], settings).or_else(|| {
             let mut others = stacks.iter().enumerate().filter(|&(i, _)| i != mine);
             others.find_map(|(_, stack)| take(stack, settings))
         })
+    }
+
+    /// This core's idle stack (the stacks are made at the first call).
+    fn stack(&self) -> &Arc<IdleStack> {
+        let stacks = self.stacks.get_or_init(|| {
+            let stack = || Arc::new(IdleStack { idle: Mutex::default(), shared: self.shared.clone() });
+            (0..shard::count()).map(|_| stack()).collect()
+        });
+        &stacks[shard::index()]
     }
 
     /// Connects in the place `lease` reserved (given back if this fails).
