@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
-use hyper_util::rt::TokioIo;
+use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio_util::sync::CancellationToken;
 
 use support::{admin_get, client, get, metric, reserve_port, write_instances, Backend, GatewayProcess};
@@ -112,9 +112,11 @@ fn reported_addr(answer: &serde_json::Value, name: &str) -> SocketAddr {
         .unwrap_or_else(|| panic!("no listener {name:?} in {answer}"))
 }
 
-/// One HTTP/1.1 connection held open by the test (keep-alive), for requests on it.
-struct HeldConnection {
-    sender: hyper::client::conn::http1::SendRequest<Full<Bytes>>,
+/// One connection held open by the test (HTTP/1.1 keep-alive, or h2c with prior
+/// knowledge: each request a stream of it), for requests on it.
+enum HeldConnection {
+    H1(hyper::client::conn::http1::SendRequest<Full<Bytes>>),
+    H2(hyper::client::conn::http2::SendRequest<Full<Bytes>>),
 }
 
 impl HeldConnection {
@@ -122,14 +124,32 @@ impl HeldConnection {
         let stream = tokio::net::TcpStream::connect(addr).await.unwrap();
         let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await.unwrap();
         tokio::spawn(conn);
-        HeldConnection { sender }
+        HeldConnection::H1(sender)
+    }
+
+    async fn open_h2(addr: SocketAddr) -> HeldConnection {
+        let stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let (sender, conn) =
+            hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(stream)).await.unwrap();
+        tokio::spawn(conn);
+        HeldConnection::H2(sender)
     }
 
     /// GET on this connection → (status, body); panics if the connection is gone.
     async fn get(&mut self, path: &str) -> (u16, String) {
-        self.sender.ready().await.expect("the held connection is still open");
-        let req = http::Request::get(path).header("host", "test").body(Full::default()).unwrap();
-        let res = tokio::time::timeout(Duration::from_secs(10), self.sender.send_request(req))
+        let sending = match self {
+            HeldConnection::H1(sender) => {
+                sender.ready().await.expect("the held connection is still open");
+                let req = http::Request::get(path).header("host", "test").body(Full::default()).unwrap();
+                futures_util::future::Either::Left(sender.send_request(req))
+            }
+            HeldConnection::H2(sender) => {
+                sender.ready().await.expect("the held connection is still open");
+                let req = http::Request::get(format!("http://test{path}")).body(Full::default()).unwrap();
+                futures_util::future::Either::Right(sender.send_request(req))
+            }
+        };
+        let res = tokio::time::timeout(Duration::from_secs(10), sending)
             .await
             .expect("answer in time")
             .expect("answer on the held connection");
@@ -147,6 +167,9 @@ async fn an_edited_route_takes_effect_without_failing_a_request() {
     let gw = FileGateway::start("follow", &listener("follow", "127.0.0.1:0", "svc-a"), &instances).await;
     let mut held = HeldConnection::open(gw.web).await;
     assert_eq!(held.get("/").await, (200, "a".into()));
+    // And an h2c connection: its streams are served through hyper, each holding the proxy.
+    let mut held_h2 = HeldConnection::open_h2(gw.web).await;
+    assert_eq!(held_h2.get("/").await, (200, "a".into()));
 
     // Clients in a bounded loop, and one slow request in flight, while the route changes twice.
     let failures = Arc::new(AtomicUsize::new(0));
@@ -183,6 +206,7 @@ async fn an_edited_route_takes_effect_without_failing_a_request() {
     // The same keep-alive connection, opened before the reload, follows the new route.
     let connections = metric(&gw.metrics().await, "switchyard_connections_total{listener=\"follow\"}");
     assert_eq!(held.get("/").await, (200, "b".into()));
+    assert_eq!(held_h2.get("/").await, (200, "b".into()), "a new stream of an open h2c connection follows");
     let b_before = b.hits();
     let during = done.load(Ordering::Relaxed);
     support::wait_until("100 more requests", Duration::from_secs(10), async || {
@@ -194,10 +218,11 @@ async fn an_edited_route_takes_effect_without_failing_a_request() {
     gw.write(&listener("follow", "127.0.0.1:0", "svc-a"));
     assert_eq!(gw.reload().await.0, 200);
     assert_eq!(held.get("/").await, (200, "a".into()));
+    assert_eq!(held_h2.get("/").await, (200, "a".into()));
     assert_eq!(
         metric(&gw.metrics().await, "switchyard_connections_total{listener=\"follow\"}") - connections,
         0.0,
-        "the held connection was not reopened"
+        "the held connections were not reopened"
     );
     // The request that was in flight through both reloads was answered by the old route's service.
     assert_eq!(slow.await.unwrap(), (200, "a".into()));
@@ -259,6 +284,9 @@ async fn listeners_come_move_and_go_while_another_keeps_its_connection() {
     let gw = FileGateway::start("web", &web, &instances).await;
     let mut held = HeldConnection::open(gw.web).await;
     assert_eq!(held.get("/").await, (200, "a".into()));
+    // And an h2c connection: its streams are served through hyper, each holding the proxy.
+    let mut held_h2 = HeldConnection::open_h2(gw.web).await;
+    assert_eq!(held_h2.get("/").await, (200, "a".into()));
     let (p1, p2) = (reserve_port(), reserve_port());
     let c = client();
 

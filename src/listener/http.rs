@@ -7,6 +7,7 @@
 //! bounded by `limits.max_request_head` (431 above) and `limits.max_request_headers`,
 //! and an HTTP/2 client by `limits.h2_max_concurrent_streams`.
 
+use std::cell::RefCell;
 use std::convert::Infallible;
 use std::future::Future;
 use std::net::SocketAddr;
@@ -400,16 +401,36 @@ where
 struct ClientService {
     /// Read once per request: a config reload swaps it under open connections.
     proxy: super::ProxySlot,
+    /// The proxy as this connection's requests hold it (see [`ConnProxy`]).
+    held: RefCell<Arc<ConnProxy>>,
     client_ip: HeaderValue,
     peer: SocketAddr,
     conn: Arc<ConnState>,
+}
+
+/// A connection's reference to the proxy: an HTTP/2 stream's future is a task of
+/// its own and must own the proxy it uses, and cloning the proxy's `Arc` itself
+/// would write a count that every connection of the listener writes, per
+/// request. This one's count is the connection's. Made again when a reload swapped
+/// the proxy.
+struct ConnProxy(Arc<HttpProxy>);
+
+/// A request's hold on its connection's [`ConnProxy`].
+struct HeldProxy(Arc<ConnProxy>);
+
+impl std::ops::Deref for HeldProxy {
+    type Target = HttpProxy;
+    fn deref(&self) -> &HttpProxy {
+        &self.0 .0
+    }
 }
 
 type Responding = Pin<Box<dyn Future<Output = Result<Response<Tracked<ProxyBody>>, Infallible>> + Send>>;
 
 impl ClientService {
     fn new(shared: &Shared, peer: SocketAddr, conn: Arc<ConnState>) -> ClientService {
-        ClientService { proxy: shared.proxy.clone(), client_ip: client_value(peer.ip()), peer, conn }
+        let held = RefCell::new(Arc::new(ConnProxy(shared.proxy.load_full())));
+        ClientService { proxy: shared.proxy.clone(), held, client_ip: client_value(peer.ip()), peer, conn }
     }
 }
 
@@ -419,7 +440,14 @@ impl hyper::service::Service<Request<Incoming>> for ClientService {
     type Future = Responding;
 
     fn call(&self, mut req: Request<Incoming>) -> Responding {
-        let proxy = self.proxy.load_full();
+        let proxy = {
+            let current = self.proxy.load();
+            let mut held = self.held.borrow_mut();
+            if !Arc::ptr_eq(&held.0, &current) {
+                *held = Arc::new(ConnProxy(Arc::clone(&current)));
+            }
+            HeldProxy(held.clone())
+        };
         let h2 = req.version() == http::Version::HTTP_2;
         let exchange = self.conn.start_request(h2);
         // HTTP/2 has no `Upgrade` (RFC 9113 §8.2.2: h2 refuses it as malformed).
