@@ -29,8 +29,11 @@ pub enum DemoError {
 }
 
 /// The embedded config, and the addresses of the backends to start for it.
+/// One worker: each worker rotates over the instances on its own (a cursor per
+/// core), and with one, a newcomer's `curl`s visit the backends strictly in turn.
 pub fn prepare() -> Result<(Config, Vec<(String, SocketAddr)>), DemoError> {
-    let config = Config::parse(EMBEDDED_DEFAULT)?;
+    let mut config = Config::parse(EMBEDDED_DEFAULT)?;
+    config.workers = 1;
     let Discovery::File(f) = &config.discovery else {
         return Err(DemoError::Instances {
             path: "(embedded config)".into(),

@@ -1,6 +1,6 @@
-//! The real binary: `check` on good and bad configs, streaming 100 MB each way
-//! within a bounded RSS, SIGTERM letting an in-flight request finish, and the
-//! admin thread under SCHED_IDLE.
+//! The real binary: `check` on good and bad configs, README's `demo`, streaming
+//! 100 MB each way within a bounded RSS, SIGTERM letting an in-flight request
+//! finish, and the admin thread under SCHED_IDLE.
 
 use crate::support;
 
@@ -93,6 +93,50 @@ upstream_tls = { ca = "/nonexistent/ca.pem" }
 /// The real binary on reserved ports, routing everything to `backend` (service
 /// "s") from an instances file in the returned temp dir; returns its HTTP port
 /// (held until the returned reservations drop).
+/// Kills the child process on drop.
+struct Killed(std::process::Child);
+
+impl Drop for Killed {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// README's first command: `switchyard demo`, run from the repository root, serves
+/// on 127.0.0.1:8080 (the demo's fixed ports, 8080, 9901 and 9001–9003, must be
+/// free) and six requests on new connections, as six `curl`s, get demo-1, demo-2
+/// and demo-3 in turn.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_readme_demo_answers_from_each_backend_in_turn() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let child = switchyard()
+        .arg("demo")
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("start switchyard demo");
+    let _demo = Killed(child);
+    let curl = || async {
+        let mut s = tokio::net::TcpStream::connect("127.0.0.1:8080").await.ok()?;
+        s.write_all(b"GET / HTTP/1.1\r\nHost: 127.0.0.1:8080\r\nConnection: close\r\n\r\n").await.ok()?;
+        let mut out = String::new();
+        tokio::time::timeout(Duration::from_secs(5), s.read_to_string(&mut out)).await.ok()?.ok()?;
+        let body = out.split_once("\r\n\r\n")?.1;
+        Some(body.split_whitespace().next()?.to_string())
+    };
+    wait_until("the demo answers on 127.0.0.1:8080", Duration::from_secs(20), async || curl().await.is_some()).await;
+    let mut answers = Vec::new();
+    for _ in 0..6 {
+        answers.push(curl().await.expect("an answer"));
+    }
+    let at = |a: &str| ["demo-1", "demo-2", "demo-3"].iter().position(|d| *d == a).expect("a demo backend");
+    for pair in answers.windows(2) {
+        assert_eq!(at(&pair[1]), (at(&pair[0]) + 1) % 3, "in turn: {answers:?}");
+    }
+}
+
 async fn gateway_process(backend: &Backend) -> (GatewayProcess, u16, (tempfile::TempDir, [ReservedPort; 2])) {
     let dir = tempfile::tempdir().unwrap();
     let instances = dir.path().join("instances.toml");
