@@ -119,7 +119,10 @@ async fn sixty_concurrent_connections_spread_evenly_over_three_backends() {
         open.push(c.await.unwrap());
     }
     let counts: Vec<usize> = backends.iter().map(|b| b.accepted()).collect();
-    assert_eq!(counts, vec![20, 20, 20]);
+    // Each of the two workers rotates exactly on its own (a cursor per core):
+    // together an instance is at most one connection off its third.
+    assert_eq!(counts.iter().sum::<usize>(), 60, "{counts:?}");
+    assert!(counts.iter().all(|&n| n.abs_diff(20) <= 1), "{counts:?}");
     let open_at_backends: usize = backends.iter().map(|b| b.open.load(std::sync::atomic::Ordering::SeqCst)).sum();
     assert_eq!(open_at_backends, 60);
     drop(open);

@@ -30,7 +30,7 @@ pub struct Load {
 /// bits) and the permits held (high 32 bits, never fewer than those requests),
 /// in one word, so that a request ending on another core (its task moved by work
 /// stealing) updates both at once. `unlimited`: requests counted without a limit
-/// (TCP relays, a service without `max_inflight`).
+/// (TCP relays; `try_start` with no limit).
 #[derive(Debug, Default)]
 struct Local {
     limited: AtomicU64,
