@@ -222,6 +222,16 @@ mod tests {
     use super::*;
     use crate::upstream::table::Pick;
 
+    /// A registry of one service, "a", with instances 1, 2 and 3.
+    fn registry_of_three() -> Registry {
+        let mut r = Registry::default();
+        r.apply(Update::Replace {
+            instances: vec![inst("a", "1", 1), inst("a", "2", 2), inst("a", "3", 3)],
+            revision: 1,
+        });
+        r
+    }
+
     fn inst(service: &str, id: &str, port: u16) -> Instance {
         Instance {
             service: service.into(),
@@ -298,11 +308,7 @@ mod tests {
 
     #[test]
     fn each_core_rotates_on_its_own_from_its_own_start() {
-        let mut r = Registry::default();
-        r.apply(Update::Replace {
-            instances: vec![inst("a", "1", 1), inst("a", "2", 2), inst("a", "3", 3)],
-            revision: 1,
-        });
+        let mut r = registry_of_three();
         let t = r.build().table;
         let s = t.service("a").unwrap();
         let position = |e: &Arc<Endpoint>| s.live.iter().position(|l| Arc::ptr_eq(l, e)).unwrap();
@@ -373,11 +379,7 @@ mod tests {
     fn ejected_instances_are_skipped_and_all_ejected_means_panic() {
         use crate::upstream::instance::now_ms;
         use crate::upstream::outlier::Outcome;
-        let mut r = Registry::default();
-        r.apply(Update::Replace {
-            instances: vec![inst("a", "1", 1), inst("a", "2", 2), inst("a", "3", 3)],
-            revision: 1,
-        });
+        let mut r = registry_of_three();
         let t = r.build().table;
         let s = t.service("a").unwrap();
         s.observe(&s.live[0], Outcome::ConnectFailure);
