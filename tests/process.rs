@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use http_body_util::{BodyExt, StreamBody};
 use hyper::body::Frame;
-use support::{reserve_port, wait_until, write_instances, Backend, GatewayProcess, ReservedPort};
+use support::{reserve_port, wait_until, write_instances, Backend, GatewayProcess, Killed, ReservedPort};
 
 fn switchyard() -> Command {
     Command::new(env!("CARGO_BIN_EXE_switchyard"))
@@ -93,16 +93,6 @@ upstream_tls = { ca = "/nonexistent/ca.pem" }
 /// The real binary on reserved ports, routing everything to `backend` (service
 /// "s") from an instances file in the returned temp dir; returns its HTTP port
 /// (held until the returned reservations drop).
-/// Kills the child process on drop.
-struct Killed(std::process::Child);
-
-impl Drop for Killed {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 /// README's first command: `switchyard demo`, run from the repository root, serves
 /// on 127.0.0.1:8080 (the demo's fixed ports, 8080, 9901 and 9001–9003, must be
 /// free) and six requests on new connections, as six `curl`s, get demo-1, demo-2

@@ -12,7 +12,7 @@ use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use support::faults::{load, BackendProcess, BlackHole, StatusBackend, SynDrop};
-use support::{admin_get, http_config, metric, wait_until, write_instances, Backend, TestGateway};
+use support::{admin_get, http_config, metric, wait_until, write_instances, Backend, Killed, TestGateway};
 
 /// How long the headline scenarios (1, 2, 3, 5) run under load.
 const LOAD_FOR: Duration = Duration::from_secs(10);
@@ -529,7 +529,7 @@ async fn a_burst_never_opens_more_than_max_connections_and_excess_waiters_get_50
 }
 
 /// `switchyard register` as a sidecar process; killed on drop.
-struct Sidecar(std::process::Child);
+struct Sidecar(Killed);
 
 impl Sidecar {
     fn start(etcd: &str, service: &str, id: &str, addr: SocketAddr) -> Sidecar {
@@ -540,27 +540,20 @@ impl Sidecar {
             .stderr(std::process::Stdio::null())
             .spawn()
             .expect("start switchyard register");
-        Sidecar(child)
+        Sidecar(Killed(child))
     }
 
     /// SIGTERM, then waits (bounded) for the exit: draining, drain period, revoke.
     async fn stop(mut self) {
-        let pid = self.0.id().to_string();
+        let pid = self.0 .0.id().to_string();
         assert!(std::process::Command::new("kill").args(["-TERM", &pid]).status().unwrap().success());
         let waited = tokio::task::spawn_blocking(move || {
-            let status = self.0.wait();
+            let status = self.0 .0.wait();
             (self, status)
         });
         let (_me, status) =
             tokio::time::timeout(Duration::from_secs(10), waited).await.expect("register exits").unwrap();
         assert!(status.unwrap().success());
-    }
-}
-
-impl Drop for Sidecar {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
     }
 }
 

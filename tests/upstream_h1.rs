@@ -11,7 +11,7 @@ use crate::support;
 
 use std::collections::VecDeque;
 use std::net::SocketAddr;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -23,7 +23,7 @@ use switchyard::upstream::conn::h1::{H1Error, H1Limits, H1Pool, H1Settings, Repl
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
-use support::{http_config, write_instances, TestGateway};
+use support::{http_config, write_instances, Killed, TestGateway};
 
 const SETTINGS: H1Settings =
     H1Settings { connect_timeout: Duration::from_secs(2), max_idle: 8, idle_timeout: Duration::from_secs(90) };
@@ -1005,15 +1005,6 @@ async fn a_streamed_upload_is_echoed_through_the_gateway() {
 
 // ---- real nginx and HAProxy as upstreams ------------------------------------------------
 
-/// A process killed on drop.
-struct Proc(Child);
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
@@ -1040,7 +1031,7 @@ fn find_bin(name: &str) -> String {
 
 /// nginx: `/` a fixed body (content-length), `/chunked` an SSI page (chunked: its length is
 /// unknown), `/204`, `/file.txt` (a static file: HEAD, and 304 to If-None-Match), and every 3rd request on a connection ends it (`keepalive_requests 3`).
-async fn start_nginx(dir: &std::path::Path) -> (Proc, u16) {
+async fn start_nginx(dir: &std::path::Path) -> (Killed, u16) {
     let port = free_port();
     std::fs::write(dir.join("page.html"), "<p>one</p><!--# echo var=\"ssi_var\" default=\"two\" --><p>three</p>\n")
         .unwrap();
@@ -1076,7 +1067,7 @@ http {{
         .stderr(Stdio::null())
         .spawn()
         .expect("start nginx");
-    let p = Proc(child);
+    let p = Killed(child);
     wait_port(port).await;
     (p, port)
 }
@@ -1135,7 +1126,7 @@ async fn against_real_haproxy() {
         .stderr(Stdio::null())
         .spawn()
         .expect("start haproxy");
-    let _haproxy = Proc(child);
+    let _haproxy = Killed(child);
     wait_port(port).await;
     let pool = H1Pool::new(&format!("127.0.0.1:{port}"));
     for _ in 0..5 {

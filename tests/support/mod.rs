@@ -309,3 +309,13 @@ impl Drop for GatewayProcess {
         let _ = self.child.wait();
     }
 }
+
+/// A child process, killed (and reaped) on drop.
+pub struct Killed(pub Child);
+
+impl Drop for Killed {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
