@@ -116,18 +116,6 @@ struct Traffic {
     health_changes: [AtomicU64; 2],
 }
 
-impl Traffic {
-    /// This thread's shard of the per-request series.
-    fn hot(&self) -> &Hot {
-        self.hot.local()
-    }
-
-    /// The shards made so far.
-    fn shards(&self) -> impl Iterator<Item = &Hot> {
-        self.hot.made()
-    }
-}
-
 /// A shard of the series each request updates.
 #[derive(Debug, Default)]
 struct Hot {
@@ -248,7 +236,7 @@ impl ServiceStats {
 
     /// A response the gateway made itself, sent `seconds` after the request head arrived.
     pub fn response(&self, labels: &RequestLabels, status: StatusCode, seconds: f64) {
-        self.with_traffic(|traffic| traffic.hot().count(labels, status, seconds))
+        self.with_traffic(|traffic| traffic.hot.local().count(labels, status, seconds))
     }
 
     /// An instance's response passed on, `seconds` after the request head
@@ -256,7 +244,7 @@ impl ServiceStats {
     /// included): both in one look-up of the series.
     pub fn proxied(&self, labels: &RequestLabels, status: StatusCode, seconds: f64, upstream: f64) {
         self.with_traffic(|traffic| {
-            let hot = traffic.hot();
+            let hot = traffic.hot.local();
             hot.upstream.record(upstream);
             hot.count(labels, status, seconds);
         })
@@ -334,7 +322,7 @@ impl Group for ServiceStats {
         match family {
             m::REQUESTS => {
                 let mut summed: HashMap<RequestKey, u64> = HashMap::new();
-                for hot in traffic.shards() {
+                for hot in traffic.hot.made() {
                     let requests = hot.requests.read().unwrap_or_else(|e| e.into_inner());
                     for (key, n) in requests.iter() {
                         *summed.entry(key.clone()).or_default() += n.load(Ordering::Relaxed);
@@ -363,7 +351,7 @@ impl Group for ServiceStats {
             }
             m::REQUEST_DURATION | m::UPSTREAM_DURATION => {
                 let summed = Histogram::default();
-                for hot in traffic.shards() {
+                for hot in traffic.hot.made() {
                     summed.absorb(if family == m::REQUEST_DURATION { &hot.total } else { &hot.upstream });
                 }
                 summed.write(out, family, &[("service", service)]);
@@ -460,7 +448,7 @@ mod tests {
                 });
             }
         });
-        let made = s.traffic.load_full().unwrap().shards().count();
+        let made = s.traffic.load_full().unwrap().hot.made().count();
         assert!(made <= shard::count() && (made > 1 || shard::count() == 1), "{made} of {}", shard::count());
         let text = rendered();
         for want in [
