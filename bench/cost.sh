@@ -9,6 +9,12 @@
 # upstream in every case (also behind h2c). Proxy pinned to PROXY_CPUS, client and
 # backends to LOAD_CPUS (bench/lib.sh). The backends' stub_status counts the requests
 # that really reached them.
+# PROTO=grpc: unary gRPC (POST /bench.Echo/Unary, one 19-byte frame, h2load with
+# H2_CONNS × H2_STREAMS) to three tonic backends (examples/grpc_echo.rs, built if
+# missing; GRPC_ECHO names another binary), h2c upstream in every case: nginx
+# `grpc_pass` with upstream keepalive, HAProxy `proto h2`, switchyard h2c instances
+# routed by `grpc_service`. Each proxy must answer grpc-status 0 before it is measured;
+# `cpu` divides by the requests h2load saw succeed (the backends have no counter).
 #
 # MODES (default "ir sys cpu"):
 #   ir    user-space instructions per request (valgrind --tool=callgrind, which counts
@@ -45,6 +51,7 @@
 # Usage (root, or a user allowed to use perf):
 #   bench/cost.sh                                  # h1: ir sys cpu (~6 min)
 #   PROTO=h2 bench/cost.sh                         # the same over h2c
+#   PROTO=grpc bench/cost.sh                       # the same for unary gRPC
 #   MODES="mem" bench/cost.sh                      # idle-connection memory
 #   MODES="rps" ROUNDS=3 bench/cost.sh             # W=1 and W=2 throughput
 #   MODES="scale" bench/cost.sh
@@ -53,7 +60,8 @@
 #   IDLE_S (5), DURATION (10), ROUNDS (3), IDLE_CONNS (10000), PORT_OFFSET (0), NGINX_KEEPALIVE (1024: nginx
 #   caches only that many idle upstream connections; 64 would make it open new ones under
 #   h2c's 512 concurrent streams), WORKERS_LIST, SCALE_SERVICES, SCALE_INSTANCES.
-# Ports: 127.0.0.1:15081-15084 (h1), 15281-15284 (h2c), backends 15100-15103, admin 15984.
+# Ports: 127.0.0.1:15081-15084 (h1), 15281-15284 (h2c), 15381-15384 (gRPC), backends
+# 15100-15103, gRPC backends 15111-15113, admin 15984.
 # Output: a Markdown table on stdout and in bench/results/cost-<proto>-<date>.md.
 set -euo pipefail
 
@@ -86,17 +94,27 @@ BE_STUB=$((15100 + O))
 BE_PORTS=($((15101 + O)) $((15102 + O)) $((15103 + O)))
 declare -A H1_PORT=([nginx]=$((15081 + O)) [haproxy]=$((15082 + O)) [switchyard]=$((15084 + O)))
 declare -A H2_PORT=([nginx]=$((15281 + O)) [haproxy]=$((15282 + O)) [switchyard]=$((15284 + O)))
+GRPC_BE_PORTS=($((15111 + O)) $((15112 + O)) $((15113 + O)))
+declare -A GRPC_PORT=([nginx]=$((15381 + O)) [haproxy]=$((15382 + O)) [switchyard]=$((15384 + O)))
 SW_ADMIN=$((15984 + O))
 CLK=$(getconf CLK_TCK)
 
 for t in nginx haproxy wrk h2load valgrind callgrind_control perf python3 curl; do
   require_tool "$t" "$t"
 done
-[[ "$PROTO" == h1 || "$PROTO" == h2 ]] || die "PROTO must be h1 or h2"
+[[ "$PROTO" == h1 || "$PROTO" == h2 || "$PROTO" == grpc ]] || die "PROTO must be h1, h2 or grpc"
 
 now() { date +%s.%N; }
-port_of() { if [[ "$PROTO" == h2 ]]; then echo "${H2_PORT[$1]}"; else echo "${H1_PORT[$1]}"; fi; }
-url_of() { echo "http://127.0.0.1:$(port_of "$1")/"; }
+port_of() {
+  case $PROTO in
+    h2) echo "${H2_PORT[$1]}" ;;
+    grpc) echo "${GRPC_PORT[$1]}" ;;
+    *) echo "${H1_PORT[$1]}" ;;
+  esac
+}
+url_of() { if [[ "$PROTO" == grpc ]]; then echo "http://127.0.0.1:$(port_of "$1")/bench.Echo/Unary"; else echo "http://127.0.0.1:$(port_of "$1")/"; fi; }
+# h2load's arguments for one unary gRPC call per request (the frame is written by main).
+GRPC_ARGS=()
 rss_kb() { awk '/^VmRSS:/ {print $2}' "/proc/$1/status"; }
 cpu_ticks() { sed 's/.*) //' "/proc/$1/stat" | awk '{print $12 + $13, $12, $13}'; }
 be_requests() { curl -fs -m 5 "http://127.0.0.1:$BE_STUB/" | awk 'NR == 3 {print $3}'; }
@@ -124,9 +142,14 @@ write_configs() { # WORKERS
     printf '    keepalive_requests 10000000;\n%s\n    upstream be {\n' "$(nginx_temp_paths "$d/nginx")"
     for p in "${BE_PORTS[@]}"; do printf '        server 127.0.0.1:%s;\n' "$p"; done
     printf '        keepalive %s;\n        keepalive_requests 10000000;\n    }\n' "$NGINX_KEEPALIVE"
+    printf '    upstream grpcbe {\n'
+    for p in "${GRPC_BE_PORTS[@]}"; do printf '        server 127.0.0.1:%s;\n' "$p"; done
+    printf '        keepalive %s;\n        keepalive_requests 10000000;\n    }\n' "$NGINX_KEEPALIVE"
+    printf '    http2_max_concurrent_streams 1024;\n'
     printf '    proxy_http_version 1.1;\n    proxy_set_header Connection "";\n'
     printf '    server { listen 127.0.0.1:%s backlog=4096; location / { proxy_pass http://be; } }\n' "${H1_PORT[nginx]}"
-    printf '    server { listen 127.0.0.1:%s http2 backlog=4096; location / { proxy_pass http://be; } }\n}\n' "${H2_PORT[nginx]}"
+    printf '    server { listen 127.0.0.1:%s http2 backlog=4096; location / { proxy_pass http://be; } }\n' "${H2_PORT[nginx]}"
+    printf '    server { listen 127.0.0.1:%s http2 backlog=4096; location / { grpc_pass grpc://grpcbe; } }\n}\n' "${GRPC_PORT[nginx]}"
   } >"$d/nginx/nginx.conf"
   {
     printf 'global\n    nbthread %s\n    maxconn 10500\n    no strict-limits\n' "$w"
@@ -134,11 +157,21 @@ write_configs() { # WORKERS
     printf '    timeout connect 2s\n    timeout client 120s\n    timeout server 60s\n    timeout http-keep-alive 120s\n    maxconn 10500\n'
     printf 'frontend h1\n    bind 127.0.0.1:%s backlog 4096\n    default_backend be\n' "${H1_PORT[haproxy]}"
     printf 'frontend h2c\n    bind 127.0.0.1:%s proto h2 backlog 4096\n    default_backend be\n' "${H2_PORT[haproxy]}"
+    printf 'frontend grpc\n    bind 127.0.0.1:%s proto h2 backlog 4096\n    default_backend grpcbe\n' "${GRPC_PORT[haproxy]}"
     printf 'backend be\n    balance roundrobin\n'
     i=0
     for p in "${BE_PORTS[@]}"; do i=$((i + 1)); printf '    server b%s 127.0.0.1:%s\n' "$i" "$p"; done
+    printf 'backend grpcbe\n    balance roundrobin\n'
+    i=0
+    for p in "${GRPC_BE_PORTS[@]}"; do i=$((i + 1)); printf '    server g%s 127.0.0.1:%s proto h2\n' "$i" "$p"; done
   } >"$d/haproxy/haproxy.cfg"
   write_instances_file "$d/switchyard/instances.toml" echo "${BE_PORTS[@]/#/127.0.0.1:}"
+  i=0
+  for p in "${GRPC_BE_PORTS[@]}"; do
+    i=$((i + 1))
+    printf '[[instance]]\nservice = "grpc"\nid = "g%s"\naddr = "127.0.0.1:%s"\nmetadata = { protocol = "h2c" }\n\n' \
+      "$i" "$p" >>"$d/switchyard/instances.toml"
+  done
   {
     WORKERS=$w switchyard_conf_head "$d/switchyard/instances.toml" "$SW_ADMIN"
     # The idle connections of `mem` must stay open: nginx keepalive_timeout is 120 s here.
@@ -148,6 +181,8 @@ write_configs() { # WORKERS
         "$([[ $p == h1 ]] && echo "${H1_PORT[switchyard]}" || echo "${H2_PORT[switchyard]}")"
       printf '[[listener.route]]\npath_prefix = "/"\nservice = "echo"\nbalance = "round_robin"\n\n'
     done
+    printf '[[listener]]\nname = "grpc"\nprotocol = "http"\nlisten = "127.0.0.1:%s"\n' "${GRPC_PORT[switchyard]}"
+    printf '[[listener.route]]\ngrpc_service = "bench.Echo"\nservice = "grpc"\nbalance = "round_robin"\n\n'
   } >"$d/switchyard/switchyard.toml"
 }
 
@@ -173,6 +208,16 @@ start_proxy() {
   if [[ $name == switchyard ]]; then
     for ((i = 0; i < 300; i++)); do curl -fs -m 2 "http://127.0.0.1:$SW_ADMIN/readyz" >/dev/null && break; sleep 0.2; done
   fi
+  if [[ "$PROTO" == grpc ]]; then
+    # curl prints HTTP/2 trailers with the headers: grpc-status must be 0 (h2load counts
+    # any HTTP 200 as a success, a gRPC error too).
+    for i in 1 2 3; do
+      got=$(curl -sS -m 20 --http2-prior-knowledge -D - -o /dev/null --data-binary "@$BENCH_TMP/grpc-request.bin" \
+        -H 'content-type: application/grpc' -H 'te: trailers' "$(url_of "$name")" || true)
+      grep -qi '^grpc-status: 0' <<<"$got" || die "$name: a gRPC call did not end with grpc-status 0: $got"
+    done
+    return
+  fi
   local h=()
   [[ "$PROTO" == h2 ]] && h=(--http2-prior-knowledge)
   got=$(for i in 1 2 3 4 5 6; do curl -fsS -m 20 "${h[@]}" "$(url_of "$name")"; done | sort -u | wc -l)
@@ -181,15 +226,15 @@ start_proxy() {
 stop_proxy() { stop_bg "${PID_OF[$1]}"; unset "PID_OF[$1]"; }
 
 load_fixed() { # NAME COUNT
-  if [[ "$PROTO" == h2 ]]; then
-    timeout -k 5 600 taskset -c "$LOAD_CPUS" h2load -n "$2" -c "$H2_CONNS" -m "$H2_STREAMS" "$(url_of "$1")"
+  if [[ "$PROTO" != h1 ]]; then
+    timeout -k 5 600 taskset -c "$LOAD_CPUS" h2load -n "$2" -c "$H2_CONNS" -m "$H2_STREAMS" "${GRPC_ARGS[@]}" "$(url_of "$1")"
   else
     timeout -k 5 600 taskset -c "$LOAD_CPUS" h2load --h1 -n "$2" -c "$CONNS" -m 1 "$(url_of "$1")"
   fi
 }
 load_timed() { # NAME SECONDS
-  if [[ "$PROTO" == h2 ]]; then
-    timeout -k 5 $(($2 + 60)) taskset -c "$LOAD_CPUS" h2load -c "$H2_CONNS" -m "$H2_STREAMS" -D "$2" "$(url_of "$1")"
+  if [[ "$PROTO" != h1 ]]; then
+    timeout -k 5 $(($2 + 60)) taskset -c "$LOAD_CPUS" h2load -c "$H2_CONNS" -m "$H2_STREAMS" -D "$2" "${GRPC_ARGS[@]}" "$(url_of "$1")"
   else
     timeout -k 5 $(($2 + 60)) taskset -c "$LOAD_CPUS" wrk -t1 -c "$CONNS" -d "${2}s" --timeout 5s "$(url_of "$1")"
   fi
@@ -263,7 +308,8 @@ measure_cpu() {
       load_timed "$name" "$DURATION" >"$BENCH_TMP/cpu-$name-$r.txt" 2>&1 || warn "$name: load failed"
       sleep 0.5
       read -r c1 u1 s1 < <(cpu_ticks "${PID_OF[$name]}"); b1=$(be_requests)
-      q=$((b1 - b0 - 1))
+      # The gRPC backends count nothing: what h2load saw succeed (checked grpc-status 0 above).
+      if [[ "$PROTO" == grpc ]]; then q=$(succeeded "$BENCH_TMP/cpu-$name-$r.txt"); else q=$((b1 - b0 - 1)); fi
       CPU_ALL[$name]+=" $(awk -v t=$((c1 - c0)) -v k="$CLK" -v q="$q" 'BEGIN { printf "%.2f", 1e6 * t / k / q }')"
       USR_ALL[$name]+=" $(awk -v t=$((u1 - u0)) -v k="$CLK" -v q="$q" 'BEGIN { printf "%.2f", 1e6 * t / k / q }')"
       SYS_ALL[$name]+=" $(awk -v t=$((s1 - s0)) -v k="$CLK" -v q="$q" 'BEGIN { printf "%.2f", 1e6 * t / k / q }')"
@@ -481,9 +527,25 @@ main() {
   bench_init cost
   ensure_switchyard || die "no switchyard binary"
   local p
-  for p in $BE_STUB "${BE_PORTS[@]}" "${H1_PORT[@]}" "${H2_PORT[@]}" $SW_ADMIN; do port_free_or_die "$p"; done
+  for p in $BE_STUB "${BE_PORTS[@]}" "${GRPC_BE_PORTS[@]}" "${H1_PORT[@]}" "${H2_PORT[@]}" "${GRPC_PORT[@]}" $SW_ADMIN; do
+    port_free_or_die "$p"
+  done
   write_configs 1
   start_nginx backends "$BENCH_TMP/be/nginx.conf" load "$BE_STUB" || die "backends did not start"
+  if [[ "$PROTO" == grpc ]]; then
+    local echo_bin=${GRPC_ECHO:-$REPO_ROOT/target/release/examples/grpc_echo} i
+    if [[ ! -x "$echo_bin" ]]; then
+      log "building examples/grpc_echo (release)"
+      (cd "$REPO_ROOT" && cargo build --release --example grpc_echo) >&2 || die "could not build grpc_echo"
+    fi
+    for i in 0 1 2; do
+      start_bg "grpc-echo-$((i + 1))" load "$echo_bin" "127.0.0.1:${GRPC_BE_PORTS[i]}"
+      wait_for_port "${GRPC_BE_PORTS[i]}" "$BG_PID" 10 || die "grpc_echo on ${GRPC_BE_PORTS[i]} did not start"
+    done
+    # One gRPC frame: uncompressed, 14-byte protobuf message (field 1 = "hello h2load").
+    printf '\x00\x00\x00\x00\x0e\x0a\x0chello h2load' >"$BENCH_TMP/grpc-request.bin"
+    GRPC_ARGS=(-d "$BENCH_TMP/grpc-request.bin" -H 'content-type: application/grpc' -H 'te: trailers')
+  fi
 
   local m name
   for m in $MODES; do
