@@ -40,5 +40,6 @@ mod restart;
 mod status_page;
 mod tcp;
 mod upstream_h1;
+mod upstream_h2;
 mod upstream_tls;
 mod websocket;

@@ -159,15 +159,23 @@ impl Upstreams {
         body: UpstreamBody,
         limits: SendLimits<'_>,
     ) -> Result<Response<ResponseBody>, SendError> {
-        let pool_error = |(e, unsent): (PoolError, Option<Request<UpstreamBody>>)| SendError {
+        let pool_error = |(e, unsent): (PoolError, Option<UpstreamBody>)| SendError {
             connect: e.is_connect() || matches!(e, PoolError::Pending),
             overloaded: matches!(e, PoolError::Pending),
-            closed: matches!(&e, PoolError::Request(h) if peer_closed(h)),
-            client_body: matches!(&e, PoolError::Request(he) if client_body_failed(he)),
+            closed: match &e {
+                PoolError::Request(h) => peer_closed(h),
+                PoolError::H2Request(h2) => h2.peer_closed(),
+                _ => false,
+            },
+            client_body: match &e {
+                PoolError::Request(he) => client_body_failed(he),
+                PoolError::H2Request(h2) => h2.client_body,
+                _ => false,
+            },
             detail: e.to_string(),
-            unsent: unsent.map(Request::into_body),
+            unsent,
         };
-        let hyper = |res: Response<Incoming>| res.map(Either::Left);
+        let hyper = |res: Response<Incoming>| res.map(|body| Either::Left(Either::Left(body)));
         match via {
             // Plain requests, with a body or without: the exchange runs in this task
             // (`h1`), the upload going on while the response streams back. Upgrades
@@ -191,12 +199,14 @@ impl Upstreams {
             }
             Via::Instance { h2: false } => {
                 let req = head.request(body, Aim::Http1);
-                endpoint.pool.send(req, self.instance_pools, limits).await.map(hyper).map_err(pool_error)
+                let sent = endpoint.pool.send(req, self.instance_pools, limits).await;
+                sent.map(hyper).map_err(|(e, unsent)| pool_error((e, unsent.map(Request::into_body))))
             }
             Via::Instance { h2: true } => {
                 let req = head.request(body, Aim::H2 { authority: &endpoint.authority, tls: false });
                 // Boxed: the largest of these futures, it would size every request's.
-                Box::pin(endpoint.pool.send_h2(req, self.instance_pools)).await.map(hyper).map_err(pool_error)
+                let sent = Box::pin(endpoint.pool.send_h2(req, self.instance_pools)).await;
+                sent.map(|res| res.map(|body| Either::Left(Either::Right(body)))).map_err(pool_error)
             }
             Via::Shared { client, h2 } => {
                 let authority = &endpoint.authority;

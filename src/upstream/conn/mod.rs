@@ -1,9 +1,10 @@
 //! Connections to upstream instances: each plain-text instance's own pool
-//! (`pool`: HTTP/1.1 keep-alive and one multiplexed h2c connection), the shared
-//! TLS clients (`client`), and upstream TLS settings (`tls`).
+//! (`pool`: HTTP/1.1 keep-alive, `h1`, and one multiplexed h2c connection, `h2`),
+//! the shared TLS clients (`client`), and upstream TLS settings (`tls`).
 
 pub(crate) mod client;
 pub mod h1;
+pub(crate) mod h2;
 pub(crate) mod pool;
 pub(crate) mod request;
 mod slot;
@@ -35,9 +36,9 @@ impl Protocol {
 /// on a retry), or the client's body streamed once.
 pub type UpstreamBody = http_body_util::Either<http_body_util::Full<bytes::Bytes>, hyper::body::Incoming>;
 
-/// A response body from upstream: hyper's (h2c, TLS, upgrades) or the in-task
-/// HTTP/1.1 exchange's (`h1`).
-pub type ResponseBody = http_body_util::Either<hyper::body::Incoming, h1::H1Body>;
+/// A response body from upstream: hyper's (TLS, upgrades) or h2c's (`h2`), or the
+/// in-task HTTP/1.1 exchange's (`h1`).
+pub type ResponseBody = http_body_util::Either<http_body_util::Either<hyper::body::Incoming, h2::H2Body>, h1::H1Body>;
 
 /// Why talking to an upstream failed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -19,11 +19,11 @@ use std::time::{Duration, Instant};
 use http::{Request, Response};
 use hyper::body::Incoming;
 use hyper::client::conn::http1::{self, SendRequest};
-use hyper::client::conn::http2;
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
 
 use super::h1::{H1Body, H1Limits, H1Pool, H1Settings, RequestHead, SendError};
+use super::h2::{H2Body, H2Conn, H2SendError};
 use super::slot::{Freed, Slot};
 use super::UpstreamBody;
 
@@ -35,8 +35,12 @@ pub enum PoolError {
     ConnectTimeout { addr: String },
     #[error("handshake: {0}")]
     Handshake(hyper::Error),
+    #[error("h2c handshake: {0}")]
+    H2Handshake(h2::Error),
     #[error("request: {0}")]
     Request(hyper::Error),
+    #[error("h2c request: {0}")]
+    H2Request(H2SendError),
     #[error("too many requests waiting for a connection")]
     Pending,
 }
@@ -44,7 +48,13 @@ pub enum PoolError {
 impl PoolError {
     /// Whether the request never reached the instance's application.
     pub fn is_connect(&self) -> bool {
-        matches!(self, PoolError::Connect { .. } | PoolError::ConnectTimeout { .. } | PoolError::Handshake(_))
+        matches!(
+            self,
+            PoolError::Connect { .. }
+                | PoolError::ConnectTimeout { .. }
+                | PoolError::Handshake(_)
+                | PoolError::H2Handshake(_)
+        )
     }
 }
 
@@ -53,7 +63,7 @@ pub struct InstancePool {
     addr: Box<str>,
     idle: Mutex<Vec<Idle>>,
     /// The h2c connection, shared by every request (cloned per request).
-    h2: Mutex<Option<http2::SendRequest<UpstreamBody>>>,
+    h2: Mutex<Option<H2Conn>>,
     /// Open HTTP/1.1 connections (idle, busy or being made).
     open: Arc<AtomicUsize>,
     /// Signalled when a connection is returned or closes: waiters look again.
@@ -282,61 +292,48 @@ impl InstancePool {
         self.freed.wake();
     }
 
-    /// Sends `req` (absolute URI) as a stream of the instance's h2c connection,
-    /// opening it when there is none or it closed. As for HTTP/1.1, a request
-    /// that no connection could carry comes back untouched.
+    /// Sends `req` (absolute URI) as a stream of the instance's h2c connection
+    /// (`h2`: from this task, no dispatch task between), opening it when there is
+    /// none or it closed. As for HTTP/1.1, the body of a request that no
+    /// connection could carry comes back untouched.
     pub async fn send_h2(
         &self,
         req: Request<UpstreamBody>,
         settings: PoolSettings,
-    ) -> Result<Response<Incoming>, (PoolError, Option<Request<UpstreamBody>>)> {
+    ) -> Result<Response<H2Body>, (PoolError, Option<UpstreamBody>)> {
         let cached = {
             let h2 = self.h2.lock().unwrap_or_else(|e| e.into_inner());
-            h2.as_ref().filter(|s| !s.is_closed()).cloned()
+            h2.as_ref().filter(|c| !c.is_closed()).cloned()
         };
-        let mut sender = match cached {
-            Some(sender) => sender,
+        let mut conn = match cached {
+            Some(conn) => conn,
             None => match self.open_h2(settings).await {
-                Ok(sender) => sender,
-                Err(e) => return Err((e, Some(req))),
+                Ok(conn) => conn,
+                Err(e) => return Err((e, Some(req.into_body()))),
             },
         };
-        if sender.ready().await.is_err() {
+        if conn.ready().await.is_err() {
             // The cached connection closed under us: one fresh one on this instance.
-            sender = match self.open_h2(settings).await {
-                Ok(sender) => sender,
-                Err(e) => return Err((e, Some(req))),
+            conn = match self.open_h2(settings).await {
+                Ok(conn) => conn,
+                Err(e) => return Err((e, Some(req.into_body()))),
             };
-            if let Err(e) = sender.ready().await {
-                return Err((PoolError::Handshake(e), Some(req)));
+            if let Err(e) = conn.ready().await {
+                return Err((PoolError::H2Handshake(e), Some(req.into_body())));
             }
         }
-        sender.send_request(req).await.map_err(|e| (PoolError::Request(e), None))
+        conn.send(req).await.map_err(|(e, unsent)| (PoolError::H2Request(e), unsent))
     }
 
     /// Connects and makes the new connection the shared one. Two requests may
     /// both open one at first; the later one stays, the other ends when idle.
-    async fn open_h2(&self, settings: PoolSettings) -> Result<http2::SendRequest<UpstreamBody>, PoolError> {
-        let sender = self.connect_h2(settings).await?;
-        if !self.retired.load(Ordering::Relaxed) {
-            *self.h2.lock().unwrap_or_else(|e| e.into_inner()) = Some(sender.clone());
-        }
-        Ok(sender)
-    }
-
-    async fn connect_h2(&self, settings: PoolSettings) -> Result<http2::SendRequest<UpstreamBody>, PoolError> {
+    async fn open_h2(&self, settings: PoolSettings) -> Result<H2Conn, PoolError> {
         let stream = self.dial(settings).await?;
-        let (sender, conn) = http2::Builder::new(TokioExecutor::new())
-            .timer(TokioTimer::new())
-            .handshake(TokioIo::new(stream))
-            .await
-            .map_err(PoolError::Handshake)?;
-        tokio::spawn(async move {
-            if let Err(e) = conn.await {
-                tracing::debug!("upstream h2c connection closed: {e}");
-            }
-        });
-        Ok(sender)
+        let conn = H2Conn::handshake(stream).await.map_err(PoolError::H2Handshake)?;
+        if !self.retired.load(Ordering::Relaxed) {
+            *self.h2.lock().unwrap_or_else(|e| e.into_inner()) = Some(conn.clone());
+        }
+        Ok(conn)
     }
 
     async fn dial(&self, settings: PoolSettings) -> Result<TcpStream, PoolError> {

@@ -1,0 +1,99 @@
+//! The h2c upstream exchange (`src/upstream/conn/h2.rs`: h2's client driven from
+//! the request's task): bodies held for a retry and bodies streamed both go out
+//! whole under the instance's flow control and come back whole; a stream the
+//! instance refuses (`REFUSED_STREAM`: it did no work) goes to another instance.
+
+use crate::support;
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use tokio::net::TcpListener;
+
+use support::{client, h2c_client, http_config, write_instances, Backend, TestGateway};
+
+async fn gateway_to(instances: &[(&str, SocketAddr)]) -> TestGateway {
+    let gw = TestGateway::start(&http_config("[[listener.route]]\nservice = \"h2\"\n")).await;
+    let lines: Vec<support::InstanceLine<'_>> =
+        instances.iter().map(|(id, addr)| ("h2", *id, *addr, &[("protocol", "h2c")][..])).collect();
+    write_instances(&gw.instances_path(), &lines);
+    gw.wait_live("h2", instances.len()).await;
+    gw
+}
+
+/// Bytes that tell a shifted or dropped chunk from the right one.
+fn pattern(len: usize) -> Bytes {
+    (0..len).map(|i| (i % 251) as u8).collect::<Vec<u8>>().into()
+}
+
+async fn echo(client: &support::HttpClient, method: http::Method, url: &str, body: Bytes) -> (u16, Bytes) {
+    let req = http::Request::builder().method(method).uri(url).body(Full::new(body)).unwrap();
+    let res = tokio::time::timeout(std::time::Duration::from_secs(20), client.request(req))
+        .await
+        .expect("request timed out")
+        .expect("request failed");
+    let status = res.status().as_u16();
+    (status, res.into_body().collect().await.expect("response body").to_bytes())
+}
+
+#[tokio::test]
+async fn held_and_streamed_bodies_go_out_and_come_back_whole() {
+    let b = Backend::start("b").await;
+    let gw = gateway_to(&[("b1", b.addr)]).await;
+    let url = gw.url("/echo");
+    for client in [client(), h2c_client()] {
+        // A PUT of 40 KiB is held for a retry (under the 64 KiB retry buffer): sent
+        // with one `send_data`, larger than the instance's first 64 KiB window.
+        let held = pattern(40 * 1024);
+        assert_eq!(echo(&client, http::Method::PUT, &url, held.clone()).await, (200, held));
+        // A POST of 3 MiB is streamed: piped frame by frame as the windows open,
+        // past both the stream's and the connection's.
+        let streamed = pattern(3 * 1024 * 1024 + 7);
+        assert_eq!(echo(&client, http::Method::POST, &url, streamed.clone()).await, (200, streamed));
+    }
+    // And the exchanges shared one connection to the instance, which stays usable.
+    let (status, body) = support::get(&client(), &gw.url("/")).await;
+    assert_eq!((status, body.as_str()), (200, "b"));
+}
+
+/// An h2c server that refuses every stream it is sent (`REFUSED_STREAM`), counting them.
+async fn refusing_instance() -> (SocketAddr, Arc<AtomicUsize>) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let refused = Arc::new(AtomicUsize::new(0));
+    let count = refused.clone();
+    tokio::spawn(async move {
+        while let Ok((tcp, _)) = listener.accept().await {
+            let count = count.clone();
+            tokio::spawn(async move {
+                let Ok(mut conn) = h2::server::handshake(tcp).await else { return };
+                while let Some(Ok((_req, mut respond))) = conn.accept().await {
+                    count.fetch_add(1, Ordering::Relaxed);
+                    respond.send_reset(h2::Reason::REFUSED_STREAM);
+                }
+            });
+        }
+    });
+    (addr, refused)
+}
+
+#[tokio::test]
+async fn a_stream_the_instance_refuses_goes_to_another_instance() {
+    let (refuser, refused) = refusing_instance().await;
+    let good = Backend::start("good").await;
+    let gw = gateway_to(&[("r", refuser), ("g", good.addr)]).await;
+    // Round-robin sends about half of them to the refuser first; every one is
+    // answered by the other instance, with its body (held for the retry) whole.
+    for i in 0..12 {
+        let (status, body) = support::get(&client(), &gw.url("/")).await;
+        assert_eq!((status, body.as_str()), (200, "good"), "GET {i}");
+        let req = http::Request::put(gw.url("/echo")).body(Full::new(Bytes::from_static(b"once"))).unwrap();
+        let (status, body) = support::request(&client(), req).await;
+        assert_eq!((status, body.as_str()), (200, "once"), "PUT {i}");
+    }
+    // Tried until its refusals ejected it (outlier detection: consecutive resets).
+    assert!(refused.load(Ordering::Relaxed) >= 1, "the refuser was never tried");
+}
