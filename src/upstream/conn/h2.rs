@@ -57,11 +57,13 @@ pub struct H2SendError {
 
 impl H2SendError {
     /// Whether the instance's side went away before answering: the connection
-    /// closed or failed under the request (I/O), or the instance said it did not
-    /// process the stream (`REFUSED_STREAM`, or a `GOAWAY` that left it out).
+    /// closed or failed under the request (I/O, as a closed HTTP/1.1 connection),
+    /// or the instance said it did no work for the stream (`REFUSED_STREAM`,
+    /// RFC 9113 §8.7). A stream a `GOAWAY` left out is not told apart here: h2
+    /// gives the streams it interrupts later the same error.
     pub fn peer_closed(&self) -> bool {
         let e = &self.error;
-        e.is_io() || (e.is_remote() && (e.is_go_away() || e.reason() == Some(h2::Reason::REFUSED_STREAM)))
+        e.is_io() || (e.is_remote() && e.is_reset() && e.reason() == Some(h2::Reason::REFUSED_STREAM))
     }
 }
 
