@@ -1,7 +1,9 @@
 //! The h2c upstream exchange (`src/upstream/conn/h2.rs`: h2's client driven from
 //! the request's task): bodies held for a retry and bodies streamed both go out
 //! whole under the instance's flow control and come back whole; a stream the
-//! instance refuses (`REFUSED_STREAM`: it did no work) goes to another instance.
+//! instance refuses (`REFUSED_STREAM`: it did no work) goes to another instance; a
+//! client body that fails on its way resets the upstream stream and is the
+//! client's fault (400), not the instance's.
 
 use crate::support;
 
@@ -11,7 +13,8 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
-use tokio::net::TcpListener;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
 
 use support::{client, h2c_client, http_config, write_instances, Backend, TestGateway};
 
@@ -96,4 +99,72 @@ async fn a_stream_the_instance_refuses_goes_to_another_instance() {
     }
     // Tried until its refusals ejected it (outlier detection: consecutive resets).
     assert!(refused.load(Ordering::Relaxed) >= 1, "the refuser was never tried");
+}
+
+/// An h2c server that answers a request once its body has ended, with the number
+/// of bytes that came; counts the streams reset before that.
+async fn whole_body_instance() -> (SocketAddr, Arc<AtomicUsize>) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let resets = Arc::new(AtomicUsize::new(0));
+    let count = resets.clone();
+    tokio::spawn(async move {
+        while let Ok((tcp, _)) = listener.accept().await {
+            let count = count.clone();
+            tokio::spawn(async move {
+                let Ok(mut conn) = h2::server::handshake(tcp).await else { return };
+                while let Some(Ok((req, mut respond))) = conn.accept().await {
+                    let count = count.clone();
+                    tokio::spawn(async move {
+                        let mut body = req.into_body();
+                        let mut got = 0;
+                        while let Some(data) = body.data().await {
+                            match data {
+                                Ok(data) => {
+                                    got += data.len();
+                                    let _ = body.flow_control().release_capacity(data.len());
+                                }
+                                Err(_) => {
+                                    count.fetch_add(1, Ordering::Relaxed);
+                                    return;
+                                }
+                            }
+                        }
+                        let Ok(mut send) = respond.send_response(http::Response::new(()), false) else { return };
+                        let _ = send.send_data(Bytes::from(format!("got {got}")), true);
+                    });
+                }
+            });
+        }
+    });
+    (addr, resets)
+}
+
+#[tokio::test]
+async fn a_client_body_that_fails_resets_the_upstream_stream_and_is_the_clients_fault() {
+    let (addr, resets) = whole_body_instance().await;
+    let gw = gateway_to(&[("w", addr)]).await;
+    // A whole chunked body first: streamed (a POST is not kept for a retry), answered.
+    let req = http::Request::post(gw.url("/")).body(Full::new(pattern(100_000))).unwrap();
+    let (status, body) = support::request(&client(), req).await;
+    assert_eq!((status, body.as_str()), (200, "got 100000"));
+    // Then one whose second chunk size is not hex: the client's body fails mid-way.
+    let mut tcp = TcpStream::connect(gw.addr).await.unwrap();
+    tcp.write_all(b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\nZZ\r\n")
+        .await
+        .unwrap();
+    let mut answer = Vec::new();
+    let _ = tokio::time::timeout(std::time::Duration::from_secs(10), tcp.read_to_end(&mut answer)).await;
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(answer.starts_with("HTTP/1.1 400"), "{answer}");
+    assert!(answer.contains("malformed request body"), "{answer}");
+    // The instance saw its stream reset, not a request that ended.
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(5);
+    while resets.load(Ordering::Relaxed) == 0 && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    assert_eq!(resets.load(Ordering::Relaxed), 1);
+    // And the instance is not blamed: it still serves.
+    let req = http::Request::post(gw.url("/")).body(Full::new(Bytes::from_static(b"abc"))).unwrap();
+    assert_eq!(support::request(&client(), req).await, (200, "got 3".to_string()));
 }

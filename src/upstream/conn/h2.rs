@@ -113,16 +113,24 @@ impl H2Conn {
             Ok(sent) => sent,
             Err(error) => return Err((H2SendError { error, client_body: false }, Some(body))),
         };
-        let failed = Arc::new(AtomicBool::new(false));
+        // Set by the pipe of a streamed body when the client's side of it fails.
+        let mut failed = None;
         if !end {
             match body {
                 Either::Left(held) => send_held(held, stream),
-                Either::Right(streamed) => drop(tokio::spawn(pipe(streamed, stream, failed.clone()))),
+                Either::Right(streamed) => {
+                    let flag = Arc::new(AtomicBool::new(false));
+                    failed = Some(flag.clone());
+                    drop(tokio::spawn(pipe(streamed, stream, flag)));
+                }
             }
         }
         match response.await {
             Ok(res) => Ok(res.map(|recv| H2Body { recv, trailers: false })),
-            Err(error) => Err((H2SendError { error, client_body: failed.load(Ordering::Relaxed) }, None)),
+            Err(error) => {
+                let client_body = failed.is_some_and(|f| f.load(Ordering::Relaxed));
+                Err((H2SendError { error, client_body }, None))
+            }
         }
     }
 }
