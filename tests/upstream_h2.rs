@@ -62,24 +62,37 @@ async fn held_and_streamed_bodies_go_out_and_come_back_whole() {
     assert_eq!((status, body.as_str()), (200, "b"));
 }
 
-/// An h2c server that refuses every stream it is sent (`REFUSED_STREAM`), counting them.
-async fn refusing_instance() -> (SocketAddr, Arc<AtomicUsize>) {
+/// An h2c server on a port of its own, each stream given to `serve` in a task.
+async fn h2_instance<F, Fut>(serve: F) -> SocketAddr
+where
+    F: Fn(http::Request<h2::RecvStream>, h2::server::SendResponse<Bytes>) -> Fut + Clone + Send + 'static,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
-    let refused = Arc::new(AtomicUsize::new(0));
-    let count = refused.clone();
     tokio::spawn(async move {
         while let Ok((tcp, _)) = listener.accept().await {
-            let count = count.clone();
+            let serve = serve.clone();
             tokio::spawn(async move {
                 let Ok(mut conn) = h2::server::handshake(tcp).await else { return };
-                while let Some(Ok((_req, mut respond))) = conn.accept().await {
-                    count.fetch_add(1, Ordering::Relaxed);
-                    respond.send_reset(h2::Reason::REFUSED_STREAM);
+                while let Some(Ok((req, respond))) = conn.accept().await {
+                    tokio::spawn(serve(req, respond));
                 }
             });
         }
     });
+    addr
+}
+
+/// An h2c server that refuses every stream it is sent (`REFUSED_STREAM`), counting them.
+async fn refusing_instance() -> (SocketAddr, Arc<AtomicUsize>) {
+    let refused = Arc::new(AtomicUsize::new(0));
+    let count = refused.clone();
+    let addr = h2_instance(move |_req, mut respond| {
+        count.fetch_add(1, Ordering::Relaxed);
+        async move { respond.send_reset(h2::Reason::REFUSED_STREAM) }
+    })
+    .await;
     (addr, refused)
 }
 
@@ -104,39 +117,26 @@ async fn a_stream_the_instance_refuses_goes_to_another_instance() {
 /// An h2c server that answers a request once its body has ended, with the number
 /// of bytes that came; counts the streams reset before that.
 async fn whole_body_instance() -> (SocketAddr, Arc<AtomicUsize>) {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
     let resets = Arc::new(AtomicUsize::new(0));
     let count = resets.clone();
-    tokio::spawn(async move {
-        while let Ok((tcp, _)) = listener.accept().await {
-            let count = count.clone();
-            tokio::spawn(async move {
-                let Ok(mut conn) = h2::server::handshake(tcp).await else { return };
-                while let Some(Ok((req, mut respond))) = conn.accept().await {
-                    let count = count.clone();
-                    tokio::spawn(async move {
-                        let mut body = req.into_body();
-                        let mut got = 0;
-                        while let Some(data) = body.data().await {
-                            match data {
-                                Ok(data) => {
-                                    got += data.len();
-                                    let _ = body.flow_control().release_capacity(data.len());
-                                }
-                                Err(_) => {
-                                    count.fetch_add(1, Ordering::Relaxed);
-                                    return;
-                                }
-                            }
-                        }
-                        let Ok(mut send) = respond.send_response(http::Response::new(()), false) else { return };
-                        let _ = send.send_data(Bytes::from(format!("got {got}")), true);
-                    });
-                }
-            });
+    let addr = h2_instance(move |req, mut respond| {
+        let count = count.clone();
+        async move {
+            let mut body = req.into_body();
+            let mut got = 0;
+            while let Some(data) = body.data().await {
+                let Ok(data) = data else {
+                    count.fetch_add(1, Ordering::Relaxed);
+                    return;
+                };
+                got += data.len();
+                let _ = body.flow_control().release_capacity(data.len());
+            }
+            let Ok(mut send) = respond.send_response(http::Response::new(()), false) else { return };
+            let _ = send.send_data(Bytes::from(format!("got {got}")), true);
         }
-    });
+    })
+    .await;
     (addr, resets)
 }
 
