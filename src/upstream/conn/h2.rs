@@ -23,7 +23,7 @@ use futures_util::FutureExt;
 use h2::client::SendRequest;
 use h2::{RecvStream, SendStream};
 use http::{Request, Response};
-use http_body::{Body, Frame, SizeHint};
+use http_body::{Body, Frame};
 use http_body_util::{BodyExt, Either};
 use hyper::body::Incoming;
 use tokio::net::TcpStream;
@@ -247,9 +247,5 @@ impl Body for H2Body {
 
     fn is_end_stream(&self) -> bool {
         self.recv.is_end_stream()
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        SizeHint::default()
     }
 }
