@@ -36,7 +36,13 @@
 #         close and RSS is read again 2 s later ("after spike"), next to the RSS at start.
 #   rps   req/s with wrk (h1 only) at WORKERS_LIST ("1 2") workers per proxy, ROUNDS rounds
 #         interleaved: the medians of req/s and of the rounds' p99, each with the proxy's
-#         lowest – highest round under it (this one does swing with the machine's load).
+#         lowest – highest round under it (this one does swing with the machine's load),
+#         and how busy the load CPU and the proxy's CPUs were during the measured run
+#         (/proc/stat): a load CPU near 100 % means the figure is the load side's limit,
+#         not the proxy's. RPS_CAP=P runs each proxy under a CPU quota of P % of one CPU
+#         (cgroup; bench/lib.sh cpu_cap), so that the proxy is the bottleneck and req/s
+#         compares what each proxy does with the same CPU budget (p99 then shows the
+#         quota's throttling, not the proxy).
 #   scale switchyard only: SCALE_SERVICES (10,000) × SCALE_INSTANCES (10) in the instances
 #         file; time to /readyz, RSS, one /metrics scrape (time, size) and the latency of
 #         SCALE_PROBES proxied requests sent while scrapes run back to back, vs as many
@@ -56,6 +62,7 @@
 #   MODES="rps" ROUNDS=3 bench/cost.sh             # W=1 and W=2 throughput
 #   MODES="scale" bench/cost.sh
 #   PROXIES="switchyard" MODES=ir bench/cost.sh    # only switchyard (no ratios)
+#   MODES="rps" WORKERS_LIST=1 RPS_CAP=50 bench/cost.sh   # req/s on half a CPU each
 # Knobs: SWITCHYARD (binary), N (20000), CONNS (50), H2_CONNS (16), H2_STREAMS (32),
 #   IDLE_S (5), DURATION (10), ROUNDS (3), IDLE_CONNS (10000), PORT_OFFSET (0), NGINX_KEEPALIVE (1024: nginx
 #   caches only that many idle upstream connections; 64 would make it open new ones under
@@ -386,24 +393,31 @@ measure_mem() {
 }
 
 # ---- rps ---------------------------------------------------------------------------------
-declare -A RPS_ALL=() P99_ALL=()
+declare -A RPS_ALL=() P99_ALL=() LOADBUSY_ALL=() PROXYBUSY_ALL=()
 measure_rps() {
-  local w r name f
+  local w r name f pcpus l0 p0
   for w in $WORKERS_LIST; do
     write_configs "$w"
     local saved=$PROXY_CPUS
-    ((w == 1)) || PIN_PROXY=(taskset -c "0-$(($(nproc) - 1))")
+    pcpus=$PROXY_CPUS
+    ((w == 1)) || { pcpus="0-$(($(nproc) - 1))"; PIN_PROXY=(taskset -c "$pcpus"); }
     for ((r = 1; r <= ROUNDS; r++)); do
       for name in $PROXIES; do
         start_proxy "$name"
+        [[ -z "${RPS_CAP:-}" ]] || cpu_cap "${PID_OF[$name]}" "$RPS_CAP"
         timeout -k 5 60 taskset -c "$LOAD_CPUS" wrk -t1 -c "$CONNS" -d 2s "$(url_of "$name")" >/dev/null 2>&1 || true
         f=$BENCH_TMP/rps-$name-$w-$r.txt
+        l0=$(core_ticks "$LOAD_CPUS")
+        p0=$(core_ticks "$pcpus")
         timeout -k 5 $((DURATION + 60)) taskset -c "$LOAD_CPUS" wrk -t1 -c "$CONNS" -d "${DURATION}s" --latency "$(url_of "$name")" >"$f" 2>&1 || warn "wrk failed"
+        LOADBUSY_ALL[$name-$w]+=" $(busy_pct "$l0" "$(core_ticks "$LOAD_CPUS")")"
+        PROXYBUSY_ALL[$name-$w]+=" $(busy_pct "$p0" "$(core_ticks "$pcpus")")"
         parse_wrk "$f" || die "cannot parse $f"
         RPS_ALL[$name-$w]+=" $WRK_RPS"
         P99_ALL[$name-$w]+=" $WRK_P99"
-        log "rps $name W=$w round $r: $WRK_RPS req/s, p99 $WRK_P99 ms, errors $WRK_ERRORS"
+        log "rps $name W=$w round $r: $WRK_RPS req/s, p99 $WRK_P99 ms, errors $WRK_ERRORS, busy: load CPU ${LOADBUSY_ALL[$name-$w]##* } %, proxy CPU ${PROXYBUSY_ALL[$name-$w]##* } %"
         stop_proxy "$name"
+        cpu_uncap
         sleep 1
       done
     done
@@ -565,7 +579,7 @@ main() {
   [[ -z "$(git -C "$REPO_ROOT" status --porcelain -- src Cargo.toml 2>/dev/null)" ]] || sy+="+dirty"
   report="$(
     report_header "cost per request ($PROTO): switchyard vs nginx vs HAProxy" \
-      "MODES=$MODES, N=$N, CONNS=$CONNS, H2 ${H2_CONNS}×${H2_STREAMS}, ROUNDS=$ROUNDS, DURATION=${DURATION}s, one worker each" \
+      "MODES=$MODES, N=$N, CONNS=$CONNS, H2 ${H2_CONNS}×${H2_STREAMS}, ROUNDS=$ROUNDS, DURATION=${DURATION}s, one worker each${RPS_CAP:+, RPS_CAP=$RPS_CAP %}" \
       "nginx $(nginx -v 2>&1 | sed 's|.*nginx/||'), HAProxy $(haproxy -v 2>/dev/null | awk 'NR == 1 {print $3}'), switchyard $sy"
     row() { # LABEL ARRAY-NAME
       local -n arr=$2
@@ -596,17 +610,21 @@ main() {
       row "connections held open" MEM_HELD
     fi
     if [[ " $MODES " == *" rps "* ]]; then
-      local w
-      declare -A RPS=() P99=()
+      local w capped=${RPS_CAP:+, proxy capped at $RPS_CAP % of a CPU}
+      declare -A RPS=() P99=() LOADBUSY=() PROXYBUSY=()
       for w in $WORKERS_LIST; do
         for name in $PROXIES; do
           RPS[$name]=$(median "${RPS_ALL[$name-$w]}")
           P99[$name]=$(median "${P99_ALL[$name-$w]}")
+          LOADBUSY[$name]=$(median "${LOADBUSY_ALL[$name-$w]}")
+          PROXYBUSY[$name]=$(median "${PROXYBUSY_ALL[$name-$w]}")
         done
-        row "wrk req/s, W=$w (median of $ROUNDS)" RPS
+        row "wrk req/s, W=$w (median of $ROUNDS)$capped" RPS
         spread "  rounds, lowest – highest" RPS_ALL "$w"
-        row "wrk p99 ms, W=$w (median of the rounds')" P99
+        row "wrk p99 ms, W=$w (median of the rounds')$capped" P99
         spread "  rounds, lowest – highest" P99_ALL "$w"
+        row "  load CPU $LOAD_CPUS busy % (median)" LOADBUSY
+        row "  proxy CPU $( ((w == 1)) && echo "$PROXY_CPUS" || echo "0-$(($(nproc) - 1))") busy % (median)" PROXYBUSY
       done
     fi
     if [[ -n "$SCALE_LINE" ]]; then

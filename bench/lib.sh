@@ -15,6 +15,10 @@
 #   start_bg NAME PIN CMD...               start a long-running process (pid in $BG_PID,
 #                                          log in $BENCH_TMP/NAME.log), killed on exit
 #   stop_bg PID                            TERM, bounded wait, then KILL
+#   cpu_cap PID PERCENT / cpu_uncap        PID (all its threads) under a CPU quota of
+#                                          PERCENT % of one CPU (cgroup v2 or v1 `cpu`)
+#   core_ticks CPUS / busy_pct BEFORE AFTER busy and total jiffies of CPUS ("0", "1-3")
+#                                          from /proc/stat; the busy share between two
 #   port_free_or_die PORT...               refuse to run over someone else's listener
 #   wait_for_port PORT PID [SECS]          bounded wait until 127.0.0.1:PORT accepts
 #   wait_for_http URL PID [SECS]           bounded wait until `curl -sf URL` succeeds
@@ -74,6 +78,7 @@ bench_cleanup() {
     pid=${BENCH_PIDS[i]}
     stop_bg "$pid"
   done
+  cpu_uncap
   if [[ -n "$BENCH_TMP" && -d "$BENCH_TMP" ]]; then
     if [[ -n "${KEEP_TMP:-}" ]]; then
       log "keeping temp dir $BENCH_TMP (KEEP_TMP set)"
@@ -162,6 +167,58 @@ stop_bg() {
     kill -KILL "$pid" 2>/dev/null || true
   fi
   wait "$pid" 2>/dev/null || true
+}
+
+# cpu_cap PID PERCENT — PID, every thread it has and starts, runs under a CPU quota of
+# PERCENT % of one CPU per 100 ms period: cgroup v2 `cpu.max`, else v1 `cpu.cfs_quota_us`
+# (root). A process capped below what the load asks of it is the bottleneck, whatever
+# the load generator's core can do. The cgroup goes with cpu_uncap (after the process).
+CAP_CGROUPS=()
+cpu_cap() {
+  local pid=$1 pct=$2 dir
+  [[ "$pct" =~ ^[0-9]+$ ]] && ((pct >= 1)) || die "cpu_cap: bad percent '$pct'"
+  if [[ -f /sys/fs/cgroup/cgroup.controllers ]]; then
+    grep -qw cpu /sys/fs/cgroup/cgroup.subtree_control 2>/dev/null \
+      || echo +cpu >/sys/fs/cgroup/cgroup.subtree_control 2>/dev/null \
+      || die "cpu_cap: cannot enable the cgroup v2 cpu controller (root needed)"
+    dir=/sys/fs/cgroup/switchyard-bench-$$-$pid
+    mkdir "$dir" || die "cpu_cap: cannot create $dir (root needed)"
+    echo "$((pct * 1000)) 100000" >"$dir/cpu.max"
+  elif [[ -d /sys/fs/cgroup/cpu ]]; then
+    dir=/sys/fs/cgroup/cpu/switchyard-bench-$$-$pid
+    mkdir "$dir" || die "cpu_cap: cannot create $dir (root needed)"
+    echo 100000 >"$dir/cpu.cfs_period_us"
+    echo "$((pct * 1000))" >"$dir/cpu.cfs_quota_us"
+  else
+    die "cpu_cap: no cgroup cpu controller under /sys/fs/cgroup"
+  fi
+  CAP_CGROUPS+=("$dir")
+  echo "$pid" >"$dir/cgroup.procs" || die "cpu_cap: cannot move pid $pid into $dir"
+}
+# cpu_uncap — removes the cgroups cpu_cap made (their processes must have exited).
+cpu_uncap() {
+  local dir
+  for dir in "${CAP_CGROUPS[@]}"; do rmdir "$dir" 2>/dev/null || warn "cannot remove $dir"; done
+  CAP_CGROUPS=()
+}
+
+# core_ticks CPUS — "BUSY TOTAL" jiffies summed over CPUS ("1", "1-3", "0,2"); busy is
+# everything but idle and iowait (user, nice, system, irq, softirq, steal).
+core_ticks() {
+  awk -v list="$1" 'BEGIN {
+      n = split(list, parts, ",")
+      for (i = 1; i <= n; i++) {
+        if (split(parts[i], r, "-") == 2) { for (c = r[1]; c <= r[2]; c++) want["cpu" c] = 1 }
+        else want["cpu" parts[i]] = 1
+      }
+    }
+    ($1 in want) { t = $2 + $3 + $4 + $5 + $6 + $7 + $8 + $9; busy += t - $5 - $6; total += t }
+    END { print busy + 0, total + 0 }' /proc/stat
+}
+# busy_pct "BUSY TOTAL" "BUSY TOTAL" — the busy share between two core_ticks, in %.
+busy_pct() {
+  awk -v a="$1" -v b="$2" 'BEGIN { split(a, x, " "); split(b, y, " ")
+    if (y[2] > x[2]) printf "%.0f", 100 * (y[1] - x[1]) / (y[2] - x[2]); else print "nan" }'
 }
 
 port_open() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
