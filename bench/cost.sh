@@ -106,9 +106,11 @@ declare -A GRPC_PORT=([nginx]=$((15381 + O)) [haproxy]=$((15382 + O)) [switchyar
 SW_ADMIN=$((15984 + O))
 CLK=$(getconf CLK_TCK)
 
-for t in nginx haproxy wrk h2load valgrind callgrind_control perf python3 curl; do
-  require_tool "$t" "$t"
+for t in nginx:nginx haproxy:haproxy wrk:wrk h2load:nghttp2-client python3:python3 curl:curl; do
+  require_tool "${t%%:*}" "${t#*:}"
 done
+[[ " $MODES " != *" ir "* ]] || { require_tool valgrind valgrind; require_tool callgrind_control valgrind; }
+[[ " $MODES " != *" sys "* ]] || require_tool perf linux-perf
 [[ "$PROTO" == h1 || "$PROTO" == h2 || "$PROTO" == grpc ]] || die "PROTO must be h1, h2 or grpc"
 
 now() { date +%s.%N; }
@@ -577,6 +579,8 @@ main() {
   local sy report
   sy="$(git -C "$REPO_ROOT" rev-parse --short HEAD 2>/dev/null || echo '?')"
   [[ -z "$(git -C "$REPO_ROOT" status --porcelain -- src Cargo.toml 2>/dev/null)" ]] || sy+="+dirty"
+  # Which binary, when not the plain release build (e.g. .ci/pgo's target/pgo/switchyard).
+  [[ "$SWITCHYARD_BIN" == "$REPO_ROOT/target/release/switchyard" ]] || sy+=" ($SWITCHYARD_BIN)"
   report="$(
     report_header "cost per request ($PROTO): switchyard vs nginx vs HAProxy" \
       "MODES=$MODES, N=$N, CONNS=$CONNS, H2 ${H2_CONNS}×${H2_STREAMS}, ROUNDS=$ROUNDS, DURATION=${DURATION}s, one worker each${RPS_CAP:+, RPS_CAP=$RPS_CAP %}" \

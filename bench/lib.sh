@@ -45,7 +45,7 @@
 #   save_report NAME TEXT                  writes bench/results/NAME-<date>.md
 #
 # Knobs read here (all optional): PROXY_CPUS, LOAD_CPUS, WARMUP, CONNS, DURATION,
-# WRK_THREADS, SWITCHYARD, KEEP_TMP.
+# WRK_THREADS, SWITCHYARD, KEEP_TMP, RESULTS_DIR (where reports go; bench/results).
 
 # Debian puts nginx and haproxy in /usr/sbin, which a non-root PATH may lack.
 case ":$PATH:" in *:/usr/sbin:*) ;; *) PATH="$PATH:/usr/sbin:/sbin" ;; esac
@@ -94,7 +94,7 @@ bench_init() {
   BENCH_NAME=$1
   BENCH_DIR=${BENCH_DIR:-"$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"}
   REPO_ROOT="$(cd "$BENCH_DIR/.." && pwd)"
-  RESULTS_DIR="$BENCH_DIR/results"
+  RESULTS_DIR=${RESULTS_DIR:-"$BENCH_DIR/results"}
   BENCH_TMP="$(mktemp -d "${TMPDIR:-/tmp}/switchyard-bench-$BENCH_NAME.XXXXXX")"
   # nginx workers run as 'nobody' when started by root; let them reach their temp dirs.
   chmod 0755 "$BENCH_TMP"
