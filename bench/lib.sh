@@ -17,8 +17,9 @@
 #   stop_bg PID                            TERM, bounded wait, then KILL
 #   cpu_cap PID PERCENT / cpu_uncap        PID (all its threads) under a CPU quota of
 #                                          PERCENT % of one CPU (cgroup v2 or v1 `cpu`)
-#   core_ticks CPUS / busy_pct BEFORE AFTER busy and total jiffies of CPUS ("0", "1-3")
-#                                          from /proc/stat; the busy share between two
+#   core_ticks CPUS                        busy and total jiffies of CPUS ("0", "1-3")
+#                                          from /proc/stat
+#   busy_pct BEFORE AFTER                  the busy % between two core_ticks readings
 #   port_free_or_die PORT...               refuse to run over someone else's listener
 #   wait_for_port PORT PID [SECS]          bounded wait until 127.0.0.1:PORT accepts
 #   wait_for_http URL PID [SECS]           bounded wait until `curl -sf URL` succeeds
