@@ -24,6 +24,12 @@
 #         Ir/req = (Ir(load) - idle Ir/s × load seconds) / N. Moves 1-4 % run to run with
 #         how many events one wakeup handles. For switchyard it also prints memcpy calls
 #         and the top functions by self Ir per request (bench/callgrind_self.py; results/*.profile.txt).
+#   cache the same run as `ir` with callgrind's cache and branch simulation
+#         (--cache-sim=yes --branch-sim=yes; a model of L1 and last-level caches and of
+#         branch predictors, not this CPU's counters, which this VM does not expose):
+#         per request, L1 instruction-cache misses, L1 data-cache misses (reads and
+#         writes), last-level misses, and mispredicted branches (conditional and
+#         indirect). Explains user µs that do not follow instructions.
 #   sys   syscalls per request: `perf stat -e raw_syscalls:sys_enter` on the proxy process
 #         (all threads) around exactly N requests, minus the idle rate; the proxy runs at
 #         full speed, so epoll batching is the real one (strace -c -f would slow it ~5×).
@@ -61,6 +67,7 @@
 #   MODES="mem" bench/cost.sh                      # idle-connection memory
 #   MODES="rps" ROUNDS=3 bench/cost.sh             # W=1 and W=2 throughput
 #   MODES="scale" bench/cost.sh
+#   MODES=cache bench/cost.sh                      # simulated cache and branch misses
 #   PROXIES="switchyard" MODES=ir bench/cost.sh    # only switchyard (no ratios)
 #   MODES="rps" WORKERS_LIST=1 RPS_CAP=50 bench/cost.sh   # req/s on half a CPU each
 # Knobs: SWITCHYARD (binary), N (20000), CONNS (50), H2_CONNS (16), H2_STREAMS (32),
@@ -109,7 +116,7 @@ CLK=$(getconf CLK_TCK)
 for t in nginx:nginx haproxy:haproxy wrk:wrk h2load:nghttp2-client python3:python3 curl:curl; do
   require_tool "${t%%:*}" "${t#*:}"
 done
-[[ " $MODES " != *" ir "* ]] || { require_tool valgrind valgrind; require_tool callgrind_control valgrind; }
+[[ " $MODES " != *" ir "* && " $MODES " != *" cache "* ]] || { require_tool valgrind valgrind; require_tool callgrind_control valgrind; }
 [[ " $MODES " != *" sys "* ]] || require_tool perf linux-perf
 [[ "$PROTO" == h1 || "$PROTO" == h2 || "$PROTO" == grpc ]] || die "PROTO must be h1, h2 or grpc"
 
@@ -252,11 +259,14 @@ succeeded() { awk '/^requests:/ {print $8}' "$1"; }
 warm() { load_fixed "$1" 2000 >"$BENCH_TMP/warm-$1.txt" 2>&1 || true; }
 
 # ---- ir ----------------------------------------------------------------------------------
-declare -A IR=() MEMCPY=()
+declare -A IR=() MEMCPY=() I1MISS=() D1MISS=() LLMISS=() BMISS=()
+# measure_ir NAME [cache] — with `cache`, the simulated cache and branch misses instead.
 measure_ir() {
-  local name=$1 pid t0 t1 t2 t3 idle load out=$BENCH_TMP/cg
+  local name=$1 sim=${2:-} pid t0 t1 t2 t3 idle load out=$BENCH_TMP/cg${2:+-$2}
+  local -a extra=()
+  [[ -z "$sim" ]] || extra=(--cache-sim=yes --branch-sim=yes)
   mkdir -p "$out"
-  start_proxy "$name" valgrind --tool=callgrind --compress-strings=no --compress-pos=no --callgrind-out-file="$out/$name.%p"
+  start_proxy "$name" valgrind --tool=callgrind "${extra[@]}" --compress-strings=no --compress-pos=no --callgrind-out-file="$out/$name.%p"
   pid=${PID_OF[$name]}
   warm "$name"
   callgrind_control -z "$pid" >/dev/null
@@ -269,6 +279,21 @@ measure_ir() {
   local fi fl
   fi=$(grep -l '^desc: Trigger: dump idle' "$out/$name.$pid".* | head -1)
   fl=$(grep -l '^desc: Trigger: dump load' "$out/$name.$pid".* | head -1)
+  if [[ -n "$sim" ]]; then
+    # Per request, idle rate subtracted, for sums of the events the dumps list.
+    per_request() { # EVENT...
+      awk -v want="$*" -v a="$t0" -v b="$t1" -v c="$t2" -v d="$t3" -v n="$N" '
+        /^events:/ { for (i = 2; i <= NF; i++) col[$i] = i }
+        /^summary:/ { split(want, w, " "); v = 0; for (k in w) v += $(col[w[k]]); tot[FILENAME] = v }
+        END { printf "%.0f", (tot[ARGV[2]] - tot[ARGV[1]] / (b - a) * (d - c)) / n }' "$fi" "$fl"
+    }
+    I1MISS[$name]=$(per_request I1mr)
+    D1MISS[$name]=$(per_request D1mr D1mw)
+    LLMISS[$name]=$(per_request ILmr DLmr DLmw)
+    BMISS[$name]=$(per_request Bcm Bim)
+    log "cache $name: per request I1 misses ${I1MISS[$name]}, D1 misses ${D1MISS[$name]}, LL misses ${LLMISS[$name]}, mispredicted branches ${BMISS[$name]}"
+    return
+  fi
   idle=$(awk '/^summary:/ {print $2}' "$fi")
   load=$(awk '/^summary:/ {print $2}' "$fl")
   IR[$name]=$(awk -v l="$load" -v i="$idle" -v a="$t0" -v b="$t1" -v c="$t2" -v d="$t3" -v n="$N" \
@@ -567,6 +592,7 @@ main() {
   for m in $MODES; do
     case $m in
       ir) for name in $PROXIES; do measure_ir "$name"; done ;;
+      cache) for name in $PROXIES; do measure_ir "$name" cache; done ;;
       sys) for name in $PROXIES; do measure_sys "$name"; done ;;
       cpu) measure_cpu ;;
       mem) PROTO=h1; for name in $PROXIES; do measure_mem "$name"; done ;;
@@ -601,6 +627,12 @@ main() {
     printf '| %s | nginx | HAProxy | switchyard | sw/nginx | sw/HAProxy |\n|---|---:|---:|---:|---:|---:|\n' "$PROTO"
     [[ " $MODES " != *" ir "* ]] || row "user instructions / request" IR
     [[ " $MODES " != *" ir "* || -z "${MEMCPY[switchyard]:-}" ]] || printf '| memcpy/memmove instructions / request | | | %s | | |\n' "${MEMCPY[switchyard]}"
+    if [[ " $MODES " == *" cache "* ]]; then
+      row "L1 instruction-cache misses / request (simulated)" I1MISS
+      row "L1 data-cache misses / request (simulated)" D1MISS
+      row "last-level cache misses / request (simulated)" LLMISS
+      row "mispredicted branches / request (simulated)" BMISS
+    fi
     [[ " $MODES " != *" sys "* ]] || row "syscalls / request" SYS
     if [[ " $MODES " == *" cpu "* ]]; then
       row "CPU µs / request, user+sys (median of $ROUNDS)" CPU
