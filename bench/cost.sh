@@ -36,7 +36,10 @@
 #   cpu   user+sys CPU µs per request without instrumentation: wrk -t1 -c CONNS -d DURATION
 #         (h2: h2load -D), utime+stime from /proc/PID/stat before/after, divided by the
 #         requests the backends served meanwhile. ROUNDS rounds interleaved (nginx,
-#         haproxy, switchyard, nginx, ...); the median per proxy.
+#         haproxy, switchyard, nginx, ...); the median per proxy. As fast as the load
+#         goes, which on 2 cores is the load core's limit: a proxy with time to spare
+#         then wakes more often per request. CPU_RATE=R offers every proxy the same R
+#         requests/s instead (h2load --rps, h1 too), below what all of them can serve.
 #   mem   RSS per idle keep-alive connection: IDLE_CONNS (10,000) client connections each
 #         make one GET and stay open; (RSS with them − RSS before) / IDLE_CONNS; then all
 #         close and RSS is read again 2 s later ("after spike"), next to the RSS at start.
@@ -70,6 +73,7 @@
 #   MODES=cache bench/cost.sh                      # simulated cache and branch misses
 #   PROXIES="switchyard" MODES=ir bench/cost.sh    # only switchyard (no ratios)
 #   MODES="rps" WORKERS_LIST=1 RPS_CAP=50 bench/cost.sh   # req/s on half a CPU each
+#   MODES=cpu CPU_RATE=30000 bench/cost.sh         # CPU per request at the same offered load
 # Knobs: SWITCHYARD (binary), N (20000), CONNS (50), H2_CONNS (16), H2_STREAMS (32),
 #   IDLE_S (5), DURATION (10), ROUNDS (3), IDLE_CONNS (10000), PORT_OFFSET (0), NGINX_KEEPALIVE (1024: nginx
 #   caches only that many idle upstream connections; 64 would make it open new ones under
@@ -249,7 +253,13 @@ load_fixed() { # NAME COUNT
   fi
 }
 load_timed() { # NAME SECONDS
-  if [[ "$PROTO" != h1 ]]; then
+  if [[ -n "${CPU_RATE:-}" ]]; then
+    # The same offered load for every proxy: CPU_RATE requests per second in all, spread
+    # over the clients (h2load --rps is per client).
+    local -a shape=(--h1 -c "$CONNS" --rps $((CPU_RATE / CONNS)))
+    [[ "$PROTO" == h1 ]] || shape=(-c "$H2_CONNS" -m "$H2_STREAMS" --rps $((CPU_RATE / H2_CONNS)))
+    timeout -k 5 $(($2 + 60)) taskset -c "$LOAD_CPUS" h2load "${shape[@]}" -D "$2" "${GRPC_ARGS[@]}" "$(url_of "$1")"
+  elif [[ "$PROTO" != h1 ]]; then
     timeout -k 5 $(($2 + 60)) taskset -c "$LOAD_CPUS" h2load -c "$H2_CONNS" -m "$H2_STREAMS" -D "$2" "${GRPC_ARGS[@]}" "$(url_of "$1")"
   else
     timeout -k 5 $(($2 + 60)) taskset -c "$LOAD_CPUS" wrk -t1 -c "$CONNS" -d "${2}s" --timeout 5s "$(url_of "$1")"
@@ -609,7 +619,7 @@ main() {
   [[ "$SWITCHYARD_BIN" == "$REPO_ROOT/target/release/switchyard" ]] || sy+=" ($SWITCHYARD_BIN)"
   report="$(
     report_header "cost per request ($PROTO): switchyard vs nginx vs HAProxy" \
-      "MODES=$MODES, N=$N, CONNS=$CONNS, H2 ${H2_CONNS}×${H2_STREAMS}, ROUNDS=$ROUNDS, DURATION=${DURATION}s, one worker each${RPS_CAP:+, RPS_CAP=$RPS_CAP %}" \
+      "MODES=$MODES, N=$N, CONNS=$CONNS, H2 ${H2_CONNS}×${H2_STREAMS}, ROUNDS=$ROUNDS, DURATION=${DURATION}s, one worker each${RPS_CAP:+, RPS_CAP=$RPS_CAP %}${CPU_RATE:+, CPU_RATE=$CPU_RATE req/s offered}" \
       "nginx $(nginx -v 2>&1 | sed 's|.*nginx/||'), HAProxy $(haproxy -v 2>/dev/null | awk 'NR == 1 {print $3}'), switchyard $sy"
     row() { # LABEL ARRAY-NAME
       local -n arr=$2
@@ -635,7 +645,7 @@ main() {
     fi
     [[ " $MODES " != *" sys "* ]] || row "syscalls / request" SYS
     if [[ " $MODES " == *" cpu "* ]]; then
-      row "CPU µs / request, user+sys (median of $ROUNDS)" CPU
+      row "CPU µs / request, user+sys (median of $ROUNDS)${CPU_RATE:+, $CPU_RATE req/s offered}" CPU
       row "  user µs / request" USR
       row "  sys µs / request" SYSCPU
     fi
