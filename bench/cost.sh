@@ -431,13 +431,15 @@ measure_mem() {
 
 # ---- rps ---------------------------------------------------------------------------------
 declare -A RPS_ALL=() P99_ALL=() LOADBUSY_ALL=() PROXYBUSY_ALL=()
+# rps_proxy_cpus W — the CPUs the proxy runs on with W workers: its own with one, all with more.
+rps_proxy_cpus() { if (($1 == 1)); then echo "$PROXY_CPUS"; else echo "0-$(($(nproc) - 1))"; fi; }
 measure_rps() {
   local w r name f pcpus l0 p0
   for w in $WORKERS_LIST; do
     write_configs "$w"
     local saved=$PROXY_CPUS
-    pcpus=$PROXY_CPUS
-    ((w == 1)) || { pcpus="0-$(($(nproc) - 1))"; PIN_PROXY=(taskset -c "$pcpus"); }
+    pcpus=$(rps_proxy_cpus "$w")
+    PIN_PROXY=(taskset -c "$pcpus")
     for ((r = 1; r <= ROUNDS; r++)); do
       for name in $PROXIES; do
         start_proxy "$name"
@@ -670,7 +672,7 @@ main() {
         row "wrk p99 ms, W=$w (median of the rounds')$capped" P99
         spread "  rounds, lowest – highest" P99_ALL "$w"
         row "  load CPU $LOAD_CPUS busy % (median)" LOADBUSY
-        row "  proxy CPU $( ((w == 1)) && echo "$PROXY_CPUS" || echo "0-$(($(nproc) - 1))") busy % (median)" PROXYBUSY
+        row "  proxy CPU $(rps_proxy_cpus "$w") busy % (median)" PROXYBUSY
       done
     fi
     if [[ -n "$SCALE_LINE" ]]; then
